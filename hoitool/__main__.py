@@ -1,0 +1,3 @@
+from hoitool.cli.app import main
+
+main()

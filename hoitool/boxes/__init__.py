@@ -1,0 +1,1 @@
+"""Box sources: RPN proposals, detector detections, dataset boxes, imported detector output."""

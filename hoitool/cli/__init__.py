@@ -1,0 +1,1 @@
+"""The ``hoitool`` command line (Typer)."""
