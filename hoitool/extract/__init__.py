@@ -1,0 +1,1 @@
+"""The extraction stages: sampled frames -> boxes store -> features store."""

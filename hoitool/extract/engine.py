@@ -1,0 +1,121 @@
+"""The loop every per-video stage shares: skip what is done, decode in workers, compute,
+hand results to the background writer, record failures, finalize, report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hoitool.cli import console
+from hoitool.errors import HoitoolError, SomeVideosFailed
+from hoitool.store.staging import StagedStore, sidecar
+
+
+@dataclass
+class StageSummary:
+    path: Path
+    done: int = 0
+    skipped: int = 0
+    failed: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+class VideoFailure(HoitoolError):
+    """A problem with one video: recorded in failures.jsonl, the run goes on."""
+
+
+class PerVideoDataset(Dataset):
+    """Runs ``load(video_id)`` in DataLoader workers; a failure becomes a record, not a crash."""
+
+    def __init__(self, video_ids: list[str], load: Callable[[str], dict]):
+        self.video_ids = video_ids
+        self.load = load
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        video_id = self.video_ids[index]
+        try:
+            return {"video": video_id, **self.load(video_id)}
+        except HoitoolError as exc:
+            return {"video": video_id, "error": str(exc)}
+        except Exception as exc:  # an unexpected decoder error must not end the whole run
+            return {"video": video_id, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def iterate_loaded(video_ids: list[str], load: Callable[[str], dict], workers: int) -> Iterable[dict]:
+    """Yield loaded items in order, decoding ``workers`` videos ahead of the model."""
+    if not video_ids:
+        return iter(())
+    dataset = PerVideoDataset(video_ids, load)
+    return DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=lambda item: item,
+        prefetch_factor=2 if workers else None, persistent_workers=False,
+    )
+
+
+def run_video_stage(
+    staged: StagedStore,
+    video_ids: list[str],
+    load: Callable[[str], dict],
+    compute: Callable[[dict], tuple[dict, dict]],
+    provenance: dict,
+    workers: int,
+    description: str,
+    extra_meta: dict | None = None,
+) -> StageSummary:
+    """Process every video not yet done; finalize the store; raise SomeVideosFailed if any failed.
+
+    ``load(video_id)`` runs in a worker (decode, read annotations); ``compute(item)`` runs in the
+    main process (the model) and returns ``(arrays, video_attrs)``.
+    """
+    done_before = staged.done_ids()
+    todo = [video_id for video_id in sorted(video_ids) if video_id not in done_before]
+    summary = StageSummary(path=staged.path, skipped=len(video_ids) - len(todo))
+    if summary.skipped:
+        console.info(f"{staged.path.name}: {summary.skipped} videos already done, {len(todo)} to go")
+    with console.progress(description, len(todo)) as bar, staged.writer() as write, torch.inference_mode():
+        for item in iterate_loaded(todo, load, workers):
+            video_id = item["video"]
+            error = item.get("error")
+            if error is None:
+                try:
+                    arrays, attrs = compute(item)
+                    write(video_id, arrays, attrs)
+                    summary.done += 1
+                except VideoFailure as exc:
+                    error = str(exc)
+            if error is not None:
+                staged.fail(video_id, error)
+                console.debug(f"failed: {error}")
+            bar.advance(1, note=video_id)
+    if not staged.done_ids() and not staged.path.exists():
+        failures = staged.failures()
+        raise SomeVideosFailed(
+            f"{staged.path}: every video failed ({len(failures)}); first: {failures[0]['error'] if failures else '?'}"
+        )
+    summary.meta = staged.finalize(provenance, extra_meta)
+    summary.failed = summary.meta["failed"]
+    return summary
+
+
+def finish(summary: StageSummary) -> None:
+    """Print the outcome; exit code 3 (SomeVideosFailed) when videos failed."""
+    meta = summary.meta
+    console.info(
+        f"[green]wrote[/green] {summary.path} ({meta['num_videos']} videos, fingerprint {meta['fingerprint']}; "
+        f"{summary.done} new, {summary.skipped} reused)"
+    )
+    if summary.failed:
+        path = sidecar(summary.path, "failures.jsonl")
+        first = summary.failed[0]
+        raise SomeVideosFailed(
+            f"{len(summary.failed)} videos failed (listed in {path}); first: {first['error']}; "
+            "fix them and run the same command again to process only those"
+        )

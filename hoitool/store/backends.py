@@ -1,0 +1,117 @@
+"""HDF5 and Zarr backends behind one small interface, chosen by the path's suffix."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hoitool.errors import UsageError
+from hoitool.store.schema import META_ATTR
+
+SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
+
+
+def backend_name(path: Path | str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UsageError(f"{path}: unknown store suffix {suffix!r}; use .h5 (HDF5) or .zarr (Zarr)")
+    return SUFFIXES[suffix]
+
+
+class HDF5Backend:
+    """One HDF5 file; gzip-compressed, one chunk per array per video."""
+
+    def __init__(self, path: Path | str, mode: str = "r"):
+        import h5py
+
+        os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # read-only use on NFS/Lustre
+        self.path = Path(path)
+        self.file = h5py.File(self.path, mode)
+
+    def read_meta(self) -> dict:
+        raw = self.file.attrs.get(META_ATTR)
+        return json.loads(raw) if raw is not None else {}
+
+    def write_meta(self, meta: dict) -> None:
+        self.file.attrs[META_ATTR] = json.dumps(meta, sort_keys=True)
+
+    def video_keys(self) -> list[str]:
+        return sorted(self.file["videos"].keys()) if "videos" in self.file else []
+
+    def read_video(self, key: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        group = self.file["videos"][key]
+        return {name: group[name][()] for name in (names or group.keys())}
+
+    def write_video(self, key: str, arrays: dict[str, np.ndarray], video_attrs: dict) -> None:
+        group = self.file.require_group("videos").create_group(key)
+        for name in sorted(arrays):
+            array = arrays[name]
+            options = dict(compression="gzip", compression_opts=4, shuffle=True) if array.size > 64 else {}
+            group.create_dataset(name, data=array, **options)
+        group.attrs[META_ATTR] = json.dumps(video_attrs, sort_keys=True)
+
+    def video_attrs(self, key: str) -> dict:
+        raw = self.file["videos"][key].attrs.get(META_ATTR)
+        return json.loads(raw) if raw is not None else {}
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ZarrBackend:
+    """A Zarr v3 directory; zstd-compressed, one chunk per array per video."""
+
+    def __init__(self, path: Path | str, mode: str = "r"):
+        import zarr
+
+        self.path = Path(path)
+        self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+
+    def read_meta(self) -> dict:
+        raw = self.root.attrs.get(META_ATTR)
+        return json.loads(raw) if raw is not None else {}
+
+    def write_meta(self, meta: dict) -> None:
+        self.root.attrs[META_ATTR] = json.dumps(meta, sort_keys=True)
+
+    def _videos(self):
+        return self.root["videos"] if "videos" in self.root else None
+
+    def video_keys(self) -> list[str]:
+        videos = self._videos()
+        return sorted(videos.group_keys()) if videos is not None else []
+
+    def read_video(self, key: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        group = self._videos()[key]
+        return {name: group[name][...] for name in (names or sorted(group.array_keys()))}
+
+    def write_video(self, key: str, arrays: dict[str, np.ndarray], video_attrs: dict) -> None:
+        videos = self.root.require_group("videos")
+        group = videos.create_group(key)
+        for name in sorted(arrays):
+            array = arrays[name]
+            shape = array.shape if array.ndim else ()
+            group.create_array(name, data=array, chunks=shape if array.size else "auto")
+        group.attrs[META_ATTR] = json.dumps(video_attrs, sort_keys=True)
+
+    def video_attrs(self, key: str) -> dict:
+        raw = self._videos()[key].attrs.get(META_ATTR)
+        return json.loads(raw) if raw is not None else {}
+
+    def close(self) -> None:
+        pass
+
+
+def open_backend(path: Path | str, mode: str = "r", backend: str | None = None):
+    """Open a store; ``backend`` overrides the suffix (temporary files have none)."""
+    path = Path(path)
+    cls = HDF5Backend if (backend or backend_name(path)) == "hdf5" else ZarrBackend
+    if mode == "r" and not path.exists():
+        raise UsageError(f"{path}: store not found")
+    try:
+        return cls(path, mode)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{path}: cannot open store ({str(exc).splitlines()[0]})") from None
