@@ -22,7 +22,7 @@ import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -204,49 +204,59 @@ class StagedStore:
         """Build the final store from the old store and the parts, then move it into place."""
         failures = self.failures()
         staged = self.staged_ids()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         old = open_backend(self.path, "r") if self.path.exists() else None
-        out = open_backend(tmp, "w", backend_name(self.path))
-        digests: dict[str, str] = {}
         try:
             old_ids = {video_id_from_key(key) for key in old.video_keys()} if old else set()
-            for video_id in sorted(staged | old_ids):
-                if video_id in staged:
-                    arrays, attrs = load_part(self._part(video_id))
-                else:
-                    key = video_key(video_id)
-                    arrays, attrs = old.read_video(key), old.video_attrs(key)
-                attrs = dict(attrs, digest=video_digest(arrays))
-                digests[video_id] = attrs["digest"]
-                out.write_video(video_key(video_id), arrays, attrs)
-            meta = {
-                "schema_version": SCHEMA_VERSION,
-                "kind": self.kind,
-                "hoitool_version": __version__,
-                "header": self.header,
-                "provenance": provenance,
-                "fingerprint": store_fingerprint(self.kind, digests),
-                "num_videos": len(digests),
-                "failed": failures,
-                **(extra_meta or {}),
-            }
-            out.write_meta(meta)
+
+            def items():
+                for video_id in sorted(staged | old_ids):
+                    if video_id in staged:
+                        yield (video_id, *load_part(self._part(video_id)))
+                    else:
+                        key = video_key(video_id)
+                        yield video_id, old.read_video(key), old.video_attrs(key)
+
+            base = {"header": self.header, "provenance": provenance, "failed": failures, **(extra_meta or {})}
+            meta = write_store(self.path, self.kind, items(), base)
         finally:
-            out.close()
             if old:
                 old.close()
-        if tmp.is_dir():  # Zarr: sync every file, then swap the directory
-            for file in tmp.rglob("*"):
-                if file.is_file():
-                    fsync_file(file)
-            replace_dir(tmp, self.path)
-        else:
-            fsync_file(tmp)
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
         write_failures(sidecar(self.path, "failures.jsonl"), failures)
         shutil.rmtree(self.parts, ignore_errors=True)
         return meta
+
+
+def write_store(path: Path, kind: str, items: Iterable[tuple[str, dict, dict]], base_meta: dict) -> dict:
+    """Write ``(video_id, arrays, attrs)`` items (in id order) to a new store that replaces ``path`` only when complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out = open_backend(tmp, "w", backend_name(path))
+    digests: dict[str, str] = {}
+    try:
+        for video_id, arrays, attrs in items:
+            attrs = dict(attrs, digest=video_digest(arrays))
+            digests[video_id] = attrs["digest"]
+            out.write_video(video_key(video_id), arrays, attrs)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": kind,
+            "hoitool_version": __version__,
+            **base_meta,
+            "fingerprint": store_fingerprint(kind, digests),
+            "num_videos": len(digests),
+        }
+        out.write_meta(meta)
+    finally:
+        out.close()
+    if tmp.is_dir():  # Zarr: sync every file, then swap the directory
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                fsync_file(file)
+        replace_dir(tmp, path)
+    else:
+        fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    return meta
 
 
 def _exclusive_lock(path: Path):

@@ -1,0 +1,84 @@
+"""``hoitool cache info|verify|merge``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+import typer
+from rich.table import Table
+
+from hoitool.cli import console
+from hoitool.cli.app import cache_app
+from hoitool.errors import HoitoolError
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
+        size /= 1024
+    return str(size)
+
+
+@cache_app.command("info")
+def info_command(
+    path: Path = typer.Argument(..., help="A boxes or features store (.h5 / .zarr)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Videos done/failed, array shapes and dtypes, bytes on disk, provenance."""
+    from hoitool.store.tools import store_info
+
+    info = store_info(path)
+    if as_json:
+        console.stdout.print_json(json.dumps(info, default=str))
+        return
+    table = Table(title=f"{path} ({info['kind']} store, schema {info['schema_version']})", show_header=False)
+    provenance = info["provenance"]
+    rows = [
+        ("fingerprint", info["fingerprint"]),
+        ("videos done", str(info["videos_done"])),
+        ("videos failed", str(info["videos_failed"])),
+        ("unfinished parts", str(info["unfinished_parts"])),
+        ("bytes on disk", f"{_human(info['bytes_on_disk'])} ({info['bytes_on_disk']} B)"),
+        ("uncompressed", f"{_human(info['bytes_uncompressed'])} (ratio {info['compression_ratio'] or 0:.2f}x)"),
+        *((f"array {name}", f"{info['dtypes'][name]} {' '.join(map(str, shapes))}") for name, shapes in info["shapes"].items()),
+        ("stage", str(provenance.get("stage"))),
+        ("manifest", str(provenance.get("manifest"))),
+        ("upstream", json.dumps(provenance.get("upstream"))),
+        ("weights", json.dumps(provenance.get("weights"))),
+        ("code version", str(provenance.get("code_version"))),
+        ("config", json.dumps(provenance.get("config"), sort_keys=True)),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.stdout.print(table)
+    for record in info["failed"][:10]:
+        console.stdout.print(f"  failed {record['video']}: {record['error']}", markup=False)
+
+
+@cache_app.command("verify")
+def verify_command(path: Path = typer.Argument(..., help="A boxes or features store (.h5 / .zarr).")) -> None:
+    """Read every video: finite values, consistent shapes, content equal to its recorded digest."""
+    from hoitool.store.tools import verify_store
+
+    problems = verify_store(path)
+    for problem in problems:
+        console.stdout.print(problem, markup=False)
+    if problems:
+        raise HoitoolError(f"{path}: {len(problems)} problems found")
+    console.info(f"[green]ok[/green] {path}: every video readable, finite and consistent")
+
+
+@cache_app.command("merge")
+def merge_command(
+    shards: List[Path] = typer.Argument(..., help="Shard stores written with --shard i/n."),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged store (.h5 or .zarr)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+) -> None:
+    """Merge shard stores into one store identical to a single run."""
+    from hoitool.store.tools import merge_stores
+
+    meta = merge_stores(shards, out, force=force)
+    console.info(f"[green]merged[/green] {len(shards)} stores -> {out} ({meta['num_videos']} videos, fingerprint {meta['fingerprint']})")

@@ -1,0 +1,33 @@
+"""What both extraction stages share: file fingerprints, provenance, the content part of a config."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from hoitool import __version__
+
+
+def file_fingerprint(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def content_config(config: dict) -> dict:
+    """The settings that change the stored arrays (``runtime`` — device, workers, batching — does not)."""
+    return {key: value for key, value in config.items() if key != "runtime"}
+
+
+def provenance(stage: str, config: dict, manifest: Path, upstream: dict, weights: dict, shard) -> dict:
+    return {
+        "stage": stage,
+        "config": config,
+        "manifest": str(Path(manifest).resolve()),
+        "upstream": upstream,
+        "weights": weights,
+        "code_version": __version__,
+        "shard": list(shard) if shard else None,
+    }

@@ -1,0 +1,142 @@
+"""``hoitool extract features``: the boxes store's frames and boxes -> node features per box.
+
+Mode ``roi``: backbone feature map of each frame (2D) or clip (3D, mapped back to frames),
+then one RoIAlign call for all boxes of the video (7x7, aligned, scale 1/stride), max- or
+average-pooled. Mode ``crop``: each box cropped, resized to 224 and embedded by a 2D backbone
+(the CAD-120 recipe). Views = clips (from the boxes store) x spatial crops (1 or 3).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hoitool.errors import UsageError
+from hoitool.extract.common import content_config, provenance
+from hoitool.extract.engine import StageSummary, run_video_stage
+from hoitool.manifest import Manifest, select_shard
+from hoitool.store import open_store
+from hoitool.store.staging import StagedStore, shard_path
+
+FEATURES_DEFAULTS = {
+    "backbone": {"arch": "resnet50", "layer": None, "weights": None, "seed": 0},
+    "mode": "roi",  # roi | crop
+    "pool": "max",  # max | avg over the RoIAlign bins
+    "roi_size": 7,
+    "sampling_ratio": 2,
+    "short_side": 224,  # frames resized so the short side is this many pixels
+    "crops": 1,  # 1: the whole resized frame; 3: left/centre/right square crops (multi-view testing)
+    "crop_size": 224,  # box crops in mode=crop
+    "frame_features": True,  # also store whole-frame features (baselines, context)
+    "runtime": {"device": "auto", "workers": 2, "amp": False},
+}
+
+
+class FramesLoader:
+    """Worker side: the video's boxes from the boxes store and the decoded frames they were found on."""
+
+    def __init__(self, manifest: Manifest, boxes_path: Path):
+        self.manifest = manifest
+        self.videos = manifest.by_id()
+        self.boxes = open_store(boxes_path)
+
+    def __call__(self, video_id: str) -> dict:
+        from hoitool.video.reader import read_frames
+
+        video = self.videos[video_id]
+        item = self.boxes.read(video_id)
+        unique, inverse = np.unique(item["frame_indices"], return_inverse=True)
+        item["frames"] = read_frames(self.manifest.source_path(video), video.kind, unique)
+        item["frame_slot"] = inverse.reshape(item["frame_indices"].shape)
+        return item
+
+
+class NodeFeatures:
+    """Main-process side: backbone + RoIAlign / crops for every view of one video."""
+
+    def __init__(self, config: dict):
+        from hoitool.device import resolve_device
+        from hoitool.features.backbones import build_backbone
+
+        if config["mode"] not in ("roi", "crop"):
+            raise UsageError(f"mode {config['mode']!r}: expected roi or crop")
+        if config["crops"] not in (1, 3):
+            raise UsageError(f"crops={config['crops']}: expected 1 or 3")
+        self.config = config
+        self.device = resolve_device(config["runtime"]["device"])
+        if config["runtime"]["amp"] and self.device.type != "cuda":
+            raise UsageError("runtime.amp=true needs a CUDA device (mixed precision is not used on the CPU)")
+        spec = config["backbone"]
+        self.backbone = build_backbone(spec["arch"], spec["layer"], spec["weights"], seed=spec["seed"], device=self.device)
+        if config["mode"] == "crop" and self.backbone.kind != "2d":
+            raise UsageError(f"mode=crop needs a 2D backbone, {spec['arch']} is {self.backbone.kind}")
+
+    def _view(self, frames: np.ndarray, boxes: np.ndarray, valid: np.ndarray, crop) -> tuple:
+        from hoitool.features.nodes import crop_node_features, roi_node_features
+        from hoitool.features.transforms import prepare_frames
+
+        config = self.config
+        images, transform = prepare_frames(
+            frames, config["short_side"], crop=crop, mean=self.backbone.mean, std=self.backbone.std, device=self.device
+        )
+        image_boxes, empty = transform.to_image(torch.from_numpy(boxes).to(self.device))
+        valid = torch.from_numpy(valid).to(self.device) & ~empty
+        if config["mode"] == "roi":
+            fmap = self.backbone.feature_map(images)
+            nodes = roi_node_features(
+                fmap, image_boxes, valid, self.backbone.stride, output_size=config["roi_size"],
+                sampling_ratio=config["sampling_ratio"], pool=config["pool"],
+            )
+            frame = fmap.float().mean(dim=(-2, -1)) if config["frame_features"] else None
+        else:
+            nodes = crop_node_features(images, image_boxes, valid, self.backbone, crop_size=config["crop_size"])
+            frame = self.backbone.pooled(images) if config["frame_features"] else None
+        return nodes, valid, frame
+
+    def __call__(self, item: dict) -> tuple[dict, dict]:
+        crops = ["none"] if self.config["crops"] == 1 else [0, 1, 2]
+        autocast = torch.autocast("cuda") if self.config["runtime"]["amp"] else nullcontext()
+        views: dict[str, list] = {"nodes": [], "valid": [], "frame_features": [], "boxes": [],
+                                  "frame_indices": [], "frame_valid": []}
+        with autocast:
+            for clip in range(item["boxes"].shape[0]):
+                frames = item["frames"][item["frame_slot"][clip]]
+                for crop in crops:
+                    nodes, valid, frame = self._view(frames, item["boxes"][clip], item["valid"][clip], crop)
+                    views["nodes"].append(nodes.float().cpu().numpy().astype(np.float16))
+                    views["valid"].append(valid.cpu().numpy())
+                    if frame is not None:
+                        views["frame_features"].append(frame.float().cpu().numpy().astype(np.float16))
+                    views["boxes"].append(item["boxes"][clip])
+                    views["frame_indices"].append(item["frame_indices"][clip])
+                    views["frame_valid"].append(item["frame_valid"][clip])
+        arrays = {name: np.stack(values) for name, values in views.items() if values}
+        arrays["frame_size"] = item["frame_size"]
+        return arrays, {"views": len(views["nodes"])}
+
+
+def extract_features(boxes_path: Path, out: Path, config: dict, shard=None, force: bool = False) -> StageSummary:
+    boxes = open_store(boxes_path)
+    if boxes.kind != "boxes":
+        raise UsageError(f"{boxes_path}: is a {boxes.kind} store, expected a boxes store")
+    manifest_file = Path(boxes.manifest_path)
+    manifest = Manifest.load(manifest_file)
+    out = shard_path(Path(out), shard)
+    header = {"config": content_config(config), "upstream": boxes.fingerprint}
+    staged = StagedStore(out, "features", header, force=force, what="features store")
+    model = NodeFeatures(config)
+    wanted = {video.id for video in select_shard(manifest.videos, shard)}
+    videos = [video_id for video_id in boxes.video_ids if video_id in wanted]
+    prov = provenance(
+        "features", config, manifest_file, {"boxes": boxes.fingerprint, "boxes_path": str(Path(boxes_path).resolve())},
+        {"backbone": model.backbone.fingerprint}, shard,
+    )
+    views = boxes.attrs.get("clips", 1) * config["crops"]
+    return run_video_stage(
+        staged, videos, FramesLoader(manifest, Path(boxes_path)), model, prov, config["runtime"]["workers"],
+        "features", extra_meta={"views": views, "num_frames": boxes.attrs.get("frames"),
+                                "max_boxes": boxes.attrs.get("max_boxes"), "dim": None},
+    )
