@@ -8,7 +8,6 @@ average-pooled. Mode ``crop``: each box cropped, resized to 224 and embedded by 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +69,9 @@ class NodeFeatures:
         if config["runtime"]["amp"] and self.device.type != "cuda":
             raise UsageError("runtime.amp=true needs a CUDA device (mixed precision is not used on the CPU)")
         spec = config["backbone"]
-        self.backbone = build_backbone(spec["arch"], spec["layer"], spec["weights"], seed=spec["seed"], device=self.device)
+        self.backbone = build_backbone(
+            spec["arch"], spec["layer"], spec["weights"], seed=spec["seed"], device=self.device, amp=config["runtime"]["amp"]
+        )
         if config["mode"] == "crop" and self.backbone.kind != "2d":
             raise UsageError(f"mode=crop needs a 2D backbone, {spec['arch']} is {self.backbone.kind}")
 
@@ -98,21 +99,19 @@ class NodeFeatures:
 
     def __call__(self, item: dict) -> tuple[dict, dict]:
         crops = ["none"] if self.config["crops"] == 1 else [0, 1, 2]
-        autocast = torch.autocast("cuda") if self.config["runtime"]["amp"] else nullcontext()
         views: dict[str, list] = {"nodes": [], "valid": [], "frame_features": [], "boxes": [],
                                   "frame_indices": [], "frame_valid": []}
-        with autocast:
-            for clip in range(item["boxes"].shape[0]):
-                frames = item["frames"][item["frame_slot"][clip]]
-                for crop in crops:
-                    nodes, valid, frame = self._view(frames, item["boxes"][clip], item["valid"][clip], crop)
-                    views["nodes"].append(nodes.float().cpu().numpy().astype(np.float16))
-                    views["valid"].append(valid.cpu().numpy())
-                    if frame is not None:
-                        views["frame_features"].append(frame.float().cpu().numpy().astype(np.float16))
-                    views["boxes"].append(item["boxes"][clip])
-                    views["frame_indices"].append(item["frame_indices"][clip])
-                    views["frame_valid"].append(item["frame_valid"][clip])
+        for clip in range(item["boxes"].shape[0]):
+            frames = item["frames"][item["frame_slot"][clip]]
+            for crop in crops:
+                nodes, valid, frame = self._view(frames, item["boxes"][clip], item["valid"][clip], crop)
+                views["nodes"].append(nodes.float().cpu().numpy().astype(np.float16))
+                views["valid"].append(valid.cpu().numpy())
+                if frame is not None:
+                    views["frame_features"].append(frame.float().cpu().numpy().astype(np.float16))
+                views["boxes"].append(item["boxes"][clip])
+                views["frame_indices"].append(item["frame_indices"][clip])
+                views["frame_valid"].append(item["frame_valid"][clip])
         arrays = {name: np.stack(values) for name, values in views.items() if values}
         arrays["frame_size"] = item["frame_size"]
         return arrays, {"views": len(views["nodes"])}
@@ -138,5 +137,5 @@ def extract_features(boxes_path: Path, out: Path, config: dict, shard=None, forc
     return run_video_stage(
         staged, videos, FramesLoader(manifest, Path(boxes_path)), model, prov, config["runtime"]["workers"],
         "features", extra_meta={"views": views, "num_frames": boxes.attrs.get("frames"),
-                                "max_boxes": boxes.attrs.get("max_boxes"), "dim": None},
+                                "max_boxes": boxes.attrs.get("max_boxes"), "dim": model.backbone.dim},
     )

@@ -223,7 +223,14 @@ class StagedStore:
                 old.close()
         write_failures(sidecar(self.path, "failures.jsonl"), failures)
         shutil.rmtree(self.parts, ignore_errors=True)
+        self.close()
         return meta
+
+    def close(self) -> None:
+        """Release the writer lock (also released when the process ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 def write_store(path: Path, kind: str, items: Iterable[tuple[str, dict, dict]], base_meta: dict) -> dict:
