@@ -20,12 +20,12 @@ def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
 
 def info(message: str) -> None:
     if _verbosity["level"] >= 1:
-        stderr.print(message)
+        stderr.print(message, soft_wrap=True)
 
 
 def debug(message: str) -> None:
     if _verbosity["level"] >= 2:
-        stderr.print(f"[dim]{message}[/dim]")
+        stderr.print(f"[dim]{message}[/dim]", soft_wrap=True)
 
 
 def error(message: str) -> None:

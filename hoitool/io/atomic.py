@@ -28,6 +28,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success move it into place.
@@ -45,6 +51,7 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
         if tmp.is_file():
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are shared on clusters
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:

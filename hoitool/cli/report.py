@@ -1,0 +1,93 @@
+"""``hoitool report``: one table over many runs (mean ± std across seeds), as markdown, CSV and on the terminal.
+
+Each run's ``eval/metrics_<split>.json`` is used when it matches the run's
+current ``outputs.npz``; a run never evaluated, or whose outputs changed since,
+is evaluated now by the same code as ``hoitool eval`` (and its metrics written).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hoitool.cli import console
+from hoitool.cli.app import app
+from hoitool.cli.evaluate import EVAL_DIR, evaluate_runs, metrics_filename
+from hoitool.errors import UsageError
+from hoitool.eval.report import REPORT_METRICS, build_rows, numeric_columns, render_csv, render_markdown, table_cells
+from hoitool.eval.runs import OUTPUTS_NPZ, file_sha256, load_run, read_run_info
+from hoitool.io.atomic import write_text
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+        raise UsageError(f"{path}: not an eval metrics file (no 'metrics' object)")
+    return record
+
+
+def metrics_for_run(run_dir: Path, split: str) -> dict:
+    """The run's metrics record for ``split``: the stored one if still current, else freshly evaluated."""
+    metrics_path = run_dir / EVAL_DIR / metrics_filename(split)
+    outputs = run_dir / OUTPUTS_NPZ
+    fusion, map_variant = "max", "official"
+    if metrics_path.is_file():
+        record = _read_record(metrics_path)
+        if not outputs.is_file():
+            console.info(f"{run_dir}: {OUTPUTS_NPZ} is gone; using {metrics_path} as recorded")
+            return record
+        if record.get("outputs_sha256") == file_sha256(outputs):
+            return record
+        fusion = record.get("fusion", {}).get("views", fusion)
+        map_variant = "sklearn" if record.get("main_metric") == "map_sklearn" else map_variant
+        console.info(f"{run_dir}: outputs changed since {metrics_path} was written; evaluating again")
+    else:
+        console.info(f"{run_dir}: not evaluated on {split!r} yet; evaluating (views fused by {fusion})")
+    run = load_run(run_dir)
+    return evaluate_runs([run], split=split, fusion=fusion, map_variant=map_variant, out_dir=run_dir / EVAL_DIR)
+
+
+@app.command("report")
+def report(
+    runs: List[Path] = typer.Argument(..., metavar="RUN", help="Run directories (several seeds of each method)."),
+    out: Path = typer.Option(..., "--out", help="Directory for report.md and report.csv."),
+    split: str = typer.Option("test", "--split", help="Which split's metrics to report."),
+    metric: str = typer.Option(
+        "auto", "--metric", help=f"Main metric: {', '.join(REPORT_METRICS)} (auto: accuracy or official mAP)."
+    ),
+) -> None:
+    """Summarise runs grouped by method: mean ± std across seeds, n per row."""
+    if metric not in REPORT_METRICS:
+        raise UsageError(f"--metric {metric!r}: choose from {', '.join(REPORT_METRICS)}")
+    seen: set[Path] = set()
+    entries = []
+    for run_dir in runs:
+        resolved = run_dir.resolve()
+        if resolved in seen:
+            raise UsageError(f"{run_dir}: given twice")
+        seen.add(resolved)
+        info = read_run_info(run_dir)
+        entries.append((info, metrics_for_run(run_dir, split)))
+    rows = build_rows(entries, metric)
+    markdown = render_markdown(rows, split)
+    write_text(out / "report.md", markdown)
+    write_text(out / "report.csv", render_csv(rows))
+    if console.stdout.is_terminal:
+        header, cells = table_cells(rows)
+        table = Table(title=escape(f"{len(entries)} runs, split {split}"))
+        for column, is_number in zip(header, numeric_columns(header)):
+            table.add_column(escape(column), justify="right" if is_number else "left")
+        for line in cells:
+            table.add_row(*(escape(cell) for cell in line))
+        console.stdout.print(table)
+    else:  # logs and pipes: the markdown table, unwrapped
+        console.stdout.print(markdown, end="", markup=False, highlight=False, soft_wrap=True)
+    console.info(f"wrote {out / 'report.md'} and {out / 'report.csv'}")

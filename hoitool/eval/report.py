@@ -1,0 +1,182 @@
+"""Cross-seed summary of evaluated runs: one row per method, mean ± std and n (the paper's tables).
+
+Input per run: its ``run.json`` and its eval metrics record. Runs are grouped
+by (dataset, label); the label comes from ``run.json`` (its ``label`` wins).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hoitool.errors import UsageError
+
+REPORT_METRICS = ("auto", "accuracy", "top5_accuracy", "macro_f1", "map_official", "wap_official", "map_sklearn")
+METRIC_NAMES = {
+    "accuracy": "Accuracy",
+    "top5_accuracy": "Top-5 accuracy",
+    "macro_f1": "macro-F1",
+    "map_official": "mAP (official)",
+    "wap_official": "wAP (official)",
+    "map_sklearn": "mAP (sklearn-style)",
+}
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def run_label(info: dict) -> str:
+    """A method name from ``run.json``, e.g. ``global``, ``global->local (kd T=10 λ2=0.7)``, ``DML local``.
+
+    λ1 is shown only where it is not 1 − λ2 (the paper's second regime, λ1 = 1, λ2 = 4).
+    """
+    if info.get("label"):
+        return str(info["label"])
+    kind, view = info.get("kind"), info.get("view") or "?"
+    if kind == "student":
+        distill = info.get("distill") or {}
+        parts = [str(distill.get("loss", "?"))]
+        if "T" in distill:
+            parts.append(f"T={_number(distill['T'])}")
+        lambda1, lambda2 = distill.get("lambda1"), distill.get("lambda2")
+        if isinstance(lambda1, (int, float)) and not (
+            isinstance(lambda2, (int, float)) and math.isclose(lambda1, 1 - lambda2, abs_tol=1e-9)
+        ):
+            parts.append(f"λ1={_number(lambda1)}")
+        if lambda2 is not None:
+            parts.append(f"λ2={_number(lambda2)}")
+        return f"{info.get('teacher_view') or '?'}->{view} ({' '.join(parts)})"
+    if kind == "dml":
+        return f"DML {view}"
+    return str(view)
+
+
+def main_metric_name(record: dict, requested: str) -> str:
+    """``auto``: accuracy for single-label, the main mAP eval chose (official by default) for multi-label."""
+    if requested not in REPORT_METRICS:
+        raise UsageError(f"--metric {requested!r}: choose from {', '.join(REPORT_METRICS)}")
+    if requested != "auto":
+        return requested
+    return record.get("main_metric") or ("map_official" if record.get("task") == "multi-label" else "accuracy")
+
+
+@dataclass
+class ReportRow:
+    dataset: str
+    method: str
+    metric: str
+    values: list[float] = field(default_factory=list)
+    macro_f1: list[float] = field(default_factory=list)
+    seeds: list = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    fusions: list[str] = field(default_factory=list)
+    missing: int = 0  # runs in the group for which the metric is undefined (null)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single run)."""
+    if not values:
+        return float("nan"), float("nan")
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), (float(array.std(ddof=1)) if array.size > 1 else float("nan"))
+
+
+def build_rows(entries: list[tuple[dict, dict]], metric: str = "auto") -> list[ReportRow]:
+    """Group ``(run_info, metrics_record)`` pairs by (dataset, label), in order of first appearance."""
+    rows: dict[tuple[str, str, str], ReportRow] = {}
+    for info, record in entries:
+        name = main_metric_name(record, metric)
+        key = (str(info.get("dataset", "?")), run_label(info), name)
+        row = rows.setdefault(key, ReportRow(dataset=key[0], method=key[1], metric=name))
+        value = record["metrics"].get(name)
+        if value is None:
+            row.missing += 1
+        else:
+            row.values.append(float(value))
+        f1 = record["metrics"].get("macro_f1")
+        if f1 is not None:
+            row.macro_f1.append(float(f1))
+        row.seeds.append(info.get("seed"))
+        row.runs.append(record.get("run", "?"))
+        row.fusions.append(record.get("fusion", {}).get("views", "?"))
+    return list(rows.values())
+
+
+def _percent(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    mean, std = mean_std(values)
+    return f"{100 * mean:.2f}" if math.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def table_cells(rows: list[ReportRow]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells shared by the markdown and the terminal table (percent, mean ± std)."""
+    metrics = {row.metric for row in rows}
+    single_metric = len(metrics) == 1
+    show_f1 = any(row.macro_f1 for row in rows) and metrics != {"macro_f1"}
+    header = ["Dataset", "Method"] + ([] if single_metric else ["Metric"]) + ["n"]
+    header.append(f"{METRIC_NAMES.get(next(iter(metrics)), 'Main metric')} (%)" if single_metric else "Main metric (%)")
+    if show_f1:
+        header.append("macro-F1 (%)")
+    header.append("Seeds")
+    cells = []
+    for row in rows:
+        line = [row.dataset, row.method] + ([] if single_metric else [METRIC_NAMES.get(row.metric, row.metric)])
+        n_text = str(row.n) + (f" (+{row.missing} n/a)" if row.missing else "")
+        line += [n_text, _percent(row.values)]
+        if show_f1:
+            line.append(_percent(row.macro_f1) if row.macro_f1 else "—")
+        line.append(", ".join("?" if seed is None else str(seed) for seed in row.seeds))
+        cells.append(line)
+    return header, cells
+
+
+def numeric_columns(header: list[str]) -> list[bool]:
+    """Which columns hold numbers (right-aligned): n and the percentages."""
+    return [column == "n" or column.endswith("(%)") for column in header]
+
+
+def render_markdown(rows: list[ReportRow], split: str) -> str:
+    header, cells = table_cells(rows)
+    fusions = sorted({fusion for row in rows for fusion in row.fusions})
+    lines = [
+        "# hoitool report",
+        "",
+        f"Split: `{split}`. Views fused by: {', '.join(fusions)}. "
+        "Values are mean ± sample std (ddof=1) across runs, in percent; n = runs with a defined value.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if is_number else "---" for is_number in numeric_columns(header)) + "|",
+    ]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in cells]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: list[ReportRow]) -> str:
+    """Raw fractions at full precision, one row per group."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([
+        "dataset", "method", "metric", "n", "n_undefined", "mean", "std",
+        "macro_f1_mean", "macro_f1_std", "seeds", "fusion", "runs",
+    ])
+    for row in rows:
+        mean, std = mean_std(row.values)
+        f1_mean, f1_std = mean_std(row.macro_f1)
+        writer.writerow([
+            row.dataset, row.method, row.metric, row.n, row.missing,
+            *("" if math.isnan(v) else repr(v) for v in (mean, std, f1_mean, f1_std)),
+            ";".join("" if seed is None else str(seed) for seed in row.seeds),
+            ";".join(sorted(set(row.fusions))),
+            ";".join(row.runs),
+        ])
+    return buffer.getvalue()
