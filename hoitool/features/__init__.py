@@ -1,0 +1,1 @@
+"""Node features: frame preprocessing (transforms), frozen backbones (backbones) and per-box pooling (nodes)."""
