@@ -2,7 +2,7 @@
 
 Stored as ``manifest.json``; sources and annotation paths are relative to the
 manifest's directory unless absolute, so a prepared dataset can be moved.
-See ``docs/manifest.md``.
+See the "manifest.json" section of ``docs/datasets.md``.
 """
 
 from __future__ import annotations

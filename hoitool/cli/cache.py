@@ -44,6 +44,8 @@ def info_command(
         ("bytes on disk", f"{_human(info['bytes_on_disk'])} ({info['bytes_on_disk']} B)"),
         ("uncompressed", f"{_human(info['bytes_uncompressed'])} (ratio {info['compression_ratio'] or 0:.2f}x)"),
         *((f"array {name}", f"{info['dtypes'][name]} {' '.join(map(str, shapes))}") for name, shapes in info["shapes"].items()),
+        *((key, str(info[key])) for key in ("source", "frames", "clips", "views", "num_frames", "max_boxes", "dim")
+          if info.get(key) is not None),
         ("stage", str(provenance.get("stage"))),
         ("manifest", str(provenance.get("manifest"))),
         ("upstream", json.dumps(provenance.get("upstream"))),

@@ -1,0 +1,125 @@
+"""``hoitool prepare ...`` as a user runs it: exit codes, one-line errors, re-runs and --force."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hoitool.cli.prepare import run_prepare
+from hoitool.datasets.folder import prepare_folder
+from hoitool.errors import UsageError
+from test_prepare import charades_row, write_cad120_root, write_charades_root
+
+
+def prepare(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hoitool", "prepare", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def class_folders(root: Path) -> Path:
+    for label in ("jump", "run"):
+        (root / label).mkdir(parents=True)
+        for i in range(5):
+            (root / label / f"{label}{i}.mp4").write_bytes(b"")
+    return root
+
+
+def test_folder_rerun_is_a_noop_and_a_changed_config_needs_force(tmp_path):
+    root, out = class_folders(tmp_path / "raw"), tmp_path / "out"
+    first = prepare("folder", out, "--root", root)
+    assert first.returncode == 0, first.stderr
+    assert "train videos" in first.stdout and "classes" in first.stdout
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["root"] == str(root)
+    assert json.loads((out / "manifest.json").read_text())["dataset"] == "folder"
+
+    again = prepare("folder", out, "--root", root)
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+
+    changed = prepare("folder", out, "--root", root, "--seed", "1")
+    assert changed.returncode == 2
+    assert changed.stderr.strip().splitlines() == [
+        f"error: {out / 'manifest.json'}: already prepared from a different config (seed changed); "
+        "use --force to overwrite or pick another OUT"
+    ]
+    forced = prepare("folder", out, "--root", root, "--seed", "1", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["seed"] == 1
+
+
+def test_run_prepare_builds_only_when_needed(tmp_path):
+    root, out = class_folders(tmp_path / "raw"), tmp_path / "out"
+    builds = []
+
+    def build(out):
+        builds.append(out)
+        return prepare_folder(root, out)
+
+    config = {"root": str(root), "seed": 0}
+    run_prepare("folder", out, config, False, build)
+    run_prepare("folder", out, config, False, build)  # same config: no-op
+    assert len(builds) == 1
+    run_prepare("folder", out, config, True, build)  # --force redoes it
+    assert len(builds) == 2
+    with pytest.raises(UsageError, match="dataset 'folder', not 'ssv2'"):
+        run_prepare("ssv2", out, config, False, build)
+    (out / "config.resolved.yaml").unlink()
+    with pytest.raises(UsageError, match="unknown config"):
+        run_prepare("folder", out, config, False, build)
+
+
+def test_bad_labels_csv_is_a_one_line_usage_error(tmp_path):
+    root = tmp_path / "raw"
+    root.mkdir()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("a,jump\nb,run,extra\n")
+    result = prepare("folder", tmp_path / "out", "--root", root, "--labels", labels)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {labels}:2: expected 2 fields `id,label` (or `id,label1;label2`), got 3"
+    ]
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_bad_charades_csv_is_a_one_line_usage_error(tmp_path):
+    root = write_charades_root(tmp_path / "raw", [charades_row("V1", "S", "c001 zero 1")], [], num_classes=3)
+    result = prepare("charades", tmp_path / "out", "--root", root)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Charades_v1_train.csv:2: bad action 'c001 zero 1'" in lines[0]
+
+
+def test_print_config_and_config_errors(tmp_path):
+    out = tmp_path / "out"
+    shown = prepare("charades", out, "--root", tmp_path, "--set", "val_fraction=0.3", "--print-config")
+    assert shown.returncode == 0
+    assert yaml.safe_load(shown.stdout)["val_fraction"] == 0.3
+    assert not out.exists()
+    unknown = prepare("charades", out, "--root", tmp_path, "--set", "val_fractoin=0.3")
+    assert unknown.returncode == 2 and "unknown config key 'val_fractoin'" in unknown.stderr
+    no_root = prepare("ssv2", out)
+    assert no_root.returncode == 2 and "--root" in no_root.stderr
+
+
+def test_cad120_fold_from_the_command_line(tmp_path):
+    root, out = write_cad120_root(tmp_path / "raw"), tmp_path / "out"
+    result = prepare("cad120", out, "--root", root, "--fold", "Subject1", "--val", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert "annotations.jsonl" in result.stdout and "1 video(s) skipped" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {v["id"] for v in manifest["videos"] if v["split"] == "test"} == {"0510175411", "0510175412"}
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["val"] == 0.5
+
+
+def test_synthetic_command(tmp_path):
+    pytest.importorskip("hoitool.datasets.synthetic", reason="the synthetic generator is not in this checkout yet")
+    out = tmp_path / "synthetic"
+    result = prepare("synthetic", out, "--videos-per-class", "1", "--frames", "4", "--size", "32")
+    assert result.returncode == 0, result.stderr
+    assert (out / "manifest.json").is_file() and "train videos" in result.stdout
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["frames"] == 4
