@@ -52,6 +52,45 @@ def test_dataset_boxes_store(dataset):
     assert (dataset / "boxes.h5.config.yaml").exists()
 
 
+def test_imported_boxes_equal_dataset_boxes(dataset, tmp_path):
+    hoitool("extract", "boxes", dataset / "data", "--out", tmp_path / "imported.zarr", "--source", "import",
+            "--import", dataset / "data" / "annotations.jsonl", "--frames", 4, "--top-k", 4, "--workers", 0, check=0)
+    imported, own = open_store(tmp_path / "imported.zarr"), open_store(dataset / "boxes.h5")
+    assert imported.video_ids == own.video_ids
+    for name in ("boxes", "valid", "is_person", "labels", "frame_indices"):
+        np.testing.assert_array_equal(imported.read(own.video_ids[0])[name], own.read(own.video_ids[0])[name])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"video": "x", "frame": 0, "boxes": [[5, 5, 1, 1]]}\n')
+    result = hoitool("extract", "boxes", dataset / "data", "--out", tmp_path / "bad.h5", "--source", "import",
+                     "--import", bad, "--workers", 0, check=3)
+    assert "bad.jsonl:1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_rpn_proposals_with_random_weights(dataset, tmp_path):
+    hoitool("extract", "boxes", dataset / "data", "--out", tmp_path / "rpn.h5", "--source", "rpn", "--weights", "random",
+            "--frames", 2, "--top-k", 5, "--device", "cpu", "--workers", 0,
+            "--set", "model.min_size=64", "--set", "model.max_size=96", check=0)
+    store = open_store(tmp_path / "rpn.h5")
+    arrays = store.read(store.video_ids[0])
+    assert arrays["boxes"].shape == (1, 2, 5, 4) and (arrays["labels"] == -1).all()
+    height, width = arrays["frame_size"]
+    boxes = arrays["boxes"][arrays["valid"]]
+    assert (boxes[:, 2] <= width + 1e-3).all() and (boxes[:, 3] <= height + 1e-3).all()
+    assert store.provenance["weights"]["box_model"].startswith("rpn:fasterrcnn_resnet50_fpn:")
+    assert store.provenance["config"]["model"]["weights"] == "random"
+
+
+def test_missing_weights_say_how_to_fetch_them(dataset, tmp_path, monkeypatch):
+    import os
+
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "empty-cache"))
+    result = subprocess.run([sys.executable, "-m", "hoitool", "extract", "boxes", str(dataset / "data"), "--out",
+                             str(tmp_path / "b.h5"), "--source", "rpn", "--workers", "0"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not found" in result.stderr and "--weights" in result.stderr
+
+
 def test_features_hdf5_and_zarr_identical_and_equal_to_direct_roi_align(dataset, tmp_path):
     hoitool("extract", "features", dataset / "boxes.h5", "--out", tmp_path / "f.h5", *FEATURE_ARGS, check=0)
     hoitool("extract", "features", dataset / "boxes.h5", "--out", tmp_path / "f.zarr", *FEATURE_ARGS, check=0)
