@@ -63,19 +63,23 @@ def set_dotted(config: dict, key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
+def _lookup(config: dict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def merge(config: dict, updates: dict, where: str, prefix: str = "") -> None:
+    """Apply a nested mapping of updates onto ``config`` key by key (unknown keys are refused)."""
     for key, value in updates.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            merge(config[key], value, where, dotted + ".")
+        if isinstance(value, dict) and isinstance(_lookup(config, dotted), dict):
+            merge(config, value, where, dotted + ".")
         else:
-            set_dotted(config, dotted, value, where) if "." in dotted else _set_top(config, key, value, where)
-
-
-def _set_top(config: dict, key: str, value: Any, where: str) -> None:
-    if key not in config:
-        raise UsageError(f"{where}: unknown config key {key!r} (known: {', '.join(sorted(config))})")
-    config[key] = value
+            set_dotted(config, dotted, value, where)
 
 
 def resolve_config(

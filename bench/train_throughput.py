@@ -1,0 +1,171 @@
+"""Training throughput: reading batches from the features store vs the same training on in-RAM tensors.
+
+The store path is what ``hoitool train-teacher`` does with ``data.preload: false``:
+a DataLoader whose workers each open the store and decompress one video per
+item. The RAM path indexes tensors already in memory. Both run the same model,
+loss and optimizer steps, so the ratio says how much of the training speed the
+store costs (target: >= 50%). It also times the store reads alone, which bound
+what the store can feed a device faster than this one. Prints figures; asserts nothing.
+
+    python bench/train_throughput.py [--device cpu|cuda] [--small] [--workers 2] [--suffix .h5|.zarr]
+
+``store_vs_ram_benchmark(args)`` is also called from bench/train.py; it reads
+``args.device``, ``args.small`` and, when present, ``args.workers``,
+``args.suffix``, ``args.epochs``, ``args.rounds`` and ``args.features`` (an existing store to
+read instead of a generated one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hoitool.device import resolve_device
+from hoitool.manifest import Manifest, VideoEntry
+from hoitool.nn.models import build_model
+from hoitool.store import StagedStore, open_store
+from hoitool.train.data import EpochBatchSampler, ViewDataset, batches, collate, make_loader, split_videos
+from hoitool.train.losses import supervised_loss
+
+# Charades-like graphs (T=32 frames x K=15 boxes of 512-d, GLIDN's I3D setting) and a small variant
+SIZES = {"full": {"videos": 256, "frames": 32, "boxes": 15, "dim": 512, "batch": 8},
+         "small": {"videos": 64, "frames": 16, "boxes": 10, "dim": 256, "batch": 8}}
+CLASSES = 10
+
+
+def make_store(root: Path, size: dict, suffix: str) -> Path:
+    """A synthetic features store (random float16 nodes; gzip compresses them about as badly as real features)."""
+    rng = np.random.default_rng(0)
+    videos = [VideoEntry(id=f"v{i:05d}", source=f"v{i:05d}.mp4", labels=[int(rng.integers(CLASSES))], split="train")
+              for i in range(size["videos"])]
+    Manifest(dataset="bench", classes=[f"c{c}" for c in range(CLASSES)], multilabel=False, videos=videos).save(root / "manifest.json")
+    path = root / f"features{suffix}"
+    staged = StagedStore(path, "features", {"config": {}, "upstream": None})
+    frames, boxes, dim = size["frames"], size["boxes"], size["dim"]
+    for video in videos:
+        corner = rng.uniform(0, 200, size=(1, frames, boxes, 2))
+        staged.save(video.id, {
+            "nodes": rng.normal(size=(1, frames, boxes, dim)).astype(np.float16),
+            "valid": rng.random((1, frames, boxes)) > 0.1,
+            "boxes": np.concatenate([corner, corner + 30], axis=-1).astype(np.float32),
+            "frame_size": np.array([240, 320]), "frame_valid": np.ones((1, frames), dtype=bool),
+            "frame_indices": np.arange(frames)[None],
+        })
+    staged.finalize({"manifest": str((root / "manifest.json").resolve())}, {"views": 1, "dim": dim})
+    return path
+
+
+def _train_step(model, optimizer, batch: dict, device: torch.device) -> None:
+    batch = {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+    logits = model(batch["nodes"], batch["valid"], batch["boxes"], batch["frame_size"])
+    loss = supervised_loss(logits, batch["target"], multilabel=False).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _warm_up(epoch_batches, model, optimizer, device: torch.device) -> None:
+    for batch in epoch_batches():
+        _train_step(model, optimizer, batch, device)
+
+
+def _videos_per_second(epoch_batches, model, optimizer, device: torch.device, epochs: int) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    videos, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for batch in epoch_batches():
+            _train_step(model, optimizer, batch, device)
+            videos += len(batch["index"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return videos / (time.perf_counter() - start)
+
+
+def store_vs_ram_benchmark(args) -> dict:
+    """Print and return videos/s from the store (lazy, workers) and from RAM, and their ratio."""
+    device = resolve_device(getattr(args, "device", "auto"))
+    size = SIZES["small" if getattr(args, "small", False) else "full"]
+    workers = getattr(args, "workers", None)
+    workers = 2 if workers is None else workers
+    epochs = getattr(args, "epochs", None) or 1
+    rounds = getattr(args, "rounds", None) or 3
+    with tempfile.TemporaryDirectory() as tmp:
+        features = getattr(args, "features", None) or make_store(Path(tmp), size, getattr(args, "suffix", None) or ".h5")
+        reader = open_store(features)
+        videos = split_videos(Manifest.load(reader.manifest_path), reader.video_ids, "train")
+        dim = int(reader.attrs.get("dim") or reader.read(videos.video_ids[0], ["nodes"])["nodes"].shape[-1])
+        classes = videos.num_classes
+        sampler = EpochBatchSampler(len(videos), size["batch"], seed=0)
+        lazy = ViewDataset(reader, videos)
+        loader = make_loader(lazy, workers, device.type == "cuda", seed=0, batch_sampler=sampler)
+
+        def store_batches():
+            sampler.set_epoch(sampler.epoch + 1)
+            return batches(loader)
+
+        resident = ViewDataset(reader, videos)
+        resident.preload(show_progress=False)
+        every_video = next(iter(EpochBatchSampler(len(videos), len(videos), seed=0, shuffle=False)))
+        tensors = collate([resident[ref] for ref in every_video])  # the whole split as dense tensors, once
+        if device.type == "cuda":
+            tensors = {name: value.pin_memory() for name, value in tensors.items()}
+        ram_sampler = EpochBatchSampler(len(videos), size["batch"], seed=0)
+
+        def ram_batches():
+            ram_sampler.set_epoch(ram_sampler.epoch + 1)
+            for refs in ram_sampler:
+                index = torch.tensor([ref.index for ref in refs])
+                yield {name: value.index_select(0, index) for name, value in tensors.items()}
+
+        paths = {"store": store_batches, "ram": ram_batches}
+        trainers = {}
+        for name, epoch_batches in paths.items():
+            torch.manual_seed(0)
+            model = build_model({"view": "global", "hidden": 512, "layers": 1}, dim, classes).to(device)
+            trainers[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-4))
+            _warm_up(epoch_batches, *trainers[name], device)
+        # alternate the two paths over several rounds: on a shared machine the load changes under a benchmark
+        timings = {name: [] for name in paths}
+        for _ in range(rounds):
+            for name, epoch_batches in paths.items():
+                timings[name].append(_videos_per_second(epoch_batches, *trainers[name], device, epochs))
+        results = {name: float(np.median(values)) for name, values in timings.items()}
+        ratio = float(np.median(np.array(timings["store"]) / np.array(timings["ram"])))
+        started, read = time.perf_counter(), 0
+        for _ in range(epochs):
+            read += sum(len(batch["index"]) for batch in store_batches())
+        results["read_only"] = read / (time.perf_counter() - started)
+        del loader
+        reader.close()
+    print(f"training throughput on {device} ({len(videos)} videos, T={size['frames']} K={size['boxes']} D={size['dim']}, "
+          f"batch {size['batch']}, {workers} workers; median of {rounds} alternating rounds of {epochs} epoch(s)):")
+    print(f"  {'from the store (lazy, ' + Path(str(features)).suffix + ')':28s} {results['store']:8.1f} videos/s")
+    print(f"  {'from RAM tensors':28s} {results['ram']:8.1f} videos/s")
+    print(f"  ratio store/RAM (median of rounds): {100 * ratio:.0f}% (target >= 50%)")
+    print(f"  {'store reads alone (no model)':28s} {results['read_only']:8.1f} videos/s  (the most the store can feed a faster device)")
+    serial = 1.0 / (1.0 + results["ram"] / results["read_only"])
+    print(f"  expected ratio if reads never overlap compute (workers=0): {100 * serial:.0f}%")
+    return {"store_videos_per_s": results["store"], "ram_videos_per_s": results["ram"], "ratio": ratio,
+            "read_only_videos_per_s": results["read_only"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--small", action="store_true", help="64 videos of T=16, K=10, D=256 instead of 256 of T=32, K=15, D=512.")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers reading the store.")
+    parser.add_argument("--epochs", type=int, default=1, help="Timed epochs per round (after one warm-up epoch).")
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating store/RAM rounds; medians are reported.")
+    parser.add_argument("--suffix", default=".h5", choices=[".h5", ".zarr"], help="Store backend of the generated store.")
+    parser.add_argument("--features", default=None, help="An existing features store to read (its manifest's train split).")
+    store_vs_ram_benchmark(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Batches of node features for training and inference, read from a features store.
+
+* :class:`ViewDataset` serves one (video, view) per item; the *sampler* decides
+  the order, the view (view 0, or a random one with ``data.random_view``) and
+  each sample's loss weight, so workers never draw random numbers and a resumed
+  epoch replays exactly.
+* :class:`VideoDataset` serves every view of one video per item (inference).
+* Both read lazily from the store (the reader reopens its file in each worker
+  process) or from RAM after :meth:`preload` when the split fits the budget.
+* :func:`collate` pads to the largest T and K of the batch (videos of one store
+  normally share them) and stacks into dense tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hoitool.cli import console
+from hoitool.errors import UsageError
+from hoitool.manifest import Manifest
+
+FIELDS = ("nodes", "valid", "boxes", "frame_size")
+
+
+@dataclass
+class SplitVideos:
+    """The videos of one split that the store holds, with their labels."""
+
+    split: str
+    video_ids: list[str]
+    targets: np.ndarray  # (N,) int64 class index, or (N, C) float32 multi-hot
+    multilabel: bool
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def one_hot(self) -> np.ndarray:
+        """(N, C) 0/1 targets, the form the run outputs hold for both kinds of label."""
+        if self.multilabel:
+            return self.targets.astype(np.float32)
+        hot = np.zeros((len(self.video_ids), self.num_classes), dtype=np.float32)
+        hot[np.arange(len(self.video_ids)), self.targets] = 1.0
+        return hot
+
+
+def split_videos(manifest: Manifest, store_ids: list[str], split: str) -> SplitVideos:
+    """Videos of ``split`` in the manifest that are in the store (id order); single- or multi-label targets."""
+    present = set(store_ids)
+    entries = [video for video in manifest.split(split) if video.id in present]
+    missing = len(manifest.split(split)) - len(entries)
+    if missing:
+        console.info(f"{split}: {missing} video(s) of the manifest are not in the features store (failed extraction?); skipped")
+    if manifest.multilabel:
+        targets = np.zeros((len(entries), manifest.num_classes), dtype=np.float32)
+        for row, video in enumerate(entries):
+            targets[row, video.labels] = 1.0
+    else:
+        targets = np.array([video.labels[0] for video in entries], dtype=np.int64)
+    return SplitVideos(split, [video.id for video in entries], targets, manifest.multilabel, manifest.num_classes)
+
+
+class SampleRef(NamedTuple):
+    """What the sampler hands the dataset: which video, which view, and the sample's loss weight."""
+
+    index: int
+    view: int
+    weight: float
+
+
+class _StoreBacked(Dataset):
+    """Shared lazy/preloaded access to the store's arrays for one split."""
+
+    def __init__(self, reader, videos: SplitVideos, views: int | None):
+        self.reader = reader
+        self.videos = videos
+        self.kept_views = views  # how many leading views to keep when preloading (None = all)
+        self._cache: list[dict[str, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    @property
+    def preloaded(self) -> bool:
+        return self._cache is not None
+
+    def _read(self, index: int) -> dict[str, np.ndarray]:
+        arrays = self.reader.read(self.videos.video_ids[index], list(FIELDS))
+        if self.kept_views is not None:
+            arrays = {name: value if name == "frame_size" else value[: self.kept_views] for name, value in arrays.items()}
+        return arrays
+
+    def arrays(self, index: int) -> dict[str, np.ndarray]:
+        return self._cache[index] if self._cache is not None else self._read(index)
+
+    def estimated_bytes(self) -> int:
+        """RAM the whole split takes once preloaded, extrapolated from its first video."""
+        if not len(self):
+            return 0
+        first = self._read(0)
+        return sum(array.nbytes for array in first.values()) * len(self)
+
+    def preload(self, show_progress: bool = True) -> None:
+        cache = []
+        progress = console.progress(f"loading {self.videos.split} into RAM", len(self)) if show_progress else contextlib.nullcontext()
+        with progress as bar:
+            for index in range(len(self)):
+                cache.append(self._read(index))
+                if bar is not None:
+                    bar.advance()
+        self._cache = cache
+        self.release()
+
+    def release(self) -> None:
+        """Close this process's store handle (before forking workers, which open their own)."""
+        self.reader.close()
+
+
+class ViewDataset(_StoreBacked):
+    """One (video, view) per item: ``dataset[SampleRef(index, view, weight)]``."""
+
+    def __init__(self, reader, videos: SplitVideos, random_view: bool = False):
+        super().__init__(reader, videos, views=None if random_view else 1)
+
+    def __getitem__(self, ref: SampleRef) -> dict:
+        arrays = self.arrays(ref.index)
+        view = ref.view % arrays["nodes"].shape[0]
+        sample = {name: arrays[name][view] for name in ("nodes", "valid", "boxes")}
+        sample.update(frame_size=arrays["frame_size"], index=ref.index, view=view, weight=ref.weight, target=self.videos.targets[ref.index])
+        return sample
+
+
+class VideoDataset(_StoreBacked):
+    """Every view of one video per item (inference covers all test-time views)."""
+
+    def __init__(self, reader, videos: SplitVideos):
+        super().__init__(reader, videos, views=None)
+
+    def __getitem__(self, index: int) -> list[dict]:
+        arrays = self.arrays(index)
+        target = self.videos.targets[index]
+        return [
+            {
+                "nodes": arrays["nodes"][view], "valid": arrays["valid"][view], "boxes": arrays["boxes"][view],
+                "frame_size": arrays["frame_size"], "index": index, "view": view, "weight": 1.0, "target": target,
+            }
+            for view in range(arrays["nodes"].shape[0])
+        ]
+
+
+def _stack_padded(arrays: list[np.ndarray], fill) -> np.ndarray:
+    """Stack (T, K, ...) arrays, padding T and K up to the batch's largest."""
+    shape = tuple(max(sizes) for sizes in zip(*(array.shape for array in arrays)))
+    if all(array.shape == shape for array in arrays):
+        return np.stack(arrays)
+    out = np.full((len(arrays),) + shape, fill, dtype=arrays[0].dtype)
+    for row, array in enumerate(arrays):
+        out[(row,) + tuple(slice(0, size) for size in array.shape)] = array
+    return out
+
+
+def collate(samples: list) -> dict[str, torch.Tensor]:
+    """Samples (or lists of per-view samples) -> dense batch tensors; padded nodes are invalid."""
+    if samples and isinstance(samples[0], list):
+        samples = [view for video in samples for view in video]
+    targets = np.stack([np.asarray(sample["target"]) for sample in samples])
+    return {
+        "nodes": torch.from_numpy(_stack_padded([s["nodes"] for s in samples], 0)),
+        "valid": torch.from_numpy(_stack_padded([s["valid"] for s in samples], False)),
+        "boxes": torch.from_numpy(_stack_padded([s["boxes"] for s in samples], 0)),
+        "frame_size": torch.from_numpy(np.stack([s["frame_size"] for s in samples]).astype(np.float32)),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
+        "view": torch.tensor([s["view"] for s in samples], dtype=torch.int64),
+        "weight": torch.tensor([s["weight"] for s in samples], dtype=torch.float32),
+        "target": torch.from_numpy(targets),
+    }
+
+
+class EpochBatchSampler:
+    """Seeded batches of :class:`SampleRef`; epoch ``e`` is a pure function of ``(seed, e)``.
+
+    Under DDP every rank draws the same permutation and takes a strided share of
+    each *global* batch of ``batch_size`` samples. Each sample weighs
+    ``world_size / len(global batch)``, so the sum over a rank's samples,
+    averaged over ranks by DDP, is the global batch mean; a rank left without a
+    sample (a last batch smaller than the world) gets one dummy of weight 0.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, shuffle: bool = True, num_views: int = 1,
+                 random_view: bool = False, rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise UsageError(f"train.batch_size must be at least 1, got {batch_size}")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.shuffle, self.num_views, self.random_view = shuffle, num_views, random_view
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch = state["seed"], state["epoch"]
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_items / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[SampleRef]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator).tolist() if self.shuffle else list(range(self.num_items))
+        if self.random_view and self.num_views > 1:
+            views = torch.randint(self.num_views, (self.num_items,), generator=generator).tolist()
+        else:
+            views = [0] * self.num_items
+        for start in range(0, self.num_items, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            weight = self.world_size / len(batch)
+            mine = batch[self.rank :: self.world_size]
+            if mine:
+                yield [SampleRef(index, views[index], weight) for index in mine]
+            else:
+                yield [SampleRef(batch[0], views[batch[0]], 0.0)]
+
+
+def decide_preload(setting, dataset: _StoreBacked, budget_gb: float | None) -> bool:
+    """``data.preload``: true/false, or ``auto`` = when the split fits the budget (default: 25% of RAM)."""
+    if setting in (True, "true", "yes"):
+        return True
+    if setting in (False, "false", "no"):
+        return False
+    if setting != "auto":
+        raise UsageError(f"data.preload must be auto, true or false, got {setting!r}")
+    budget = budget_gb * 2**30 if budget_gb is not None else 0.25 * _physical_memory()
+    needed = dataset.estimated_bytes()
+    dataset.release()
+    console.debug(f"{dataset.videos.split}: {needed / 2**20:.1f} MiB when preloaded, budget {budget / 2**20:.0f} MiB")
+    return needed <= budget
+
+
+def _physical_memory() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        return 8 * 2**30
+
+
+def make_loader(dataset: _StoreBacked, workers: int, pin_memory: bool, seed: int,
+                batch_sampler: EpochBatchSampler | None = None, batch_size: int | None = None,
+                persistent: bool = True) -> DataLoader:
+    """A DataLoader with its own seeded generator (so it never draws from the global torch RNG).
+
+    ``persistent`` keeps the workers between epochs (loaders iterated once per epoch).
+    """
+    workers = 0 if dataset.preloaded else workers
+    batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size}
+    return DataLoader(
+        dataset,
+        **batching,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=persistent and workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """Iterate a loader; the parent's store handle is closed first so forked workers never share it."""
+    if loader.num_workers:
+        loader.dataset.release()
+    yield from loader
