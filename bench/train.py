@@ -7,6 +7,8 @@ Sections (each a function taking the parsed args, selected with --only):
                  local view: per-frame (B*T, K, K) graphs vs one (B, N, N) mask vs
                  the same edge lists. The full size needs ~16 GB of RAM (the edge
                  lists of the global view materialise 1.8M x 512 messages).
+  store          training throughput reading the features store (lazy, DataLoader
+                 workers) vs the same model on in-RAM tensors (bench/train_throughput.py).
 
 Run:  python bench/train.py [--device cpu|cuda] [--small] [--repeats 5]
 """
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from hoitool.nn import GATLayer, frame_adjacency, global_adjacency, local_adjacency
+from train_throughput import store_vs_ram_benchmark
 
 # --------------------------------------------------------------------------- timing helpers
 
@@ -164,7 +167,7 @@ def gat_benchmark(args) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
-SECTIONS = {"gat": gat_benchmark}
+SECTIONS = {"gat": gat_benchmark, "store": store_vs_ram_benchmark}
 
 
 def parse_args(argv=None):
@@ -176,6 +179,11 @@ def parse_args(argv=None):
                         help="fraction of box slots that hold a box (the rest is padding); 1.0 = fully connected")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
+    parser.add_argument("--workers", type=int, default=2, help="store section: DataLoader workers reading the store")
+    parser.add_argument("--epochs", type=int, default=1, help="store section: timed epochs per round")
+    parser.add_argument("--rounds", type=int, default=3, help="store section: alternating store/RAM rounds (medians)")
+    parser.add_argument("--suffix", default=".h5", choices=[".h5", ".zarr"], help="store section: backend")
+    parser.add_argument("--features", default=None, help="store section: an existing features store to read")
     return parser.parse_args(argv)
 
 

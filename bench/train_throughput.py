@@ -7,9 +7,9 @@ loss and optimizer steps, so the ratio says how much of the training speed the
 store costs (target: >= 50%). It also times the store reads alone, which bound
 what the store can feed a device faster than this one. Prints figures; asserts nothing.
 
-    python bench/train_throughput.py [--device cpu|cuda] [--small] [--workers 2] [--suffix .h5|.zarr]
+    python bench/train.py --only store [--device cpu|cuda] [--small] [--workers 2] [--suffix .h5|.zarr]
 
-``store_vs_ram_benchmark(args)`` is also called from bench/train.py; it reads
+``store_vs_ram_benchmark(args)`` is the "store" section of bench/train.py; it reads
 ``args.device``, ``args.small`` and, when present, ``args.workers``,
 ``args.suffix``, ``args.epochs``, ``args.rounds`` and ``args.features`` (an existing store to
 read instead of a generated one).
@@ -17,7 +17,6 @@ read instead of a generated one).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -153,19 +152,3 @@ def store_vs_ram_benchmark(args) -> dict:
     print(f"  expected ratio if reads never overlap compute (workers=0): {100 * serial:.0f}%")
     return {"store_videos_per_s": results["store"], "ram_videos_per_s": results["ram"], "ratio": ratio,
             "read_only_videos_per_s": results["read_only"]}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--small", action="store_true", help="64 videos of T=16, K=10, D=256 instead of 256 of T=32, K=15, D=512.")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers reading the store.")
-    parser.add_argument("--epochs", type=int, default=1, help="Timed epochs per round (after one warm-up epoch).")
-    parser.add_argument("--rounds", type=int, default=3, help="Alternating store/RAM rounds; medians are reported.")
-    parser.add_argument("--suffix", default=".h5", choices=[".h5", ".zarr"], help="Store backend of the generated store.")
-    parser.add_argument("--features", default=None, help="An existing features store to read (its manifest's train split).")
-    store_vs_ram_benchmark(parser.parse_args())
-
-
-if __name__ == "__main__":
-    main()
