@@ -167,10 +167,20 @@ def test_local_view_learns_a_relation_the_baseline_cannot():
     assert base_losses[-1] > 0.69  # stuck at ln 2: each positive has a twin negative it cannot tell apart
 
 
+def test_input_norm_makes_the_model_invariant_to_feature_scale():
+    torch.manual_seed(0)
+    model = ContextGraphNet(IN_DIM, CLASSES, "global", hidden=16, input_norm=True).eval()
+    nodes, valid = torch.randn(2, 3, 4, IN_DIM), torch.ones(2, 3, 4, dtype=torch.bool)
+    torch.testing.assert_close(model(nodes * 50 + 3, valid), model(nodes, valid), atol=1e-4, rtol=1e-4)
+    plain = ContextGraphNet(IN_DIM, CLASSES, "global", hidden=16).eval()
+    assert not torch.allclose(plain(nodes * 50 + 3, valid), plain(nodes, valid))
+
+
 def test_build_model_from_config():
     assert MODEL_DEFAULTS == {
         "view": "global", "hidden": 512, "layers": 1, "heads": 1, "pooling": "max",
         "dropout": 0.0, "residual": False, "geometry_encoding": False, "time_encoding": False,
+        "input_norm": False,
     }
     model = build_model({**MODEL_DEFAULTS, "view": "local", "hidden": 24, "heads": 3, "layers": 2}, IN_DIM, CLASSES)
     assert model.view == "local" and len(model.graph) == 2 and model.graph[0].heads == 3

@@ -31,6 +31,7 @@ MODEL_DEFAULTS: dict = {
     "residual": False,
     "geometry_encoding": False,
     "time_encoding": False,
+    "input_norm": False,  # LayerNorm on the input features (beyond the paper; helps unnormalised features)
 }
 
 
@@ -61,12 +62,14 @@ class ContextGraphNet(nn.Module):
         residual: bool = False,
         geometry_encoding: bool = False,
         time_encoding: bool = False,
+        input_norm: bool = False,
     ):
         super().__init__()
         _check_hyper_parameters(view, hidden, layers, heads, pooling, dropout)
         self.view = view
         self.pooling = pooling
         self.dropout = dropout
+        self.norm = nn.LayerNorm(in_dim) if input_norm else None
         self.input = nn.Linear(in_dim, hidden)
         self.geometry = GeometryEncoding(hidden) if geometry_encoding else None
         self.time = TimeEncoding(hidden) if time_encoding else None
@@ -80,7 +83,10 @@ class ContextGraphNet(nn.Module):
 
     def embed(self, nodes, boxes=None, frame_size=None) -> torch.Tensor:
         """(B, T, K, D) node features -> (B, T, K, hidden) node embeddings, encodings included."""
-        h = F.relu(self.input(nodes.to(self.input.weight.dtype)))
+        x = nodes.to(self.input.weight.dtype)
+        if self.norm is not None:
+            x = self.norm(x)
+        h = F.relu(self.input(x))
         h = F.dropout(h, p=self.dropout, training=self.training)
         if self.geometry is not None:
             if boxes is None or frame_size is None:
