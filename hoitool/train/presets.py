@@ -83,12 +83,15 @@ PRESETS: dict[str, Preset] = {
     ),
     # Not from the paper: small and fast, for the synthetic demo dataset and smoke tests on a laptop CPU.
     "demo": Preset(
-        description="small and fast (synthetic demo data): Adam 1e-3, 30 epochs, step 20, hidden 128, batch 16",
+        description="small and fast (synthetic demo data): Adam 3e-3, 100 epochs, step 80, hidden 128, batch 16, "
+                    "frame-time encoding for every view",
         config={
-            "model": {"hidden": 128, "layers": 1, "heads": 2},
-            "optim": {"name": "adam", "lr": 1e-3},
-            "schedule": {"step_size": 20, "gamma": 0.1},
-            "train": {"epochs": 30, "batch_size": 16},
+            # The synthetic global classes differ only by the order of events, which an unordered node set
+            # cannot see: every view gets the frame-time encoding (the baseline too, so the comparison is fair).
+            "model": {"hidden": 128, "layers": 1, "heads": 2, "time_encoding": True},
+            "optim": {"name": "adam", "lr": 3e-3},
+            "schedule": {"step_size": 80, "gamma": 0.1},
+            "train": {"epochs": 100, "batch_size": 16},
         },
         distill_by_teacher={
             "global": {"T": 4.0, "lambda1": 0.5, "lambda2": 0.5},
