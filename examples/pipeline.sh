@@ -3,9 +3,9 @@
 set -euo pipefail
 out=${1:-example-out}
 hoitool prepare synthetic "$out/data"
-hoitool extract boxes "$out/data" --out "$out/boxes.h5" --source dataset --frames 12 --top-k 6
+hoitool extract boxes "$out/data" --out "$out/boxes.h5" --source dataset --frames 8 --top-k 2
 hoitool extract features "$out/boxes.h5" --out "$out/features.zarr" --backbone resnet18 --weights random \
-  --set short_side=128
+  --mode crop --set crop_size=64
 hoitool cache info "$out/features.zarr"
 for view in baseline global local; do
   hoitool train-teacher "$out/features.zarr" --view "$view" --out "$out/runs/$view" --preset demo
