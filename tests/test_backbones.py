@@ -8,15 +8,6 @@ from hoitool.features.backbones import _layer_table, _truncate, build_backbone
 from hoitool.weights import load_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: more threads only spin against other processes (10-100x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def frames(count, size, seed=0):
     return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -11,15 +11,6 @@ from hoitool.boxes.models import build_box_model
 TINY = {"min_size": 64, "max_size": 128}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: more threads only spin against other processes (10-100x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def frames():
     """Three frames larger than the model's internal size, so boxes must be mapped back to reach the edges."""

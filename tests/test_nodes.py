@@ -13,15 +13,6 @@ from hoitool.features.transforms import BoxTransform, prepare_frames
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: more threads only spin against other processes (10-100x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def resnet18():
     return build_backbone("resnet18", "layer3", "random", seed=0)

@@ -10,15 +10,6 @@ from hoitool.errors import HoitoolError, UsageError
 from hoitool.weights import cache_path, default_weights_enum, load_model, resolve_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: more threads only spin against other processes (10-100x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def no_downloads(monkeypatch, tmp_path):
     """Any attempt to download fails the test; TORCH_HOME points at an empty temporary cache."""
