@@ -63,7 +63,8 @@ def set_dotted(config: dict, key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def _lookup(config: dict, key: str) -> Any:
+def lookup(config: dict, key: str) -> Any:
+    """The value at a dotted key, or None where it is missing."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -72,11 +73,23 @@ def _lookup(config: dict, key: str) -> Any:
     return node
 
 
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs (sorted), e.g. ``["optim.lr"]``."""
+    changed: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        left, right = old.get(key), new.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            changed += changed_keys(left, right, f"{prefix}{key}.")
+        elif left != right:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
 def merge(config: dict, updates: dict, where: str, prefix: str = "") -> None:
     """Apply a nested mapping of updates onto ``config`` key by key (unknown keys are refused)."""
     for key, value in updates.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(_lookup(config, dotted), dict):
+        if isinstance(value, dict) and isinstance(lookup(config, dotted), dict):
             merge(config, value, where, dotted + ".")
         else:
             set_dotted(config, dotted, value, where)

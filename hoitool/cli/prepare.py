@@ -20,7 +20,7 @@ from rich.table import Table
 from hoitool.cli import console
 from hoitool.cli.app import prepare_app
 from hoitool.cli.options import ConfigOption, ForceOption, PrintConfigOption, SetOption, stage_config
-from hoitool.config import save_config
+from hoitool.config import changed_keys, save_config
 from hoitool.datasets.cad120 import KINECT, Intrinsics, prepare_cad120
 from hoitool.datasets.charades import prepare_charades
 from hoitool.datasets.folder import ANNOTATIONS_FILE, MANIFEST_FILE, VIDEO_EXTENSIONS, WARNINGS_FILE, prepare_folder
@@ -92,18 +92,6 @@ def _root(config: dict) -> Path:
     return root
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    changed: list[str] = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changed.append(f"{prefix}{key}")
-    return changed
-
-
 def _previous(out: Path) -> tuple[str | None, dict | None]:
     """Dataset name and config of an earlier preparation in ``out`` (None where unreadable)."""
     try:
@@ -151,7 +139,7 @@ def run_prepare(dataset: str, out: Path, config: dict, force: bool, build: Calla
             elif old_config is None:
                 what = f"an unknown config ({CONFIG_FILE} missing)"
             else:
-                what = f"a different config ({', '.join(_differences(old_config, config))} changed)"
+                what = f"a different config ({', '.join(changed_keys(old_config, config))} changed)"
             raise UsageError(f"{manifest_path}: already prepared from {what}; use --force to overwrite or pick another OUT")
         manifest_path.unlink()  # from here on an interrupted run leaves no stale manifest behind
     out.mkdir(parents=True, exist_ok=True)

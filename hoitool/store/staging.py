@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from hoitool import __version__
+from hoitool.config import changed_keys
 from hoitool.errors import StaleArtifactError, UsageError
 from hoitool.io.atomic import append_jsonl, atomic_path, fsync_dir, read_jsonl, recover_dir, replace_dir, write_json, write_text
 from hoitool.store.backends import backend_name, open_backend
@@ -76,7 +77,7 @@ class StagedStore:
         if other.get("upstream") != self.header.get("upstream"):
             return f"its upstream artifact changed (fingerprint {other.get('upstream')} -> {self.header.get('upstream')})"
         if other.get("config") != self.header.get("config"):
-            changed = sorted(_diff_keys(other.get("config", {}), self.header.get("config", {})))
+            changed = changed_keys(other.get("config", {}), self.header.get("config", {}))
             return f"it was made with a different config ({', '.join(changed[:5]) or 'schema'})"
         return None
 
@@ -297,14 +298,3 @@ def load_part(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         arrays = {name: data[name] for name in data.files if name != ATTRS_KEY}
         attrs = json.loads(bytes(data[ATTRS_KEY]).decode()) if ATTRS_KEY in data.files else {}
     return arrays, attrs
-
-
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for key in set(a) | set(b):
-        left, right = a.get(key), b.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            keys |= _diff_keys(left, right, f"{prefix}{key}.")
-        elif left != right:
-            keys.add(prefix + key)
-    return keys

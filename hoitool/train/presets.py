@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from hoitool.config import load_config_file, resolve_config, set_dotted
+from hoitool.config import changed_keys, load_config_file, lookup, resolve_config, set_dotted
 from hoitool.errors import UsageError
 from hoitool.nn.models import MODEL_DEFAULTS
 
@@ -154,16 +154,9 @@ def identity(config: dict) -> dict:
     return config
 
 
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def differences(old: dict, new: dict) -> list[str]:
     """``["optim.lr: 0.001 -> 0.01", ...]`` for keys whose values differ."""
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        left, right = old.get(key), new.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            changes += differences(left, right, f"{prefix}{key}.")
-        elif left != right:
-            changes.append(f"{prefix}{key}: {left!r} -> {right!r}")
-    return changes
+    return [f"{key}: {lookup(old, key)!r} -> {lookup(new, key)!r}" for key in changed_keys(old, new)]
 
 
 def check_config(config: dict) -> None:
