@@ -16,7 +16,8 @@ from hoitool.store import open_store
 from hoitool.train.artifacts import load_teacher_logits
 from hoitool.train.loop import train
 
-from test_train import make_features, request, run_cli
+from helpers import run_cli
+from test_train import make_features, request
 
 
 @pytest.fixture(scope="module")

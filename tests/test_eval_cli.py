@@ -1,7 +1,6 @@
 """``hoitool eval`` on tiny fake run directories and on the real Charades submission fixture."""
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hoitool.cli.app import main
+from helpers import run_cli
 from hoitool.eval.charades import charades_map, read_submission
 from hoitool.eval.runs import OUTPUTS_JSON, load_run, write_outputs
 
@@ -43,16 +42,7 @@ def make_run(path: Path, multilabel: bool, seed: int = 0, classes: int = 6, vide
 
 
 def invoke(capsys, *argv):
-    """Run the CLI in-process; returns (exit code, stdout, stderr) and restores the signal handlers main installs."""
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(arg) for arg in argv])
-    finally:
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
+    return run_cli([str(arg) for arg in argv], capsys)
 
 
 def fused_by_hand(run_dir: Path, split: str, rule: str):

@@ -2,13 +2,12 @@
 
 import csv
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hoitool.cli.app import main
+from helpers import run_cli
 from hoitool.eval.report import build_rows, run_label
 from hoitool.eval.runs import write_outputs
 
@@ -36,16 +35,7 @@ def make_run(path: Path, seed: int, multilabel: bool = False, **info) -> Path:
 
 
 def invoke(capsys, *argv):
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(arg) for arg in argv])
-    finally:
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
-    captured = capsys.readouterr()
-    # console.info wraps long lines (paths) on stderr: compare messages with whitespace collapsed
-    return exit_info.value.code or 0, captured.out, " ".join(captured.err.split())
+    return run_cli([str(arg) for arg in argv], capsys)
 
 
 def test_run_labels_follow_the_paper_naming():

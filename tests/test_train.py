@@ -1,12 +1,11 @@
 """train-teacher end to end on a tiny features store: the run directory contract, data paths, CLI refusals.
 
-``make_features``, ``request`` and ``run_cli`` are shared with test_resume, test_distill and test_ddp.
+``make_features`` and ``request`` are shared with test_resume, test_distill and test_ddp.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from hoitool.cli.app import main
+from helpers import run_cli
 from hoitool.errors import UsageError
 from hoitool.eval.runs import file_sha256, load_run
 from hoitool.manifest import Manifest, VideoEntry
@@ -152,20 +151,6 @@ def test_schedule_decays_the_learning_rate(tmp_path):
     train(request(features, tmp_path / "run", train__epochs=3, schedule__step_size=2, optim__name="sgd", optim__lr=0.1))
     lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([0.1, 0.1, 0.01])
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    """The CLI in-process: (exit code, stdout, stderr with rich's wrapping undone); restores the signal handlers main installs."""
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    capsys.readouterr()
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(arg) for arg in argv])
-    finally:
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, " ".join(captured.err.split())
 
 
 def test_cli_refuses_existing_run_amp_on_cpu_and_non_run_dirs(teacher_run, tmp_path, capsys):
