@@ -9,9 +9,7 @@ import typer
 
 from hoitool.cli.app import extract_app
 from hoitool.cli.options import ConfigOption, ForceOption, PrintConfigOption, SetOption, ShardOption, stage_config
-from hoitool.config import save_config
 from hoitool.manifest import parse_shard
-from hoitool.store.staging import shard_path
 
 WeightsOption = typer.Option(None, "--weights", help="Weights file; default: torchvision's cache (TORCH_HOME); 'random' for tests.")
 DeviceOption = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N.")
@@ -46,9 +44,7 @@ def boxes_command(
         "runtime.device": device, "runtime.workers": workers,
     }
     resolved = stage_config(BOXES_DEFAULTS, config, overrides, print_config, options)
-    parsed = parse_shard(shard)
-    save_config(resolved, shard_path(out, parsed).parent, shard_path(out, parsed).name + ".config.yaml")
-    finish(extract_boxes(manifest, out, resolved, shard=parsed, force=force))
+    finish(extract_boxes(manifest, out, resolved, shard=parse_shard(shard), force=force))
 
 
 @extract_app.command("features")
@@ -79,6 +75,4 @@ def features_command(
         "crops": crops, "runtime.device": device, "runtime.workers": workers, "runtime.amp": amp,
     }
     resolved = stage_config(FEATURES_DEFAULTS, config, overrides, print_config, options)
-    parsed = parse_shard(shard)
-    save_config(resolved, shard_path(out, parsed).parent, shard_path(out, parsed).name + ".config.yaml")
-    finish(extract_features(boxes, out, resolved, shard=parsed, force=force))
+    finish(extract_features(boxes, out, resolved, shard=parse_shard(shard), force=force))

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hoitool.cli import console
+from hoitool.config import save_config
 from hoitool.errors import HoitoolError, SomeVideosFailed
 from hoitool.store.staging import StagedStore, sidecar
 
@@ -75,6 +76,7 @@ def run_video_stage(
     ``load(video_id)`` runs in a worker (decode, read annotations); ``compute(item)`` runs in the
     main process (the model) and returns ``(arrays, video_attrs)``.
     """
+    save_config(provenance["config"], staged.path.parent, sidecar(staged.path, "config.yaml").name)
     done_before = staged.done_ids()
     todo = [video_id for video_id in sorted(video_ids) if video_id not in done_before]
     summary = StageSummary(path=staged.path, skipped=len(video_ids) - len(todo))
