@@ -16,7 +16,6 @@ Every choice yields a fingerprint that goes into the artifacts' provenance.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ import torchvision
 from torch import nn
 
 from hoitool.errors import HoitoolError, UsageError
+from hoitool.io.digest import file_sha256
 
 RANDOM = "random"
 DEFAULT = "default"
@@ -52,11 +52,7 @@ def file_fingerprint(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _hash_cache[key] = digest.hexdigest()[:16]
+        _hash_cache[key] = file_sha256(path)[:16]
     return _hash_cache[key]
 
 

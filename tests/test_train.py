@@ -15,7 +15,8 @@ import yaml
 
 from helpers import run_cli
 from hoitool.errors import UsageError
-from hoitool.eval.runs import file_sha256, load_run
+from hoitool.eval.runs import load_run
+from hoitool.io.digest import file_sha256
 from hoitool.manifest import Manifest, VideoEntry
 from hoitool.store import StagedStore, open_store
 from hoitool.train.data import EpochBatchSampler, collate

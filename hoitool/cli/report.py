@@ -20,7 +20,8 @@ from hoitool.cli.app import app
 from hoitool.cli.evaluate import EVAL_DIR, evaluate_runs, metrics_filename
 from hoitool.errors import UsageError
 from hoitool.eval.report import REPORT_METRICS, build_rows, numeric_columns, render_csv, render_markdown, table_cells
-from hoitool.eval.runs import OUTPUTS_NPZ, file_sha256, load_run, read_run_info
+from hoitool.eval.runs import OUTPUTS_NPZ, load_run, read_run_info
+from hoitool.io.digest import file_sha256
 from hoitool.io.atomic import write_text
 
 

@@ -7,7 +7,6 @@ and the targets; ``outputs.json`` holds its provenance plus the SHA-256 of the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 
 from hoitool.errors import StaleArtifactError, UsageError
 from hoitool.io.atomic import atomic_path, write_json
+from hoitool.io.digest import file_sha256
 
 RUN_INFO = "run.json"
 OUTPUTS_NPZ = "outputs.npz"
@@ -53,14 +53,6 @@ class Run:
             present = ", ".join(sorted(set(self.split.tolist()))) or "none"
             raise UsageError(f"{self.path / OUTPUTS_NPZ}: no outputs for split {split!r} (present: {present})")
         return selected
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _checked_arrays(where: str, video_ids, view_index, split, logits, targets, multilabel: bool | None = None) -> dict:

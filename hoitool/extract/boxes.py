@@ -15,7 +15,8 @@ import torch
 
 from hoitool.boxes.jsonl import FrameBoxes, read_boxes_jsonl
 from hoitool.errors import UsageError
-from hoitool.extract.common import content_config, file_fingerprint, provenance
+from hoitool.extract.common import content_config, provenance
+from hoitool.io.digest import file_sha256
 from hoitool.extract.engine import StageSummary, VideoFailure, run_video_stage
 from hoitool.manifest import Manifest, select_shard
 from hoitool.store.staging import StagedStore, shard_path
@@ -135,7 +136,7 @@ class BoxesModel:
             path = Path(config["import_file"])
             if not path.exists():
                 raise UsageError(f"{path}: boxes file to import not found")
-            self.weights = {"import_file": file_fingerprint(path)}
+            self.weights = {"import_file": file_sha256(path)[:16]}
         if source in ("rpn", "detector"):
             from hoitool.boxes.models import build_box_model
             from hoitool.device import resolve_device
@@ -175,7 +176,7 @@ def extract_boxes(manifest_path: Path, out: Path, config: dict, shard=None, forc
     manifest = Manifest.load(manifest_path)
     manifest_file = manifest.root / "manifest.json"
     out = shard_path(Path(out), shard)
-    header = {"config": content_config(config), "upstream": file_fingerprint(manifest_file)}
+    header = {"config": content_config(config), "upstream": file_sha256(manifest_file)[:16]}
     staged = StagedStore(out, "boxes", header, force=force, what="boxes store")
     model = BoxesModel(config)
     videos = [video.id for video in select_shard(manifest.videos, shard)]

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from hoitool import __version__
-
-
-def file_fingerprint(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def content_config(config: dict) -> dict:

@@ -23,7 +23,8 @@ import yaml
 from hoitool import __version__
 from hoitool.cli import console
 from hoitool.errors import HoitoolError, StaleArtifactError, UsageError
-from hoitool.eval.runs import OUTPUTS_JSON, RUN_INFO, file_sha256, load_run
+from hoitool.eval.runs import OUTPUTS_JSON, RUN_INFO, load_run
+from hoitool.io.digest import file_sha256
 from hoitool.io.atomic import read_jsonl, write_json, write_text
 
 CONFIG_FILE = "config.resolved.yaml"
