@@ -1,0 +1,40 @@
+"""Child processes that never outlive their parent.
+
+A DataLoader worker is a forked child: it inherits the store's lock file and keeps
+it for as long as it lives. When only the main process is killed (``kill -9 PID``,
+the OOM killer), orphaned workers would hold the lock forever and block the re-run.
+``die_with_parent`` asks Linux to SIGKILL the worker the moment its parent dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import signal
+import sys
+from typing import Callable
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(worker_id: int = 0, parent_pid: int | None = None) -> None:
+    """Worker init: SIGKILL this process when its parent exits (Linux; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def worker_init(then: Callable[[int], None] | None = None) -> Callable[[int], None]:
+    """A picklable ``worker_init_fn`` for DataLoader: die with this process, then run ``then(worker_id)``."""
+    return functools.partial(_init, parent_pid=os.getpid(), then=then)
+
+
+def _init(worker_id: int, parent_pid: int, then: Callable[[int], None] | None) -> None:
+    die_with_parent(worker_id, parent_pid)
+    if then is not None:
+        then(worker_id)
