@@ -22,7 +22,12 @@ def load_config_file(path: Path | str) -> dict:
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise UsageError(f"{path}: is a folder, not a config file (expected a .yaml or .toml file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read config ({getattr(exc, 'strerror', None) or exc})") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)

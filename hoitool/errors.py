@@ -4,6 +4,8 @@ Raise these (never ``SystemExit``) from library code; the CLI turns them into a
 one-line message and the exit code below.
 """
 
+import errno
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -39,3 +41,23 @@ class Interrupted(HoitoolError):
     """SIGINT/SIGTERM (e.g. SLURM pre-emption); raised instead of KeyboardInterrupt so it reaches main."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+_READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def os_error_message(exc: OSError) -> HoitoolError:
+    """An ordinary file-system fault as a one-line error (the CLI prints it instead of a traceback).
+
+    Permission problems and read-only folders are the user's to fix (exit 2); a full disk
+    or quota is a failure (exit 1) after which re-running resumes from the work kept.
+    """
+    where = exc.filename or "output"
+    if exc.errno in _NO_SPACE:
+        return HoitoolError(f"{where}: no space left on the device ({exc.strerror}); finished work is kept: "
+                            "free some space (or pick another output) and run the same command again to resume")
+    if exc.errno in _READ_ONLY:
+        return UsageError(f"{where}: cannot write here ({exc.strerror}); choose an output folder you can write to")
+    first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return HoitoolError(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else first_line)

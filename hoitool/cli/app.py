@@ -15,7 +15,7 @@ import typer
 
 from hoitool import __version__
 from hoitool.cli import console
-from hoitool.errors import HoitoolError, Interrupted
+from hoitool.errors import HoitoolError, Interrupted, os_error_message
 
 app = typer.Typer(
     name="hoitool",
@@ -79,3 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     except HoitoolError as exc:
         console.error(str(exc))
         sys.exit(exc.exit_code)
+    except OSError as exc:  # read-only folder, full disk, ...: one line, never a traceback
+        error = os_error_message(exc)
+        console.error(str(error))
+        sys.exit(error.exit_code)
