@@ -29,6 +29,7 @@ import numpy as np
 from hoitool import __version__
 from hoitool.config import changed_keys
 from hoitool.errors import StaleArtifactError, UsageError
+from hoitool.io.lock import exclusive_lock
 from hoitool.io.atomic import append_jsonl, atomic_path, fsync_dir, read_jsonl, recover_dir, replace_dir, write_json, write_text
 from hoitool.store.backends import backend_name, open_backend
 from hoitool.store.fingerprint import store_fingerprint, video_digest
@@ -269,16 +270,8 @@ def write_store(path: Path, kind: str, items: Iterable[tuple[str, dict, dict]], 
 
 def _exclusive_lock(path: Path):
     """One writer per store: a second process on the same output is refused, not interleaved."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path.with_name(f".{path.name}.lock"), "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise UsageError(f"{path}: another process is writing this store (use --shard i/n for parallel jobs)") from None
-    return handle
+    return exclusive_lock(path.with_name(f".{path.name}.lock"),
+                          f"{path}: another process is writing this store (use --shard i/n for parallel jobs)")
 
 
 def fsync_file(path: Path) -> None:

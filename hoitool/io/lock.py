@@ -1,0 +1,28 @@
+"""One writer per output: an exclusive ``flock`` on a lock file, refused (not waited for) when held.
+
+The kernel drops an ``flock`` when its holder dies, so a killed owner never blocks
+the next run (forked DataLoader workers share the lock while they live, and die
+with their parent: :func:`hoitool.io.process.worker_init`). The lock file itself
+stays; it is empty and means nothing once no process holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+from typing import IO
+
+from hoitool.errors import UsageError
+
+
+def exclusive_lock(lock_file: Path | str, busy: str) -> IO:
+    """Hold ``lock_file`` for as long as the returned handle stays open; ``busy`` is the refusal's message."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_file, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UsageError(busy) from None
+    return handle
