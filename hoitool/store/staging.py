@@ -28,7 +28,7 @@ import numpy as np
 
 from hoitool import __version__
 from hoitool.config import changed_keys
-from hoitool.errors import StaleArtifactError, UsageError
+from hoitool.errors import StaleArtifactError
 from hoitool.io.lock import exclusive_lock
 from hoitool.io.atomic import append_jsonl, atomic_path, fsync_dir, read_jsonl, recover_dir, replace_dir, write_json, write_text
 from hoitool.store.backends import backend_name, open_backend
