@@ -1,21 +1,52 @@
-"""Console output: rich on a terminal, plain lines otherwise (logs of cluster jobs)."""
+"""Console output of the CLI: rich on a terminal, plain lines otherwise (logs of cluster jobs).
+
+The library reports through :mod:`hoitool.log` (stdlib logging + a progress hook);
+:func:`set_verbosity` routes both here, so library and CLI messages look the same.
+"""
 
 from __future__ import annotations
 
-import sys
-import time
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
+
+from hoitool import log
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
 _verbosity = {"level": 1}  # 0 quiet, 1 normal, 2 verbose
+_LEVELS = {0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}
+
+
+class _ConsoleHandler(logging.Handler):
+    """Library log records printed like the CLI's own messages (library text is plain, never markup)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = escape(record.getMessage())
+        if record.levelno >= logging.ERROR:
+            stderr.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+        elif record.levelno >= logging.WARNING:
+            stderr.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+        elif record.levelno >= logging.INFO:
+            stderr.print(message, soft_wrap=True)
+        else:
+            stderr.print(f"[dim]{message}[/dim]", soft_wrap=True)
+
+
+_handler = _ConsoleHandler()
 
 
 def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
+    """Set the CLI's verbosity and route the library's messages and progress to this console."""
     _verbosity["level"] = 0 if quiet else 2 if verbose else 1
+    if _handler not in log.logger.handlers:
+        log.logger.addHandler(_handler)
+        log.logger.propagate = False
+    log.logger.setLevel(_LEVELS[_verbosity["level"]])
+    log.set_progress_factory(progress)
 
 
 def info(message: str) -> None:
@@ -29,23 +60,8 @@ def debug(message: str) -> None:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
-
-
-class _PlainProgress:
-    """Progress as log lines, at most one every few seconds."""
-
-    def __init__(self, description: str, total: int | None):
-        self.description, self.total, self.done = description, total, 0
-        self.start = self.last = time.monotonic()
-
-    def advance(self, n: int = 1, note: str = "") -> None:
-        self.done += n
-        now = time.monotonic()
-        if _verbosity["level"] >= 1 and (now - self.last > 5 or self.done == self.total):
-            self.last = now
-            total = f"/{self.total}" if self.total else ""
-            print(f"{self.description}: {self.done}{total} ({now - self.start:.0f}s) {note}".rstrip(), file=sys.stderr, flush=True)
+    """One error line; the message is plain text (a path may hold brackets), never markup."""
+    stderr.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
 
 
 class _RichProgress:
@@ -57,10 +73,10 @@ class _RichProgress:
 
 
 @contextmanager
-def progress(description: str, total: int | None) -> Iterator:
-    """``with progress("features", n) as bar: bar.advance()``."""
+def progress(description: str, total: int | None) -> Iterator[log.Progress]:
+    """``with progress("features", n) as bar: bar.advance()``: a rich bar on a terminal, log lines in a pipe."""
     if not stderr.is_terminal or _verbosity["level"] == 0:
-        yield _PlainProgress(description, total)
+        yield log.LogProgress(description, total)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
