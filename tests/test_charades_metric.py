@@ -12,8 +12,9 @@ from hoitool.eval.charades import (
     CharadesGT,
     align_submission,
     charades_map,
-    matlab_descend_order,
+    official_order,
     read_charades_gt,
+    official_scores,
     read_submission,
     write_submission,
 )
@@ -54,10 +55,24 @@ def test_class_without_positives_makes_official_map_nan_like_matlab():
     assert math.isnan(mean_ap) and math.isnan(weighted_ap)
 
 
-def test_matlab_descend_order_is_stable_with_nan_first_and_minus_inf_last():
+def test_official_order_is_sort_of_minus_conf_stable_minus_inf_then_nan_last():
+    # The script ranks by MATLAB's ascending sort(-conf): stable, NaN sorted to the end (after -inf).
     values = np.array([0.5, np.nan, -np.inf, 0.5, np.nan, 1.0])
-    assert matlab_descend_order(values).tolist() == [1, 4, 5, 0, 3, 2]
-    assert matlab_descend_order(np.array([0.5, -np.inf, 0.5, 1.0])).tolist() == [3, 0, 2, 1]
+    assert official_order(values).tolist() == [5, 0, 3, 2, 1, 4]
+    assert official_order(np.array([0.5, -np.inf, 0.5, 1.0])).tolist() == [3, 0, 2, 1]
+
+
+def test_nan_scores_rank_last_in_the_official_ap(tmp_path):
+    gt = np.array([[1], [0], [1]])
+    # v0 NaN(+), v1 0.2(-), v2 -inf(+): ranking v1, v2, v0 -> hits 0, 1, 1 -> AP (1/2 + 2/3) / 2.
+    _, _, ap = charades_map(np.array([[np.nan], [0.2], [-np.inf]]), gt)
+    assert ap.tolist() == pytest.approx([7 / 12], abs=1e-15)
+    # A submission's "nan" (str2double of it is NaN in MATLAB) is ranked the same way.
+    (tmp_path / "gt.csv").write_text(HEADER + "A,s,K,5,6,Yes,x,cup,y,c000 0 1,3\nB,s,K,5,6,Yes,x,cup,y,c001 0 1,3\n")
+    (tmp_path / "sub.txt").write_text("A nan 0.1\nB 0.3 0.9\n")
+    ids, scores = read_submission(tmp_path / "sub.txt", num_classes=2)
+    _, _, ap, _ = official_scores(ids, scores, read_charades_gt(tmp_path / "gt.csv", num_classes=2))
+    assert ap.tolist() == pytest.approx([0.5, 1.0], abs=1e-15)
 
 
 def test_read_gt_parses_actions_and_reports_bad_lines(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from helpers import run_cli
-from hoitool.eval.charades import charades_map, read_submission
+from hoitool.eval.charades import charades_map, read_charades_gt, read_submission
 from hoitool.eval.runs import OUTPUTS_JSON, load_run, write_outputs
 
 CHARADES = Path(__file__).resolve().parents[2] / "shared" / "data" / "charades"
@@ -152,7 +152,8 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
     cases = [
         (["eval", tmp_path / "empty"], "run.json: missing"),
         (["eval", run, "--submission", "s.txt", "--gt", "g.csv"], "not both"),
-        (["eval", "--submission", "s.txt"], "go together"),
+        (["eval", "--submission", "s.txt"], "--submission needs --gt"),
+        (["eval", run, "--gt", tmp_path / "none.csv"], "single-label run"),
         (["eval", run, "--fusion", "sum"], "--fusion 'sum'"),
         (["eval"], "give a RUN directory"),
         (["eval", run, "--classes", 10], "--classes goes with --submission"),
@@ -196,3 +197,85 @@ def test_real_submission_prints_the_official_numbers(tmp_path):
     reference = json.loads((CHARADES / "classify_results.json").read_text())
     np.testing.assert_allclose(written["ap_per_class"], reference["ap_all"], rtol=0, atol=1e-12)
     assert len((tmp_path / "eval_results_ap.csv").read_text().splitlines()) == 158
+
+
+def _official_by_hand(gt_ids, gt_labels, scored: dict) -> float:
+    """Charades_v1_classify.m transcribed loop by loop: -inf rows, label-less ids never filled, sort(-conf)."""
+    n, c = gt_labels.shape
+    test = np.full((n, c), -np.inf)
+    for i, video in enumerate(gt_ids):
+        if gt_labels[i].any() and video in scored:
+            test[i] = scored[video]
+    aps = []
+    for k in range(c):
+        conf = -test[:, k]
+        order = sorted(range(n), key=lambda i: (np.isnan(conf[i]), 0.0 if np.isnan(conf[i]) else conf[i]))  # stable
+        tp = fp = 0
+        total = 0.0
+        for i in order:
+            if gt_labels[i, k]:
+                tp += 1
+                total += tp / (tp + fp)
+            else:
+                fp += 1
+        aps.append(total / gt_labels[:, k].sum())
+    return float(np.mean(aps))
+
+
+def _charades_run(path: Path, gt, keep: np.ndarray, rng) -> Path:
+    """A run whose test outputs cover the ground-truth videos in ``keep`` (2 views each), as a trainer writes it."""
+    path.mkdir(parents=True, exist_ok=True)
+    ids = np.repeat(np.asarray(gt.ids)[keep], 2)
+    targets = np.repeat(gt.labels[keep].astype(np.float32), 2, axis=0)
+    logits = np.round(rng.normal(size=targets.shape) + 1.5 * targets, 1).astype(np.float32)  # rounding makes ties
+    info = {"kind": "teacher", "view": "global", "multilabel": True, "dataset": "charades", "seed": 0,
+            "classes": [f"c{k:03d}" for k in range(gt.labels.shape[1])], "features": str(path / "absent.h5")}
+    (path / "run.json").write_text(json.dumps(info))
+    write_outputs(path, ids, np.tile([0, 1], int(keep.sum())), ["test"] * len(ids), logits, targets, {})
+    return path
+
+
+def test_charades_run_is_ranked_against_the_full_test_list(tmp_path, capsys):
+    """5% of the test videos without outputs: eval RUN equals the submission path and the script by hand."""
+    if not (CHARADES / "Charades_v1_test.csv").is_file():
+        pytest.skip(f"Charades fixture not found at {CHARADES} (../shared/data beside the checkout)")
+    gt_csv = CHARADES / "Charades_v1_test.csv"
+    gt = read_charades_gt(gt_csv)
+    rng = np.random.default_rng(0)
+    keep = rng.random(len(gt.ids)) >= 0.05
+    run = _charades_run(tmp_path / "run", gt, keep, rng)
+    code, out, err = invoke(capsys, "eval", run, "--gt", gt_csv)
+    assert code == 0, err
+    record = json.loads((run / "eval" / "metrics_test.json").read_text())
+    truth = record["counts"]["ground_truth"]
+    missing = int((~keep & gt.labels.any(axis=1)).sum())
+    assert missing > 50 and truth["missing"] == missing and truth["scored"] == int((keep & gt.labels.any(axis=1)).sum())
+    assert f"{missing} test video(s) with labels had no scores" in err
+    code, sub_out, err = invoke(capsys, "eval", "--submission", run / "eval" / "submission_test.txt", "--gt", gt_csv)
+    assert code == 0, err
+    assert sub_out.splitlines()[0] == f"mAP {record['metrics']['map_official']!r}"
+    assert sub_out.splitlines()[1] == f"wAP {record['metrics']['wap_official']!r}"
+    ids, scores = read_submission(run / "eval" / "submission_test.txt")
+    by_hand = _official_by_hand(gt.ids, gt.labels, dict(zip(ids, scores)))
+    assert abs(record["metrics"]["map_official"] - by_hand) <= 1e-12
+    # Dropping the missing videos (the old behaviour) gives another number: the official rule matters here.
+    own_only, _, _ = charades_map(scores, gt.labels[keep])
+    assert abs(own_only - by_hand) > 1e-4
+
+
+def test_charades_run_without_a_known_ground_truth_says_so(tmp_path, capsys):
+    if not (CHARADES / "Charades_v1_test.csv").is_file():
+        pytest.skip(f"Charades fixture not found at {CHARADES} (../shared/data beside the checkout)")
+    gt = read_charades_gt(CHARADES / "Charades_v1_test.csv")
+    keep = np.zeros(len(gt.ids), bool)
+    keep[:40] = True
+    run = _charades_run(tmp_path / "run", gt, keep, np.random.default_rng(1))
+    code, _, err = invoke(capsys, "eval", run)
+    assert code == 0, err
+    assert "official mAP over the run's own 40 videos only" in err and "--gt Charades_v1_test.csv" in err
+    record = json.loads((run / "eval" / "metrics_test.json").read_text())
+    assert record["counts"]["ground_truth"]["path"] is None
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("id,subject,actions,length\n" + f"{gt.ids[1]},s,c001 0 1,3\n")
+    code, _, err = invoke(capsys, "eval", run, "--gt", wrong)
+    assert code == 2 and f"video {gt.ids[1]}: the run's labels differ" in err

@@ -24,12 +24,14 @@ from hoitool.errors import UsageError
 from hoitool.eval import metrics as M
 from hoitool.eval.charades import (
     CHARADES_CLASSES,
-    align_submission,
+    CharadesGT,
     charades_map,
+    official_scores,
     read_charades_gt,
     read_submission,
     write_submission,
 )
+from hoitool.eval.ground_truth import find_ground_truth, needs_ground_truth
 from hoitool.eval.fusion import FUSION_RULES, fuse_runs, fuse_views, probabilities
 from hoitool.eval.plots import plot_confusion_matrix, plot_per_class_ap
 from hoitool.eval.runs import Run, load_run
@@ -103,12 +105,34 @@ def _single_label_metrics(
     return values, files
 
 
+def _against_ground_truth(ids, targets, gt: CharadesGT, gt_path: Path) -> None:
+    """Refuse a ground truth that is not the run's: no shared video, or labels that differ."""
+    row_of = {video: row for row, video in enumerate(gt.ids)}
+    shared = [(i, row_of[video]) for i, video in enumerate(ids) if video in row_of]
+    if len(ids) and not shared:
+        raise UsageError(f"{gt_path}: none of the run's {len(ids)} videos is in this ground truth (wrong --gt?)")
+    for i, row in shared:
+        if not np.array_equal(targets[i] > 0, gt.labels[row] > 0):
+            raise UsageError(f"{gt_path}: video {ids[i]}: the run's labels differ from this ground truth (wrong --gt?)")
+
+
 def _multi_label_metrics(
-    ids, scores, targets, classes, out_dir: Path, split: str, tag: str, title: str
+    ids, scores, targets, classes, out_dir: Path, split: str, tag: str, title: str, gt_path: Path | None = None
 ) -> tuple[dict, dict, dict]:
-    official_map, official_wap, official_ap = charades_map(scores, targets)
+    counts: dict = {}
+    if gt_path is not None:  # the official rule: the full ground-truth list, unscored videos at -inf
+        gt = read_charades_gt(gt_path, len(classes))
+        _against_ground_truth(ids, targets, gt, gt_path)
+        official_map, official_wap, official_ap, aligned = official_scores(ids, scores, gt)
+        positives = gt.labels.sum(axis=0)
+        counts["ground_truth"] = {
+            "path": str(gt_path), "videos": len(gt.ids), "without_labels": int((~gt.labels.any(axis=1)).sum()),
+            "scored": aligned.matched, "missing": aligned.missing, "ignored": aligned.ignored,
+        }
+    else:
+        official_map, official_wap, official_ap = charades_map(scores, targets)
+        positives = (targets > 0).sum(axis=0)
     sklearn_map, sklearn_ap = M.sklearn_style_map(scores, targets)
-    positives = (targets > 0).sum(axis=0)
     values = {"map_official": official_map, "wap_official": official_wap, "map_sklearn": sklearn_map}
     files = {
         "per_class_ap": f"per_class_ap_{split}{tag}.csv",
@@ -123,23 +147,47 @@ def _multi_label_metrics(
     write_text(out_dir / files["per_class_ap"], _csv_text(header, rows))
     plot_per_class_ap(official_ap, classes, out_dir / files["per_class_ap_png"], title)
     write_submission(out_dir / files["submission"], ids, scores)
-    counts = {
+    counts.update({
         "classes_without_positives": int((positives == 0).sum()),
         "videos_without_labels": int((~(targets > 0).any(axis=1)).sum()),
-    }
+    })
     return values, files, counts
 
 
+def _ground_truth_for(run: Run, split: str, gt: Path | None) -> tuple[Path | None, str]:
+    """The ground-truth CSV to score ``run`` against: ``--gt``, else the one its manifest records."""
+    if gt is not None:
+        if not run.multilabel:
+            raise UsageError(f"--gt: {run.path} is a single-label run; a Charades ground truth applies to multi-label runs")
+        if not Path(gt).is_file():
+            raise UsageError(f"{gt}: ground-truth CSV not found")
+        return Path(gt), ""
+    if not (run.multilabel and needs_ground_truth(run.info, split)):
+        return None, ""
+    return find_ground_truth(run.info, split)
+
+
 def evaluate_runs(
-    runs: list[Run], split: str = "test", fusion: str = "max", map_variant: str = "official", out_dir: Path | None = None
+    runs: list[Run],
+    split: str = "test",
+    fusion: str = "max",
+    map_variant: str = "official",
+    out_dir: Path | None = None,
+    gt: Path | None = None,
 ) -> dict:
-    """Fuse views (and runs), compute every metric of the task, write the eval files; return the metrics record."""
+    """Fuse views (and runs), compute every metric of the task, write the eval files; return the metrics record.
+
+    A Charades test split is scored against the full ground-truth list (``gt``, or
+    the one the run's manifest records), so videos without outputs count as the
+    official script counts them; where no list is found the record says so.
+    """
     if fusion not in FUSION_RULES:
         raise UsageError(f"--fusion {fusion!r}: choose from {', '.join(FUSION_RULES)}")
     if map_variant not in MAP_VARIANTS:
         raise UsageError(f"--map {map_variant!r}: choose from {', '.join(MAP_VARIANTS)}")
     _check_compatible(runs)
     primary = runs[0]
+    gt_path, gt_missing = _ground_truth_for(primary, split, gt)
     out_dir = Path(out_dir) if out_dir is not None else primary.path / EVAL_DIR
     per_run, views = [], []
     for run in runs:
@@ -162,8 +210,10 @@ def evaluate_runs(
         "views_per_video": {"min": int(all_views.min()), "max": int(all_views.max())},
     }
     if primary.multilabel:
-        values, files, extra = _multi_label_metrics(ids, scores, targets, classes, out_dir, split, tag, title)
+        values, files, extra = _multi_label_metrics(ids, scores, targets, classes, out_dir, split, tag, title, gt_path)
         counts.update(extra)
+        if gt_missing:
+            counts["ground_truth"] = {"path": None, "why": gt_missing}
         main_metric = "map_official" if map_variant == "official" else "map_sklearn"
     else:
         values, files = _single_label_metrics(scores, targets, classes, out_dir, split, tag, title)
@@ -228,6 +278,19 @@ def print_metrics(record: dict, out_dir: Path) -> None:
         title = _METRIC_TITLES.get(key, key) + (" *" if key == record["main_metric"] else "")
         table.add_row(title, "n/a" if value is None else repr(value), "" if value is None else f"{100 * value:.2f}")
     console.stdout.print(table)
+    truth = counts.get("ground_truth")
+    if truth and truth.get("path"):
+        console.info(
+            f"official metric over the {truth['videos']} videos of {truth['path']}: {truth['scored']} scored, "
+            f"{truth['missing']} test video(s) with labels had no scores (ranked last, -inf), "
+            f"{truth['without_labels']} without labels (never scored, as the official script), "
+            f"{truth['ignored']} of the run's videos not in the list (ignored)"
+        )
+    elif truth:
+        console.info(
+            f"[yellow]warning:[/yellow] official mAP over the run's own {counts['videos']} videos only, not the full "
+            f"test list ({escape(truth['why'])}); pass --gt Charades_v1_test.csv to rank missing videos as the official script does"
+        )
     if counts.get("classes_without_positives"):
         console.info(
             f"{counts['classes_without_positives']} classes have no positive video in this split: their official AP is "
@@ -240,8 +303,7 @@ def score_submission(submission: Path, gt_path: Path, num_classes: int, out_dir:
     """Official Charades mAP/wAP of a submission file against a ground-truth CSV."""
     gt = read_charades_gt(gt_path, num_classes)
     ids, scores = read_submission(submission, num_classes)
-    aligned = align_submission(ids, scores, gt)
-    mean_ap, weighted_ap, ap = charades_map(aligned.scores, gt.labels)
+    mean_ap, weighted_ap, ap, aligned = official_scores(ids, scores, gt)
     positives = gt.labels.sum(axis=0)
     record = {
         "submission": str(submission),
@@ -285,17 +347,20 @@ def evaluate(
     submission: Optional[Path] = typer.Option(
         None, "--submission", help="Score this Charades submission file instead of a run."
     ),
-    gt: Optional[Path] = typer.Option(None, "--gt", help="Charades ground-truth CSV (with --submission)."),
+    gt: Optional[Path] = typer.Option(
+        None, "--gt", help="Charades ground-truth CSV: for --submission, or the full test list a RUN is ranked against "
+        "\\[default for a Charades RUN: the one its manifest records]."
+    ),
     classes: Optional[int] = typer.Option(
         None, "--classes", min=1, help=f"Number of classes (with --submission) \\[default: {CHARADES_CLASSES}]."
     ),
 ) -> None:
     """Score a run's outputs (views fused per video), or a Charades submission with the official metric."""
-    if submission is not None or gt is not None:
+    if submission is not None:
         if run is not None or fuse_run:
-            raise UsageError("give either RUN or --submission/--gt, not both")
-        if submission is None or gt is None:
-            raise UsageError("--submission and --gt go together")
+            raise UsageError("give either RUN or --submission, not both")
+        if gt is None:
+            raise UsageError("--submission needs --gt (the ground-truth CSV)")
         record = score_submission(submission, gt, classes or CHARADES_CLASSES, out)
         counts = record["counts"]
         console.info(
@@ -314,5 +379,5 @@ def evaluate(
         raise UsageError("--classes goes with --submission (a run's classes come from its run.json)")
     runs = [load_run(path) for path in [run, *fuse_run]]
     out_dir = out if out is not None else runs[0].path / EVAL_DIR
-    record = evaluate_runs(runs, split=split, fusion=fusion, map_variant=map_variant, out_dir=out_dir)
+    record = evaluate_runs(runs, split=split, fusion=fusion, map_variant=map_variant, out_dir=out_dir, gt=gt)
     print_metrics(record, out_dir)

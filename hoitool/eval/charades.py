@@ -6,9 +6,10 @@ The official algorithm, reproduced exactly (bit for bit on the real fixture):
 2. Rows of ground-truth videos found in the submission are filled; ids not in
    the ground truth are ignored; ground-truth videos without any action are
    never filled (they keep -inf and sink to the bottom of every ranking).
-3. Per class, videos are sorted by descending score with MATLAB's
-   ``sort(..., 'descend')``: stable (tied videos keep ground-truth file order),
-   NaN first, -inf last. Precision is taken at every rank; AP is the mean of the
+3. Per class, videos are ranked as ``THUMOSeventclspr`` does, by MATLAB's
+   ascending ``sort(-conf)``: stable (tied videos keep ground-truth file order),
+   -inf after every finite score and NaN after everything (a score that does not
+   parse is NaN and ranked last). Precision is taken at every rank; AP is the mean of the
    precisions at the positive videos (non-interpolated); NaN for a class
    without positives (MATLAB's 0/0).
 4. mAP = mean AP over all classes; wAP = sum_c AP_c * npos_c / sum_c npos_c.
@@ -48,13 +49,14 @@ class AlignedSubmission:
     ignored: int  # submission ids not in the ground truth
 
 
-def matlab_descend_order(values: np.ndarray) -> np.ndarray:
-    """The permutation of MATLAB's ``sort(values, 'descend')``: stable, NaN first, -inf last."""
+def official_order(values: np.ndarray) -> np.ndarray:
+    """The permutation of the official script's ``sort(-conf)`` (ascending): best score first,
+    stable (ties keep file order), -inf after the finite scores, NaN last (MATLAB sorts NaN to the end)."""
     values = np.asarray(values, dtype=np.float64)
     is_nan = np.isnan(values)
     if not is_nan.any():
         return np.argsort(-values, kind="stable")
-    return np.lexsort((np.where(is_nan, 0.0, -values), ~is_nan))
+    return np.lexsort((np.where(is_nan, 0.0, -values), is_nan))
 
 
 def _sequential_sum(values: np.ndarray) -> float:
@@ -64,7 +66,7 @@ def _sequential_sum(values: np.ndarray) -> float:
 
 def official_average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     """``THUMOSeventclspr`` of the official script: mean precision at the positives of a stable descending ranking."""
-    hits = (np.asarray(positives) > 0)[matlab_descend_order(scores)]
+    hits = (np.asarray(positives) > 0)[official_order(scores)]
     n_positive = int(hits.sum())
     if n_positive == 0:
         return float("nan")
@@ -225,3 +227,15 @@ def align_submission(ids: list[str], scores: np.ndarray, gt: CharadesGT) -> Alig
     return AlignedSubmission(
         scores=aligned, matched=int(filled.sum()), missing=int((has_labels & ~filled).sum()), ignored=ignored
     )
+
+
+def official_scores(ids, scores: np.ndarray, gt: CharadesGT) -> tuple[float, float, np.ndarray, AlignedSubmission]:
+    """The official metric of per-video scores against the full ground-truth list: ``(map, wap, ap, aligned)``.
+
+    The one path that submission files and run outputs both take: ids are placed
+    in ground-truth order (ties in the official order), videos without scores stay
+    -inf and ids outside the ground truth are ignored, as ``Charades_v1_classify.m`` does.
+    """
+    aligned = align_submission(list(ids), np.asarray(scores, dtype=np.float64), gt)
+    mean_ap, weighted_ap, ap = charades_map(aligned.scores, gt.labels)
+    return mean_ap, weighted_ap, ap, aligned
