@@ -14,8 +14,11 @@ from typing import Any, Iterable
 
 import yaml
 
+from pydantic import BaseModel
+
 from hoitool.errors import UsageError
 from hoitool.io.atomic import write_text
+from hoitool.settings.base import validate
 
 
 def load_config_file(path: Path | str) -> dict:
@@ -101,12 +104,19 @@ def merge(config: dict, updates: dict, where: str, prefix: str = "") -> None:
 
 
 def resolve_config(
-    defaults: dict,
+    defaults: dict | type[BaseModel],
     config_file: Path | str | None = None,
     options: dict | None = None,
     overrides: Iterable[str] = (),
+    schema: type[BaseModel] | None = None,
 ) -> dict:
-    """Build the resolved config in precedence order; ``options`` with value None are ignored."""
+    """Build the resolved config in precedence order; ``options`` with value None are ignored.
+
+    ``defaults`` is a nested dict or a stage's settings class (hoitool.settings); with a
+    class (or ``schema``), the result is validated against it before it is returned.
+    """
+    if isinstance(defaults, type):
+        schema, defaults = defaults, defaults().model_dump()
     config = copy.deepcopy(defaults)
     if config_file is not None:
         merge(config, load_config_file(config_file), str(config_file))
@@ -116,6 +126,8 @@ def resolve_config(
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(config, key, value, "--set")
+    if schema is not None:
+        config = validate(schema, config).model_dump()
     return config
 
 

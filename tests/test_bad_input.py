@@ -215,7 +215,7 @@ def read_only_folder(tmp_path):
     if not _mount_tmpfs(folder, "ro,size=1m"):
         pytest.skip("running as root without permission to mount a read-only tmpfs")
     yield folder
-    subprocess.run(["umount", str(folder)], check=False)
+    subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.mark.parametrize("command", [
@@ -241,7 +241,7 @@ def tiny_disk(tmp_path):
     if not _mount_tmpfs(folder, "size=192k"):
         pytest.skip("a full disk is simulated with a small tmpfs, which needs root and mount")
     yield folder
-    subprocess.run(["umount", str(folder)], check=False)
+    subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_disk_full_in_training_is_one_line_and_resumable(features, tiny_disk, tmp_path, capsys):

@@ -18,13 +18,13 @@ ShardOption = typer.Option(None, "--shard", help="Process the deterministic stri
 
 
 def stage_config(
-    defaults: dict,
+    defaults: dict | type,
     config_file: Optional[Path],
     overrides: List[str],
     print_config: bool,
     options: dict | None = None,
 ) -> dict:
-    """Resolve a stage's config; with ``--print-config`` print it and exit 0."""
+    """Resolve a stage's config (validated when ``defaults`` is its settings class); ``--print-config`` prints it and exits 0."""
     config = resolve_config(defaults, config_file, options, overrides)
     if print_config:
         console.stdout.print(dump_config(config), end="", markup=False)

@@ -1,0 +1,63 @@
+"""``prepare <dataset>``: every dataset's settings and their defaults."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from hoitool.settings.base import Section
+
+class SyntheticSettings(Section):
+    videos_per_class: int = Field(12, ge=1, description="videos rendered per class")
+    frames: int = Field(24, ge=2, description="frames per rendered video")
+    size: int = Field(128, ge=32, description="frame side in pixels")
+    seed: int = Field(0, description="seed of the rendered scenes and the split")
+    fps: int = Field(8, ge=1, description="frame rate of the rendered videos")
+
+
+class CharadesSettings(Section):
+    root: str | None = Field(None, description="the dataset's raw folder, in its official layout")
+    frames: bool = Field(False, description="read the RGB frame folders instead of the mp4 videos")
+    video_dir: str = Field("Charades_v1_480", description="folder of the mp4 videos under the root")
+    frames_dir: str = Field("Charades_v1_rgb", description="folder of the frame folders under the root")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training videos held out for validation")
+    seed: int = Field(0, description="seed of the validation split")
+    strict: bool = Field(False, description="fail on a missing video instead of skipping it")
+
+
+class IntrinsicsSettings(Section):
+    fx: float = Field(640 / 1.1147, gt=0, description="focal length x (pixels)")
+    fy: float = Field(480 / 0.8336, gt=0, description="focal length y (pixels)")
+    cx: float = Field(320.0, description="principal point x (pixels)")
+    cy: float = Field(240.0, description="principal point y (pixels)")
+
+
+class Cad120Settings(Section):
+    root: str | None = Field(None, description="the dataset's raw folder, in its official layout")
+    fold: str | None = Field(None, description="the test subject of a leave-one-subject-out fold (e.g. Subject1)")
+    val: str | float = Field(0.2, description="a training subject's name, or a fraction of the training videos")
+    seed: int = Field(0, description="seed of the validation split")
+    strict: bool = Field(False, description="fail on a missing video instead of skipping it")
+    person_margin: float = Field(0.1, ge=0.0, description="margin around the projected skeleton's box, as a fraction")
+    intrinsics: IntrinsicsSettings = Field(default_factory=IntrinsicsSettings)
+
+
+class Ssv2Settings(Section):
+    root: str | None = Field(None, description="the dataset's raw folder, in its official layout")
+    video_dir: str = Field(".", description="folder of the videos under the root")
+    strict: bool = Field(False, description="fail on a missing video instead of skipping it")
+
+
+class FolderSettings(Section):
+    root: str | None = Field(None, description="a folder of videos, one sub-folder per class (or with --labels)")
+    labels: str | None = Field(None, description="a CSV of video,label rows instead of class sub-folders")
+    extensions: list[str] = Field(["mp4", "avi", "webm", "mkv", "mov"], description="video file extensions to take")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the videos held out for validation")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the videos held out for testing")
+    seed: int = Field(0, description="seed of the split")
+    strict: bool = Field(False, description="fail on an unreadable video instead of skipping it")
+
+
+PREPARE_SETTINGS: dict[str, type[Section]] = {
+    "synthetic": SyntheticSettings, "charades": CharadesSettings, "cad120": Cad120Settings,
+    "ssv2": Ssv2Settings, "folder": FolderSettings,
+}
