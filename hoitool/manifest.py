@@ -26,11 +26,12 @@ class VideoEntry:
     source: str
     labels: list[int]
     split: str
-    kind: str = "video"  # "video" (a file PyAV can decode) or "frames" (a folder of JPEG/PNG)
+    kind: str = "video"  # "video" (a file PyAV can decode) or "frames" (a folder of JPEG/PNG, or a pattern such as <dir>/RGB_%d.png)
     group: str | None = None  # e.g. the subject, for cross-validation folds
     fps: float | None = None
     num_frames: int | None = None
     annotations: str | None = None  # boxes JSON-lines file (docs/boxes-jsonl.md), if the dataset has boxes
+    objects: list[str] = field(default_factory=list)  # names of the objects the annotation says the video shows
     extra: dict = field(default_factory=dict)
 
 
@@ -121,6 +122,8 @@ class Manifest:
                 raise UsageError(f"{where}: video {video.id!r} has split {video.split!r}, expected one of {SPLITS}")
             if video.kind not in ("video", "frames"):
                 raise UsageError(f"{where}: video {video.id!r} has kind {video.kind!r}, expected 'video' or 'frames'")
+            if not isinstance(video.objects, list) or not all(isinstance(name, str) and name for name in video.objects):
+                raise UsageError(f"{where}: video {video.id!r} has objects {video.objects!r}, expected a list of names")
             bad = [label for label in video.labels if not 0 <= label < len(self.classes)]
             if bad:
                 raise UsageError(f"{where}: video {video.id!r} has labels {bad} outside 0..{len(self.classes) - 1}")

@@ -259,7 +259,8 @@ def test_cad120_fold(tmp_path):
     assert sorted(v.split for v in manifest.videos if v.group == "Subject3") == ["train", "train", "val"]
     video = by_id["0510175411"]
     assert (video.kind, video.group, video.num_frames, video.labels) == ("frames", "Subject1", 3, [0])
-    assert video.source == str(root / "Subject1_rgbd_images" / "having_meal" / "0510175411")
+    assert video.source == str(root / "Subject1_rgbd_images" / "having_meal" / "0510175411" / "RGB_%d.png")
+    assert video.objects == ["bowl", "cup"] and video.extra["object_ids"] == [1, 2]
     assert video.annotations == "annotations.jsonl"
     assert video.extra["segments"] == [[0, 1, "reaching"], [2, 2, "moving"]]
     assert manifest.object_classes[-1] == "person" and manifest.extra["test_subject"] == "Subject1"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from hoitool.errors import HoitoolError
-from hoitool.video.reader import VideoReadError, list_frame_files, load_clip, probe, read_frames, sample_indices
+from hoitool.video.reader import MixedFramesError, VideoReadError, list_frame_files, load_clip, probe, read_frames, sample_indices
 
 LEVEL = 8  # frame i is filled with grey level LEVEL * i (plus noise), so decoded frames can be identified
 
@@ -180,3 +180,34 @@ def test_frame_folder_errors(tmp_path, frame_folder):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="kind"):
         probe("x", "audio")
+
+
+# -- frame patterns ----------------------------------------------------------------------
+def test_frame_pattern_reads_one_series_in_numeric_order(tmp_path):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for n in (1, 2, 10, 11):
+        Image.fromarray(np.full((8, 8, 3), n, np.uint8)).save(folder / f"img-{n:06d}.jpg" if n < 11 else folder / f"img-{n:06d}.png")
+        Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(folder / f"img-{n:06d}x.jpg")  # flow-like images
+    assert [p.name for p in list_frame_files(folder / "img-%06d.jpg")] == ["img-000001.jpg", "img-000002.jpg", "img-000010.jpg"]
+    assert probe(folder / "img-%d.png", "frames").num_frames == 1
+    frames = read_frames(folder / "img-%06d.jpg", "frames", np.array([2, 0]))
+    assert np.abs(frames[:, 0, 0, 0].astype(int) - [10, 1]).max() <= 2  # JPEG rounding
+    with pytest.raises(MixedFramesError, match=r"holds 3 image series \(img-<n>x\.jpg \(4\), img-<n>\.jpg \(3\)"):
+        list_frame_files(folder)
+    with pytest.raises(VideoReadError, match="no file matches RGB_%d.png"):
+        probe(folder / "RGB_%d.png", "frames")
+    with pytest.raises(VideoReadError, match="exactly one number field"):
+        probe(folder / "a%d_%d.jpg", "frames")
+    (folder / "img-1.jpg").write_bytes((folder / "img-000001.jpg").read_bytes())
+    with pytest.raises(VideoReadError, match="both have frame number 1"):
+        list_frame_files(folder / "img-%d.jpg")
+
+
+def test_unnumbered_images_alone_are_one_series(tmp_path):
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name)
+    assert [p.name for p in list_frame_files(tmp_path)] == ["a.png", "b.png"]
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "frame_1.png")
+    with pytest.raises(MixedFramesError, match="unnumbered images"):
+        list_frame_files(tmp_path)

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, dict] = {
     "ssv2": {"root": None, "video_dir": ".", "strict": False},
     "folder": {
         "root": None, "labels": None, "extensions": [ext[1:] for ext in VIDEO_EXTENSIONS],
-        "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "strict": False,
+        "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "strict": False, "frame_pattern": None,
     },
 }
 
@@ -105,6 +105,17 @@ def _previous(out: Path) -> tuple[str | None, dict | None]:
     return dataset, config if isinstance(config, dict) else None
 
 
+def frames_per_video(manifest: Manifest) -> str:
+    """min / median / max of the counted frames, so a doubled count (depth images read as frames) shows."""
+    from statistics import median
+
+    counts = sorted(video.num_frames for video in manifest.videos if video.num_frames is not None)
+    if not counts:
+        return "not counted (video files: decoded at extraction)"
+    uncounted = len(manifest.videos) - len(counts)
+    return f"{counts[0]} / {median(counts):g} / {counts[-1]} (min / median / max)" + (f", {uncounted} not counted" if uncounted else "")
+
+
 def summary_table(manifest: Manifest, out: Path) -> Table:
     counts = Counter(video.split for video in manifest.videos)
     has_boxes = any(video.annotations for video in manifest.videos)
@@ -115,6 +126,7 @@ def summary_table(manifest: Manifest, out: Path) -> Table:
     for split in SPLITS:
         table.add_row(f"{split} videos", str(counts.get(split, 0)))
     table.add_row("classes", f"{manifest.num_classes} ({'multi' if manifest.multilabel else 'single'}-label)")
+    table.add_row("frames per video", frames_per_video(manifest))
     table.add_row("boxes", f"yes ({ANNOTATIONS_FILE})" if has_boxes else "no")
     table.add_row("skipped", f"{skipped} (see {WARNINGS_FILE})" if skipped else "0")
     return table
@@ -270,6 +282,7 @@ def folder(
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV `id,label` or `id,label1;label2` for a flat folder (else: one subfolder per class)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of each class held out as val [0.1]."),
     test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Share of each class held out as test [0.1]."),
+    frame_pattern: Optional[str] = typer.Option(None, "--frame-pattern", help="Frame file names inside each frame folder, e.g. RGB_%d.png (for folders that hold other images too)."),
     seed: Optional[int] = SeedOption,
     strict: Optional[bool] = StrictOption,
     force: bool = ForceOption,
@@ -280,7 +293,7 @@ def folder(
     """A folder of videos or frame folders: ROOT/<class>/<video>, or flat with --labels; stratified split."""
     config = stage_config(DEFAULTS["folder"], config_file, overrides, print_config, {
         "root": _absolute(root), "labels": _absolute(labels), "val_fraction": val_fraction,
-        "test_fraction": test_fraction, "seed": seed, "strict": strict,
+        "test_fraction": test_fraction, "seed": seed, "strict": strict, "frame_pattern": frame_pattern,
     })
     raw = _root(config)
     extensions = config["extensions"]
@@ -290,5 +303,6 @@ def folder(
         "labels": config["labels"], "extensions": [str(ext) for ext in extensions],
         "val_fraction": _value(config, "val_fraction", float), "test_fraction": _value(config, "test_fraction", float),
         "seed": _value(config, "seed", int), "strict": _flag(config, "strict"),
+        "frame_pattern": None if config["frame_pattern"] is None else str(config["frame_pattern"]),
     }
     run_prepare("folder", out, config, force, lambda out: prepare_folder(raw, out, **arguments))

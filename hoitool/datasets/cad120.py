@@ -3,7 +3,10 @@
 Per subject ``SubjectN_annotations/<activity>/`` holds ``activityLabel.txt``
 (videos and their objects), ``labeling.txt`` (sub-activity segments),
 ``<vid>_objK.txt`` (object boxes per frame) and ``<vid>.txt`` (the skeleton);
-frames are ``SubjectN_rgbd_images/<activity>/<vid>/RGB_<n>.png``.
+frames are ``SubjectN_rgbd_images/<activity>/<vid>/RGB_<n>.png``, beside the
+``Depth_<n>.png`` images of the same folder: the manifest names the frames with
+the pattern ``<vid>/RGB_%d.png`` so only the RGB images are counted and read,
+in the order of ``<n>`` (frame ``<n>`` of the annotations is index ``<n> - 1``).
 
 The dataset's own boxes go to ``annotations.jsonl``: every visible object box,
 labelled by object type, and a person box derived from the skeleton (the
@@ -23,7 +26,6 @@ from hoitool.boxes.jsonl import FrameBoxes
 from hoitool.datasets.folder import (
     ANNOTATIONS_FILE,
     SkipLog,
-    count_images,
     stored_path,
     stratified_split,
     write_prepared,
@@ -41,6 +43,8 @@ SKELETON_FIELDS = 1 + 11 * 14 + 4 * 4  # frame, 11 joints x (9 orientation + con
 OBJECT_FIELDS = 12  # frame, object id, x1 y1 x2 y2, 6 transform values
 SUBJECT_DIR = re.compile(r"^(Subject\d+)_annotations$")
 OBJECT_FILE = re.compile(r"^(.+)_obj(\d+)\.txt$")
+FRAME_PATTERN = "RGB_%d.png"  # the RGB frames of a video folder (Depth_<n>.png lie beside them)
+RGB_FRAME = re.compile(r"^RGB_(\d+)\.png$")
 VIDEO_FILE = re.compile(r"^(\d+)(?:_[A-Za-z]+\d*)?\.txt$")  # <vid>.txt, <vid>_objK.txt, <vid>_globalTransform.txt
 
 
@@ -273,6 +277,12 @@ def _splits(videos: list[_Video], fold: str | None, val: str | float, seed: int)
     return splits, {"fold": fold, "test_subject": test_subject, "val": val_rule, "notes": notes}
 
 
+def _rgb_frame_count(frames_dir: Path) -> int | None:
+    """Number of ``RGB_<n>.png`` frames, or None unless they are numbered 1..N without gaps."""
+    numbers = sorted(int(match.group(1)) for path in frames_dir.iterdir() if (match := RGB_FRAME.match(path.name)))
+    return len(numbers) if numbers == list(range(1, len(numbers) + 1)) else None
+
+
 def prepare_cad120(
     root: Path | str,
     out: Path | str,
@@ -298,17 +308,22 @@ def prepare_cad120(
         if not (frames_dir / "RGB_1.png").is_file():
             log.missing(video.id, frames_dir / "RGB_1.png", "frames")
             continue
+        num_frames = _rgb_frame_count(frames_dir)
+        if num_frames is None:
+            log.skip(video.id, "RGB_<n>.png numbers are not 1..N without gaps (annotation frames would not match)", frames_dir)
+            continue
         boxes[video.id] = video_boxes(video.annotation_dir, video.id, video.objects, intrinsics, person_margin)
         videos.append(VideoEntry(
             id=video.id,
-            source=stored_path(frames_dir, out),
+            source=stored_path(frames_dir / FRAME_PATTERN, out),
             labels=[classes.index(video.activity)],
             split=splits[video.id],
             kind="frames",
             group=video.subject,
-            num_frames=count_images(frames_dir),
+            num_frames=num_frames,
             annotations=stored_path(out / ANNOTATIONS_FILE, out),
-            extra={"segments": video.segments},
+            objects=[video.objects[object_id] for object_id in sorted(video.objects)],
+            extra={"segments": video.segments, "object_ids": sorted(video.objects)},
         ))
     manifest = Manifest(
         dataset="cad120",
@@ -321,6 +336,8 @@ def prepare_cad120(
             "sub_activities": list(SUB_ACTIVITIES),
             "person_box": {"intrinsics": asdict(intrinsics), "margin": person_margin, "image_size": list(IMAGE_SIZE)},
             "segments_format": "videos' extra.segments: [start, end, sub_activity], 0-based inclusive frame indices (labeling.txt minus 1)",
+            "frame_pattern": FRAME_PATTERN,
+            "objects_format": "videos' objects: the object types of activityLabel.txt in object-id order (extra.object_ids)",
         },
     )
     return write_prepared(manifest, out, log, boxes=boxes, where=root)

@@ -30,6 +30,7 @@ class CharadesRow:
     subject: str
     labels: list[int]
     length: float | None
+    objects: list[str]  # the ``objects`` column: names joined by ";" (may be empty or absent)
 
 
 def read_classes(path: Path) -> list[str]:
@@ -89,7 +90,8 @@ def read_csv(path: Path, num_classes: int) -> list[CharadesRow]:
             except ValueError:
                 raise UsageError(f"{where}: bad length {length_text!r}") from None
             labels = parse_actions(record["actions"], num_classes, where)
-            rows.append(CharadesRow(video_id, record["subject"].strip(), labels, length))
+            objects = [name.strip() for name in (record.get("objects") or "").split(";") if name.strip()]
+            rows.append(CharadesRow(video_id, record["subject"].strip(), labels, length, objects))
     return rows
 
 
@@ -118,10 +120,10 @@ def prepare_charades(
             if row.id in seen:
                 raise UsageError(f"{root / csv_name}: video {row.id!r} already listed in {seen[row.id]}")
             seen[row.id] = csv_name
-            if frames:
-                source = root / frames_dir / row.id
-                if not (source / f"{row.id}-000001.jpg").is_file():
-                    log.missing(row.id, source / f"{row.id}-000001.jpg", "frames")
+            if frames:  # Charades_v1_rgb/<id>/<id>-000001.jpg: named by a pattern, so no other image is a frame
+                source = root / frames_dir / row.id / f"{row.id}-%06d.jpg"
+                if not (source.parent / f"{row.id}-000001.jpg").is_file():
+                    log.missing(row.id, source.parent / f"{row.id}-000001.jpg", "frames")
                     continue
             else:
                 source = root / video_dir / f"{row.id}.mp4"
@@ -138,6 +140,7 @@ def prepare_charades(
                 group=row.subject,
                 fps=FRAMES_FPS if frames else None,
                 num_frames=count_images(source) if frames else None,
+                objects=row.objects,
                 extra={"length": row.length},
             ))
     manifest = Manifest(

@@ -28,6 +28,7 @@ from hoitool.boxes.jsonl import FrameBoxes, write_boxes_jsonl
 from hoitool.errors import UsageError
 from hoitool.io.atomic import atomic_path, write_text
 from hoitool.manifest import Manifest, VideoEntry
+from hoitool.video.reader import PATTERN_FIELD, MixedFramesError, VideoReadError, list_frame_files
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -47,9 +48,19 @@ def stored_path(path: Path | str, out: Path | str) -> str:
     return str(absolute)
 
 
-def count_images(folder: Path) -> int:
-    with os.scandir(folder) as entries:
-        return sum(1 for entry in entries if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS))
+def count_images(source: Path, hint: str = "") -> int:
+    """Frames of a frame folder or frame pattern as the extraction stages will read them (0 if none).
+
+    A folder mixing image series (e.g. RGB and depth) is a one-line UsageError here,
+    at prepare time, rather than a doubled frame count that every stage trusts.
+    """
+
+    try:
+        return len(list_frame_files(source))
+    except MixedFramesError as exc:
+        raise UsageError(f"{exc}{hint}") from None
+    except VideoReadError:
+        return 0
 
 
 class SkipLog:
@@ -227,8 +238,14 @@ def prepare_folder(
     test_fraction: float = 0.1,
     seed: int = 0,
     strict: bool = False,
+    frame_pattern: str | None = None,
 ) -> Manifest:
-    """Manifest of a folder of videos (class subfolders, or flat with a labels CSV)."""
+    """Manifest of a folder of videos (class subfolders, or flat with a labels CSV).
+
+    ``frame_pattern`` (e.g. ``RGB_%d.png``) names the frames inside each frame
+    folder, for folders that also hold other images; without it every image is a
+    frame and a folder mixing numbered series is refused.
+    """
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise UsageError(f"{root}: dataset folder not found")
@@ -257,9 +274,13 @@ def prepare_folder(
     splits = stratified_split(
         {video_id: ";".join(sorted(names)) for video_id, names, _, _ in items}, val_fraction, test_fraction, seed
     )
+    if frame_pattern is not None and (not PATTERN_FIELD.search(frame_pattern) or "/" in frame_pattern):
+        raise UsageError(f"--frame-pattern {frame_pattern!r}: expected a file name with one number field, e.g. RGB_%d.png")
     videos = []
     for video_id, names, source, kind in items:
-        num_frames = count_images(source) if kind == "frames" else None
+        if kind == "frames" and frame_pattern is not None:
+            source = source / frame_pattern
+        num_frames = count_images(source, " (give prepare folder --frame-pattern)") if kind == "frames" else None
         if num_frames == 0:
             log.missing(video_id, source, "frame images")
             continue
@@ -276,6 +297,7 @@ def prepare_folder(
         classes=classes,
         multilabel=multilabel,
         videos=videos,
-        extra={"layout": layout, "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}},
+        extra={"layout": layout, "frame_pattern": frame_pattern,
+               "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}},
     )
     return write_prepared(manifest, out, log, where=root)

@@ -4,6 +4,13 @@ Frame ``i`` always means the ``i``-th decoded frame (0-based, presentation
 order) or the ``i``-th image of the folder in natural order, so the indices
 stored by the boxes stage address the same pixels whichever stage decodes them.
 
+A frame folder may hold more than its frames (CAD-120 keeps ``Depth_<n>.png``
+beside ``RGB_<n>.png``; Charades flow has ``x``/``y`` images). Such a source is
+named with a frame pattern, the folder plus a file name with one printf-style
+number field, as ffmpeg's image sequences are: ``.../<vid>/RGB_%d.png``. Only the
+matching files are frames, ordered by their number. A plain folder that mixes
+several numbered series is refused rather than read with the series interleaved.
+
 Reading decodes forward once from the start and keeps only the wanted frames:
 seeking by timestamp is not frame-exact across containers and variable frame
 rates, while a forward pass is. Every decoder or file problem becomes a
@@ -23,6 +30,7 @@ import numpy as np
 from hoitool.errors import HoitoolError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+PATTERN_FIELD = re.compile(r"%0?(\d*)d")  # the number field of a frame pattern: %d, %6d, %06d
 KINDS = ("video", "frames")
 # Codec threads (thread_type "AUTO") only for frames above 720p. Measured on 2 shared cores, decoding
 # 96 H.264 frames: 128x128 18 ms plain vs 30 ms AUTO; 480x360 67 vs 72 ms; 1280x720 (48 frames) 157 vs
@@ -89,24 +97,85 @@ def sample_indices(num_frames: int, T: int, clip: int = 0, num_clips: int = 1) -
 
 
 # -- frame folders --------------------------------------------------------------
+class MixedFramesError(VideoReadError):
+    """A frame folder holding several numbered image series, read without a frame pattern."""
+
+
 def _natural_key(name: str) -> tuple:
     """``frame_2.png`` before ``frame_10.png``: digits compare as numbers, the rest as text."""
     return tuple((0, int(part), part) if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name))
 
 
-def list_frame_files(folder: Path | str) -> list[Path]:
-    """The folder's .jpg/.jpeg/.png files in natural order (raises if missing or empty)."""
-    folder = Path(folder)
+def split_frame_pattern(path: Path | str) -> tuple[Path, re.Pattern | None]:
+    """``(folder, regex)`` of a source: a frame pattern ``folder/RGB_%d.png`` (``%d`` any number,
+    ``%06d`` at least six digits), or ``(path, None)`` for a plain folder."""
+    path = Path(path)
+    fields = PATTERN_FIELD.findall(path.name)
+    if not fields:
+        return path, None
+    if len(fields) > 1 or "%" in PATTERN_FIELD.sub("", path.name):
+        raise VideoReadError(f"{path}: a frame pattern has exactly one number field such as %d or %06d")
+    width = int(fields[0] or 0)
+    field = PATTERN_FIELD.search(path.name)
+    before, after = path.name[: field.start()], path.name[field.end():]
+    digits = rf"(\d{{{width},}})" if width else r"(\d+)"
+    return path.parent, re.compile(re.escape(before) + digits + re.escape(after) + r"\Z")
+
+
+def series_name(name: str) -> str:
+    """The image series a file belongs to: its name with every number replaced by ``<n>``."""
+    return re.sub(r"\d+", "<n>", name)
+
+
+def _list_images(folder: Path, pattern: re.Pattern | None = None) -> list[str]:
+    """Image names in ``folder`` (those matching ``pattern`` where one is given)."""
     if not folder.is_dir():
         raise VideoReadError(f"{folder}: frame folder not found" if not folder.exists() else f"{folder}: not a folder of frames")
     try:
         with os.scandir(folder) as entries:
-            names = [entry.name for entry in entries if entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES)]
+            names = [entry.name for entry in entries if entry.is_file()]
     except OSError as exc:
         raise VideoReadError(f"{folder}: cannot list frames ({exc.strerror or exc})") from None
+    if pattern is not None:
+        return [name for name in names if pattern.match(name)]
+    return [name for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
+
+
+def _check_one_series(folder: Path, names: list[str]) -> None:
+    """Refuse a folder whose numbered images form several series (e.g. RGB_<n>.png and Depth_<n>.png)."""
+    series: dict[str, int] = {}
+    for name in names:
+        key = series_name(name) if re.search(r"\d", name) else "unnumbered images"
+        series[key] = series.get(key, 0) + 1
+    if len(series) > 1:
+        largest = sorted(series.items(), key=lambda item: (-item[1], item[0]))
+        found = ", ".join(f"{key} ({count})" for key, count in largest[:4])
+        example = next((key for key, _ in largest if key != "unnumbered images"), "frame_<n>.jpg")
+        raise MixedFramesError(
+            f"{folder}: holds {len(series)} image series ({found}); name the frames with a pattern, "
+            f"e.g. {folder / example.replace('<n>', '%d')}"
+        )
+
+
+def list_frame_files(source: Path | str) -> list[Path]:
+    """The frames of a folder or frame pattern: pattern matches by number, else every image in natural order.
+
+    Raises VideoReadError if the folder is missing or has no frame, MixedFramesError
+    if a plain folder holds several numbered series, and for two files with one number.
+    """
+    folder, pattern = split_frame_pattern(source)
+    names = _list_images(folder, pattern)
     if not names:
-        raise VideoReadError(f"{folder}: empty frame folder (no .jpg/.jpeg/.png files)")
-    return [folder / name for name in sorted(names, key=_natural_key)]
+        what = "no .jpg/.jpeg/.png files" if pattern is None else f"no file matches {Path(source).name}"
+        raise VideoReadError(f"{source}: empty frame folder ({what})")
+    if pattern is None:
+        _check_one_series(folder, names)
+        return [folder / name for name in sorted(names, key=_natural_key)]
+    numbered = sorted((int(pattern.match(name).group(1)), name) for name in names)
+    for (number, name), (next_number, next_name) in zip(numbered, numbered[1:]):
+        if number == next_number:
+            raise VideoReadError(f"{folder}: {name} and {next_name} both have frame number {number}")
+    return [folder / name for _, name in numbered]
 
 
 def _load_image(path: Path) -> np.ndarray:
