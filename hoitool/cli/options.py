@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
 from hoitool.cli import console
 from hoitool.config import dump_config, resolve_config
+from hoitool.settings.base import option_help
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML or TOML config file.", exists=False)
 SetOption = typer.Option([], "--set", help="Override a config key: --set key.sub=value (repeatable).")
@@ -30,3 +32,22 @@ def stage_config(
         console.stdout.print(dump_config(config), end="", markup=False)
         raise typer.Exit(0)
     return config
+
+
+def setting(schema: type, key: str, *flags: str, **extra: Any) -> Any:
+    """A stage option that sets config ``key``: its help and default come from the schema (declared once)."""
+    info = typer.Option(None, *flags, help=option_help(schema, key), **extra)
+    info.config_key = key  # type: ignore[attr-defined]  # read back by setting_values
+    return info
+
+
+def setting_keys(command: Callable) -> dict[str, str]:
+    """``{parameter name: config key}`` of the options a command declared with :func:`setting`."""
+    return {name: parameter.default.config_key for name, parameter in inspect.signature(command).parameters.items()
+            if getattr(parameter.default, "config_key", None)}
+
+
+def setting_values(command: Callable, values: dict[str, Any]) -> dict[str, Any]:
+    """``{config key: value}`` for a command's :func:`setting` options, from its ``locals()`` (paths made absolute)."""
+    return {key: str(Path(values[name]).absolute()) if isinstance(values[name], Path) else values[name]
+            for name, key in setting_keys(command).items()}
