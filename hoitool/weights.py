@@ -7,8 +7,9 @@ dict is loaded by hand from one of three places:
 * ``None`` / ``"default"``: torchvision's default weights for the arch, read
   from torchvision's own cache (``torch.hub.get_dir()/checkpoints``, which
   honours ``TORCH_HOME``) and only if the file is already there;
-* a path: a saved state dict (plain, or wrapped as ``{"state_dict": ...}`` or
-  ``{"model": ...}``);
+* a path: a saved state dict (plain, or wrapped as ``{"state_dict": ...}``,
+  ``{"model": ...}`` or ``{"model_state": ...}``, the PyTorchVideo / PySlowFast
+  checkpoint layout);
 * ``"random"``: seeded random initialisation, for tests and the demo.
 
 Every choice yields a fingerprint that goes into the artifacts' provenance.
@@ -16,8 +17,10 @@ Every choice yields a fingerprint that goes into the artifacts' provenance.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,6 +35,21 @@ RANDOM = "random"
 DEFAULT = "default"
 
 _hash_cache: dict[tuple[str, int, int], str] = {}
+# Keys under which checkpoints wrap their state dict: generic trainers, torchvision references,
+# PyTorchVideo's model zoo and PySlowFast (``model_state``).
+_WRAPPER_KEYS = ("state_dict", "model", "model_state")
+
+
+@dataclass(frozen=True)
+class ZooWeights:
+    """A public checkpoint outside torchvision: its URL (whose file name torch.hub's cache uses) and how to fetch it.
+
+    Plays the part of torchvision's weights enum for :func:`cache_path` and
+    :func:`fetch_instruction`.
+    """
+
+    url: str
+    fetch: str  # a Python one-liner that downloads it into torch.hub's cache
 
 
 def default_weights_enum(arch: str):
@@ -58,9 +76,11 @@ def file_fingerprint(path: Path) -> str:
 
 def fetch_instruction(arch: str, default_enum) -> str:
     """The one-line error for a default weights file that is not in the cache."""
+    fetch = getattr(default_enum, "fetch", None) or (
+        f"import torchvision; torchvision.models.get_model('{arch}', weights='DEFAULT')")
     return (
         f"weights for {arch} not found at {cache_path(default_enum)}; on a machine with internet run: "
-        f"python -c \"import torchvision; torchvision.models.get_model('{arch}', weights='DEFAULT')\" "
+        f"python -c \"{fetch}\" "
         f"(or download {default_enum.url}) then copy that file there, set TORCH_HOME, "
         f"or pass --weights PATH (or --weights random for testing)"
     )
@@ -72,7 +92,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch.load raises many types for a bad file; all mean the same to the user
         raise UsageError(f"{path}: not a loadable PyTorch weights file ({type(exc).__name__})") from None
     if isinstance(loaded, Mapping):
-        for key in ("state_dict", "model"):
+        for key in _WRAPPER_KEYS:
             if isinstance(loaded.get(key), Mapping):
                 loaded = loaded[key]
                 break
@@ -144,19 +164,23 @@ def load_model(
     *,
     seed: int = 0,
     default_enum=None,
+    builder: Callable[..., nn.Module] | None = None,
     **builder_kwargs,
 ) -> tuple[nn.Module, str]:
-    """Build torchvision ``arch`` with ``weights=None`` and load the resolved weights.
+    """Build ``arch`` without weights and load the resolved weights.
 
+    ``builder`` defaults to torchvision's (called with ``weights=None``); other
+    model definitions (PyTorchVideo's) pass their own, which must not download.
     Returns ``(model, weights fingerprint)``; the model is built under ``seed``
     (which is what "random" weights mean) and left in eval mode.
     """
-    try:
-        builder = torchvision.models.get_model_builder(arch)
-    except ValueError:
-        raise UsageError(f"unknown torchvision architecture {arch!r}") from None
+    if builder is None:
+        try:
+            builder = functools.partial(torchvision.models.get_model_builder(arch), weights=None)
+        except ValueError:
+            raise UsageError(f"unknown torchvision architecture {arch!r}") from None
     state, fingerprint = resolve_weights(arch, weights, default_enum, seed=seed)
-    model = build_seeded(builder, seed, weights=None, **builder_kwargs)
+    model = build_seeded(builder, seed, **builder_kwargs)
     if state is not None:
         load_checked(model, state, f"{weights or 'default weights'} ({arch})")
     return model.eval(), fingerprint
