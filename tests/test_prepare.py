@@ -168,6 +168,9 @@ def test_charades_real_files(real_charades, tmp_path):
     assert by_id["19UA5"].labels == [20, 26, 31, 106]
     assert by_id["YSKX3"].labels == [75, 76, 77, 79, 80] and by_id["YSKX3"].split == "test"
     assert by_id["YSKX3"].extra == {"length": 16.62}
+    assert by_id["YSKX3"].objects == ["bed", "blanket", "mattress", "pillow"]  # the real CSV's objects column
+    assert by_id["TRN01"].objects == ["cup", "dish"]
+    assert manifest.extra["ground_truth"]["test"] == str(root / "Charades_v1_test.csv")
     assert by_id["TRN01"].labels == [0, 156] and by_id["TRN02"].labels == []
     assert by_id["TRN03"].extra == {"length": None}
     assert by_id["19UA5"].group == "18IT" and by_id["19UA5"].kind == "video"
@@ -314,6 +317,7 @@ def test_ssv2(tmp_path):
     assert {(v.id, v.split, tuple(v.labels)) for v in manifest.videos} == {("1", "train", (0,)), ("2", "train", (2,)), ("10", "val", (2,))}
     assert manifest.extra["omitted_test_videos"] == 2 and manifest.extra["skipped_videos"] == 1
     assert "20" not in manifest.by_id()  # test videos have no label: left out, never given a fake one
+    assert manifest.by_id()["1"].objects == ["cup", "table"] and manifest.by_id()["10"].objects == ["cup"]
 
 
 def test_ssv2_unknown_template(tmp_path):

@@ -40,7 +40,7 @@ DEFAULTS: dict[str, dict] = {
         "root": None, "fold": None, "val": 0.2, "seed": 0, "strict": False, "person_margin": 0.1,
         "intrinsics": asdict(KINECT),
     },
-    "ssv2": {"root": None, "video_dir": ".", "strict": False},
+    "ssv2": {"root": None, "video_dir": ".", "strict": False, "boxes": []},
     "folder": {
         "root": None, "labels": None, "extensions": [ext[1:] for ext in VIDEO_EXTENSIONS],
         "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "strict": False, "frame_pattern": None,
@@ -260,6 +260,7 @@ def ssv2(
     out: Path = OutArgument,
     root: Optional[Path] = RootOption,
     video_dir: Optional[str] = typer.Option(None, "--video-dir", help="Folder of the <id>.webm videos, relative to ROOT [.]."),
+    boxes: List[Path] = typer.Option([], "--boxes", help="Something-Else box annotation file (repeat for each part): the dataset's own boxes."),
     strict: Optional[bool] = StrictOption,
     force: bool = ForceOption,
     config_file: Optional[Path] = ConfigOption,
@@ -269,9 +270,13 @@ def ssv2(
     """Something-Something v2: train -> train, validation -> val; the unlabelled test list is left out."""
     config = stage_config(DEFAULTS["ssv2"], config_file, overrides, print_config, {
         "root": _absolute(root), "video_dir": video_dir, "strict": strict,
+        "boxes": [_absolute(path) for path in boxes] or None,
     })
     raw = _root(config)
-    arguments = {"video_dir": str(config["video_dir"]), "strict": _flag(config, "strict")}
+    box_files = config["boxes"]
+    if not isinstance(box_files, list):
+        raise UsageError(f"config key 'boxes': expected a list of Something-Else annotation files, got {box_files!r}")
+    arguments = {"video_dir": str(config["video_dir"]), "strict": _flag(config, "strict"), "boxes": [str(path) for path in box_files]}
     run_prepare("ssv2", out, config, force, lambda out: prepare_ssv2(raw, out, **arguments))
 
 
