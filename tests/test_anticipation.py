@@ -1,0 +1,256 @@
+"""Anticipation by distillation (hoitool.nn.anticipation): Eq. 1-5 against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hoitool.errors import UsageError
+from hoitool.nn.anticipation import (
+    AnticipationObjective,
+    LeadTime,
+    attentional_distill_loss,
+    attentional_pool,
+    default_alpha,
+    direct_distill_loss,
+    forward_with_embeddings,
+    label_at,
+    lead_time_pair,
+    observe_until,
+    parse_lead_time,
+)
+from hoitool.nn.models import ContextGraphNet
+
+
+def _t(rows) -> torch.Tensor:
+    return torch.tensor([rows], dtype=torch.float64)
+
+
+def _phi_reference(q: np.ndarray, R: np.ndarray, alpha: float) -> np.ndarray:
+    """phi(q, R) = sum_k w_k r_k, w_k = exp(alpha r_k.q) / Z, written out as in the paper's Sec. 2.2."""
+    w = np.array([math.exp(alpha * float(r @ q)) for r in R])
+    w /= w.sum()
+    return sum(wk * r for wk, r in zip(w, R))
+
+
+def _ld_reference(A: np.ndarray, R: np.ndarray, alpha: float) -> float:
+    """Eq. 3-5 with squared L2, loops over the vectors."""
+    forward = sum(float(np.sum((_phi_reference(a, R, alpha) - _phi_reference(a, A, alpha)) ** 2)) for a in A)
+    backward = sum(float(np.sum((_phi_reference(r, A, alpha) - _phi_reference(r, R, alpha)) ** 2)) for r in R)
+    return forward + backward
+
+
+# -- phi ------------------------------------------------------------------------------------------
+
+def test_phi_small_alpha_is_the_average_of_the_valid_vectors():
+    keys = _t([[1.0, 2.0], [3.0, -1.0], [100.0, 100.0]])  # the last one is padding
+    valid = torch.tensor([[True, True, False]])
+    query = _t([[0.5, 4.0]])
+    pooled = attentional_pool(query, keys, valid, alpha=1e-9)
+    assert torch.allclose(pooled, _t([[2.0, 0.5]]), atol=1e-6)
+
+
+def test_phi_large_alpha_is_the_most_similar_valid_vector():
+    keys = _t([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [9.0, 0.0]])  # [9, 0] would win but is padding
+    valid = torch.tensor([[True, True, True, False]])
+    pooled = attentional_pool(_t([[1.0, 0.2]]), keys, valid, alpha=1e3)
+    assert torch.allclose(pooled, _t([[1.0, 0.0]]), atol=1e-9)
+    pooled = attentional_pool(_t([[0.0, 1.0]]), keys, valid, alpha=1e3)
+    assert torch.allclose(pooled, _t([[0.0, 1.0]]), atol=1e-9)
+
+
+def test_phi_by_hand_at_alpha_one():
+    e = math.e
+    pooled = attentional_pool(_t([[1.0, 0.0]]), _t([[1.0, 0.0], [0.0, 1.0]]), alpha=1.0)
+    assert torch.allclose(pooled, _t([[e / (e + 1), 1 / (e + 1)]]), atol=1e-12)
+
+
+def test_phi_padding_gets_zero_weight_and_empty_maps_pool_to_zero():
+    keys = _t([[1.0, 0.0], [5.0, 5.0]])
+    with_padding = attentional_pool(_t([[1.0, 1.0]]), keys, torch.tensor([[True, False]]), alpha=1.0)
+    alone = attentional_pool(_t([[1.0, 1.0]]), keys[:, :1], None, alpha=1.0)
+    assert torch.equal(with_padding, alone)
+    empty = attentional_pool(_t([[1.0, 1.0]]), keys, torch.tensor([[False, False]]), alpha=1.0)
+    assert torch.equal(empty, torch.zeros_like(empty))
+
+
+def test_default_alpha_is_one_over_root_d():
+    assert default_alpha(512) == pytest.approx(1 / math.sqrt(512))
+
+
+# -- L_d ------------------------------------------------------------------------------------------
+
+def test_ld_one_vector_each_by_hand():
+    A, R = _t([[1.0, 0.0]]), _t([[0.0, 1.0]])
+    ones = torch.ones(1, 1, dtype=torch.bool)
+    # phi(a, R) = r, phi(a, A) = a: ||r - a||^2 = 2 in each direction
+    assert attentional_distill_loss(A, ones, R, ones, penalty="l2").item() == pytest.approx(4.0)
+    assert attentional_distill_loss(A, ones, R, ones, penalty="l2", direction="student").item() == pytest.approx(2.0)
+    assert attentional_distill_loss(A, ones, R, ones, penalty="l2", direction="teacher").item() == pytest.approx(2.0)
+    # Huber, delta 1, |x| = 1 per channel: 0.5 * 1^2 per channel and direction
+    assert attentional_distill_loss(A, ones, R, ones, penalty="huber").item() == pytest.approx(2.0)
+
+
+def test_huber_vs_l2_beyond_delta():
+    A, R = _t([[3.0, 0.0]]), _t([[0.0, 0.0]])
+    ones = torch.ones(1, 1, dtype=torch.bool)
+    assert attentional_distill_loss(A, ones, R, ones, penalty="l2").item() == pytest.approx(2 * 9.0)
+    assert attentional_distill_loss(A, ones, R, ones, penalty="huber", delta=1.0).item() == pytest.approx(2 * (3 - 0.5))
+    assert attentional_distill_loss(A, ones, R, ones, penalty="huber", delta=4.0).item() == pytest.approx(2 * 0.5 * 9)
+
+
+def test_ld_equals_the_written_out_equation():
+    rng = np.random.default_rng(0)
+    A, R = rng.normal(size=(3, 4)), rng.normal(size=(5, 4))
+    for alpha in (0.5, default_alpha(4), 2.0):
+        got = attentional_distill_loss(torch.tensor(A)[None], torch.ones(1, 3, dtype=torch.bool),
+                                       torch.tensor(R)[None], torch.ones(1, 5, dtype=torch.bool), alpha=alpha, penalty="l2")
+        assert got.item() == pytest.approx(_ld_reference(A, R, alpha), rel=1e-10)
+
+
+def test_ld_ignores_padding_and_is_per_sample():
+    rng = np.random.default_rng(1)
+    A, R = torch.tensor(rng.normal(size=(1, 3, 4))), torch.tensor(rng.normal(size=(1, 2, 4)))
+    reference = attentional_distill_loss(A, torch.ones(1, 3, dtype=torch.bool), R, torch.ones(1, 2, dtype=torch.bool))
+    A_pad = torch.cat([A, 50 * torch.ones(1, 2, 4, dtype=A.dtype)], dim=1)
+    R_pad = torch.cat([R, -50 * torch.ones(1, 3, 4, dtype=R.dtype)], dim=1)
+    a_valid = torch.tensor([[True, True, True, False, False]])
+    r_valid = torch.tensor([[True, True, False, False, False]])
+    padded = attentional_distill_loss(A_pad, a_valid, R_pad, r_valid)
+    assert padded.item() == pytest.approx(reference.item(), rel=1e-12)
+    batch = attentional_distill_loss(torch.cat([A_pad, A_pad]), torch.cat([a_valid, a_valid]),
+                                     torch.cat([R_pad, R_pad]), torch.cat([r_valid, r_valid]))
+    assert batch.shape == (2,) and torch.allclose(batch, reference.expand(2))
+    mean = attentional_distill_loss(A_pad, a_valid, R_pad, r_valid, reduction="mean", direction="student")
+    total = attentional_distill_loss(A_pad, a_valid, R_pad, r_valid, reduction="sum", direction="student")
+    assert mean.item() == pytest.approx(total.item() / 3)
+
+
+def test_ld_is_zero_for_equal_maps_and_blind_to_node_order_unlike_direct():
+    rng = np.random.default_rng(2)
+    A = torch.tensor(rng.normal(size=(1, 4, 3)))
+    ones = torch.ones(1, 4, dtype=torch.bool)
+    assert attentional_distill_loss(A, ones, A.clone(), ones).item() == pytest.approx(0.0, abs=1e-12)
+    shuffled = A[:, [2, 0, 3, 1]]
+    assert attentional_distill_loss(A, ones, shuffled, ones).item() == pytest.approx(0.0, abs=1e-12)
+    assert direct_distill_loss(A, ones, shuffled, ones).item() > 0.1  # L_direct needs slot correspondence
+
+
+def test_direct_loss_by_hand_over_slots_valid_in_both():
+    A = _t([[1.0, 2.0], [0.0, 0.0], [7.0, 7.0]])
+    R = _t([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    a_valid, r_valid = torch.tensor([[True, True, True]]), torch.tensor([[True, True, False]])
+    assert direct_distill_loss(A, a_valid, R, r_valid).item() == pytest.approx(5.0 + 2.0)
+
+
+def test_teacher_gets_no_gradient_student_does():
+    student = torch.randn(2, 3, 4, requires_grad=True)
+    teacher = torch.randn(2, 3, 4, requires_grad=True)
+    ones = torch.ones(2, 3, dtype=torch.bool)
+    attentional_distill_loss(student, ones, teacher, ones).sum().backward()
+    assert teacher.grad is None and student.grad is not None and torch.isfinite(student.grad).all()
+
+
+# -- Eq. 1-2 --------------------------------------------------------------------------------------
+
+def test_objective_labels_where_labelled_teacher_soft_predictions_elsewhere():
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(3, 4), torch.randn(3, 4)
+    targets = torch.tensor([2, -1, 0])  # -1: unlabelled (the value is never read)
+    labelled = torch.tensor([True, False, True])
+    emb_s, emb_t = torch.randn(3, 5, 6), torch.randn(3, 7, 6)
+    valid_s, valid_t = torch.ones(3, 5, dtype=torch.bool), torch.ones(3, 7, dtype=torch.bool)
+    objective = AnticipationObjective(multilabel=False, lam=0.5, penalty="huber")
+    terms = objective(logits, targets, labelled, teacher, emb_s, valid_s, emb_t, valid_t)
+    ce = F.cross_entropy(logits[[0, 2]], targets[[0, 2]], reduction="none")
+    assert torch.allclose(terms["ce"][[0, 2]], ce) and terms["ce"][1] == 0
+    kl = (F.softmax(teacher[1], 0) * (F.log_softmax(teacher[1], 0) - F.log_softmax(logits[1], 0))).sum()
+    assert terms["soft"][1].item() == pytest.approx(kl.item(), rel=1e-5) and terms["soft"][[0, 2]].abs().sum() == 0
+    distill = attentional_distill_loss(emb_s, valid_s, emb_t, valid_t, penalty="huber")
+    assert torch.allclose(terms["distill"], distill)
+    assert torch.allclose(terms["total"], terms["ce"] + terms["soft"] + 0.5 * distill)
+
+
+def test_objective_multilabel_and_direct():
+    logits, teacher = torch.randn(2, 3), torch.randn(2, 3)
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    emb = torch.randn(2, 4, 5)
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    terms = AnticipationObjective(multilabel=True, loss="direct")(logits, targets, torch.tensor([True, False]),
+                                                                  teacher, emb, valid, emb, valid)
+    bce = F.binary_cross_entropy_with_logits(logits[0], targets[0])
+    assert terms["ce"][0].item() == pytest.approx(bce.item(), rel=1e-6)
+    assert terms["distill"].abs().sum() == 0 and terms["soft"][1] > 0
+
+
+# -- node embeddings after the graph layers -------------------------------------------------------
+
+@pytest.mark.parametrize("view", ["global", "local", "baseline"])
+def test_forward_with_embeddings_has_the_models_logits(view):
+    torch.manual_seed(0)
+    model = ContextGraphNet(6, 3, view, hidden=8, layers=2).eval()
+    nodes = torch.randn(2, 3, 4, 6).half()
+    valid = torch.rand(2, 3, 4) > 0.3
+    logits, embeddings, flat_valid = forward_with_embeddings(model, nodes, valid)
+    assert torch.allclose(logits, model(nodes, valid), atol=1e-6)
+    assert embeddings.shape == (2, 12, 8) and torch.equal(flat_valid, valid.flatten(1))
+
+
+# -- lead time ------------------------------------------------------------------------------------
+
+def _view(frame_indices, k=2, d=3):
+    t = len(frame_indices)
+    return {"frame_indices": np.array(frame_indices), "frame_valid": np.ones(t, dtype=bool),
+            "valid": np.ones((t, k), dtype=bool), "nodes": np.ones((t, k, d), dtype=np.float16),
+            "boxes": np.zeros((t, k, 4), dtype=np.float32)}
+
+
+def test_parse_lead_time():
+    assert parse_lead_time("1.5") == LeadTime(seconds=1.5)
+    assert parse_lead_time("2s") == LeadTime(seconds=2.0)
+    assert parse_lead_time("80%") == LeadTime(fraction=0.8)
+    for bad in ("", "-1", "abc", "1.5m", "100%"):
+        with pytest.raises(UsageError):
+            parse_lead_time(bad)
+
+
+def test_observe_until_masks_and_zeroes_the_future():
+    view = _view([0, 10, 20, 30])
+    view["frame_valid"][3] = False  # padding stays padding
+    view["valid"][1, 1] = False
+    seen = observe_until(view, 15)
+    assert seen["frame_valid"].tolist() == [True, True, False, False]
+    assert seen["valid"].tolist() == [[True, True], [True, False], [False, False], [False, False]]
+    assert (seen["nodes"][2:] == 0).all() and (seen["nodes"][:2] == 1).all()
+    assert (view["nodes"] == 1).all() and view["frame_valid"][2]  # the input is untouched
+
+
+def test_lead_time_pair_seconds_and_the_jhmdb_fraction():
+    view = _view(list(range(0, 100, 10)))  # 10 sampled frames of a 100-frame video
+    student, teacher = lead_time_pair(view, LeadTime(seconds=2.0), fps=10.0, num_frames=100, t=60)
+    assert student["frame_valid"].tolist() == [True] * 5 + [False] * 5  # frames <= 40
+    assert teacher["frame_valid"].tolist() == [True] * 7 + [False] * 3  # frames <= 60
+    student, teacher = lead_time_pair(view, LeadTime(fraction=0.8), fps=None, num_frames=100)
+    assert student["frame_valid"].tolist() == [True] * 2 + [False] * 8  # the first 20 % of the frames
+    assert teacher["frame_valid"].all()
+
+
+def test_lead_time_needs_fps_or_frame_count():
+    with pytest.raises(UsageError, match="vid7.*fps"):
+        LeadTime(seconds=1.0).frames(None, 100, video="vid7")
+    with pytest.raises(UsageError, match="frame count"):
+        LeadTime(fraction=0.5).frames(30.0, None)
+    with pytest.raises(UsageError):
+        LeadTime(seconds=1.0, fraction=0.5)
+
+
+def test_label_at_segments():
+    segments = [[0, 9, "reaching"], [10, 30, "moving"], [25, 40, "placing"]]
+    assert label_at(segments, 5) == "reaching"
+    assert label_at(segments, 10) == "moving"
+    assert label_at(segments, 27) == "placing"  # overlap: the later start wins
+    assert label_at(segments, 50, default="none") == "none"
