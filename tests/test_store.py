@@ -22,12 +22,12 @@ def features(seed: int, views=1, frames=4, boxes=3, dim=8) -> dict:
     }
 
 
-def build(path, ids, header=HEADER, force=False):
+def build(path, ids, header=HEADER, force=False, shard=None):
     staged = StagedStore(path, "features", header, force=force)
     with staged.writer() as write:
         for video_id in ids:
             write(video_id, features(int(video_id[1:])), {"views": 1})
-    return staged.finalize({"manifest": "m.json"})
+    return staged.finalize({"manifest": "m.json", "shard": list(shard) if shard else None})
 
 
 def assert_same_content(a, b):
@@ -113,15 +113,15 @@ def test_failures_are_recorded_and_retried(tmp_path):
 
 def test_merge_of_shards_equals_one_run(tmp_path):
     build(tmp_path / "one.zarr", ["v1", "v2", "v3", "v4", "v5"])
-    build(tmp_path / "s0.zarr", ["v1", "v3", "v5"])
-    build(tmp_path / "s1.zarr", ["v2", "v4"])
+    build(tmp_path / "s0.zarr", ["v1", "v3", "v5"], shard=(0, 2))
+    build(tmp_path / "s1.zarr", ["v2", "v4"], shard=(1, 2))
     merge_stores([tmp_path / "s0.zarr", tmp_path / "s1.zarr"], tmp_path / "merged.zarr")
     assert_same_content(tmp_path / "one.zarr", tmp_path / "merged.zarr")
-    build(tmp_path / "other.zarr", ["v6"], header={**HEADER, "upstream": "zzz"})
+    build(tmp_path / "other.zarr", ["v6"], header={**HEADER, "upstream": "zzz"}, shard=(1, 2))
     with pytest.raises(UsageError, match="different config or upstream"):
         merge_stores([tmp_path / "s0.zarr", tmp_path / "other.zarr"], tmp_path / "bad.zarr")
     with pytest.raises(UsageError, match="in both"):
-        merge_stores([tmp_path / "s0.zarr", tmp_path / "one.zarr"], tmp_path / "dup.zarr")
+        merge_stores([tmp_path / "s0.zarr", tmp_path / "one.zarr"], tmp_path / "dup.zarr", allow_partial=True)
 
 
 def test_verify_detects_modified_content(tmp_path):

@@ -28,6 +28,7 @@ def info_command(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Videos done/failed, array shapes and dtypes, bytes on disk, provenance."""
+    from hoitool.store.reader import describe_partial
     from hoitool.store.tools import store_info
 
     info = store_info(path)
@@ -41,6 +42,9 @@ def info_command(
         ("videos done", str(info["videos_done"])),
         ("videos failed", str(info["videos_failed"])),
         ("unfinished parts", str(info["unfinished_parts"])),
+        *((("partial", f"yes: {describe_partial(info['partial'])}"),) if info["partial"] else ()),
+        *((("unreadable videos", f"{len(info['videos_unreadable'])} (run `hoitool cache verify {path}`)"),)
+          if info["videos_unreadable"] else ()),
         ("bytes on disk", f"{_human(info['bytes_on_disk'])} ({info['bytes_on_disk']} B)"),
         ("uncompressed", f"{_human(info['bytes_uncompressed'])} (ratio {info['compression_ratio'] or 0:.2f}x)"),
         *((f"array {name}", f"{info['dtypes'][name]} {' '.join(map(str, shapes))}") for name, shapes in info["shapes"].items()),
@@ -75,12 +79,21 @@ def verify_command(path: Path = typer.Argument(..., help="A boxes or features st
 
 @cache_app.command("merge")
 def merge_command(
-    shards: List[Path] = typer.Argument(..., help="Shard stores written with --shard i/n."),
+    shards: List[Path] = typer.Argument(..., help="Shard stores written with --shard i/n (every i of one n)."),
     out: Path = typer.Option(..., "--out", "-o", help="Merged store (.h5 or .zarr)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing merged store (only a hoitool store)."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Merge an incomplete set of shards; the result is marked partial."),
 ) -> None:
-    """Merge shard stores into one store identical to a single run."""
+    """Merge a complete set of shard stores into one store identical to a single run."""
+    from hoitool.store.reader import describe_partial
     from hoitool.store.tools import merge_stores
 
-    meta = merge_stores(shards, out, force=force)
+    meta = merge_stores(shards, out, force=force, allow_partial=allow_partial)
+    if meta.get("unchanged"):
+        console.info(f"{out}: already merged from these {len(shards)} stores, nothing to do "
+                     f"({meta['num_videos']} videos, fingerprint {meta['fingerprint']})")
+        return
     console.info(f"[green]merged[/green] {len(shards)} stores -> {out} ({meta['num_videos']} videos, fingerprint {meta['fingerprint']})")
+    if meta.get("partial"):
+        console.info(f"[yellow]warning:[/yellow] {out} is marked partial ({describe_partial(meta['partial'])})")

@@ -4,6 +4,7 @@ hand results to the background writer, record failures, finalize, report.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from hoitool.cli import console
 from hoitool.config import save_config
 from hoitool.errors import HoitoolError, Interrupted, SomeVideosFailed
+from hoitool.io.process import worker_init
 from hoitool.store.staging import StagedStore, sidecar
 
 
@@ -60,6 +62,7 @@ def iterate_loaded(video_ids: list[str], load: Callable[[str], dict], workers: i
     return DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=lambda item: item,
         prefetch_factor=2 if workers else None, persistent_workers=False,
+        worker_init_fn=worker_init() if workers else None,  # kill -9 of this process takes its workers (and their lock) with it
     )
 
 
@@ -84,6 +87,22 @@ def run_video_stage(
     summary = StageSummary(path=staged.path, skipped=len(video_ids) - len(todo))
     if summary.skipped:
         console.info(f"{staged.path.name}: {summary.skipped} videos already done, {len(todo)} to go")
+    try:
+        _process(staged, todo, load, compute, workers, description, summary)
+        if not staged.done_ids() and not staged.path.exists():
+            failures = staged.failures()
+            raise SomeVideosFailed(
+                f"{staged.path}: every video failed ({len(failures)}); first: {failures[0]['error'] if failures else '?'}"
+            )
+        summary.meta = staged.finalize(provenance, extra_meta)
+    except OSError as exc:  # a full disk, a folder turned read-only: say what is kept and how to go on
+        raise _write_fault(staged, exc) from None
+    summary.failed = summary.meta["failed"]
+    return summary
+
+
+def _process(staged, todo, load, compute, workers, description, summary) -> None:
+    """Load, compute and stage every video of ``todo``; a video's failure is recorded, the run goes on."""
     with console.progress(description, len(todo)) as bar, staged.writer() as write, torch.inference_mode():
         for item in iterate_loaded(todo, load, workers):
             video_id = item["video"]
@@ -99,14 +118,19 @@ def run_video_stage(
                 staged.fail(video_id, error)
                 console.debug(f"failed: {error}")
             bar.advance(1, note=video_id)
-    if not staged.done_ids() and not staged.path.exists():
-        failures = staged.failures()
-        raise SomeVideosFailed(
-            f"{staged.path}: every video failed ({len(failures)}); first: {failures[0]['error'] if failures else '?'}"
-        )
-    summary.meta = staged.finalize(provenance, extra_meta)
-    summary.failed = summary.meta["failed"]
-    return summary
+
+
+def _write_fault(staged: StagedStore, exc: OSError) -> HoitoolError:
+    """One line for a file-system fault while writing: how many finished videos are kept, and that re-running resumes."""
+    kept = len(staged.done_ids())
+    where = exc.filename or staged.path
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    cause = "no space left on the device" if full else exc.strerror or str(exc)
+    return HoitoolError(
+        f"{where}: {cause} while writing {staged.path}; {kept} finished videos are kept "
+        f"(in {staged.parts.name} and the store); {'free some space' if full else 'fix that'} "
+        "and run the same command again to resume"
+    )
 
 
 def finish(summary: StageSummary) -> None:

@@ -41,6 +41,9 @@ class HDF5Backend:
     def video_keys(self) -> list[str]:
         return sorted(self.file["videos"].keys()) if "videos" in self.file else []
 
+    def array_names(self, key: str) -> list[str]:
+        return sorted(self.file["videos"][key].keys())
+
     def read_video(self, key: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
         group = self.file["videos"][key]
         return {name: group[name][()] for name in (names or group.keys())}
@@ -83,6 +86,9 @@ class ZarrBackend:
     def video_keys(self) -> list[str]:
         videos = self._videos()
         return sorted(videos.group_keys()) if videos is not None else []
+
+    def array_names(self, key: str) -> list[str]:
+        return sorted(self._videos()[key].array_keys())
 
     def read_video(self, key: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
         group = self._videos()[key]

@@ -32,7 +32,9 @@ from hoitool.errors import StaleArtifactError
 from hoitool.io.lock import exclusive_lock
 from hoitool.io.atomic import append_jsonl, atomic_path, fsync_dir, read_jsonl, recover_dir, replace_dir, write_json, write_text
 from hoitool.store.backends import backend_name, open_backend
-from hoitool.store.fingerprint import store_fingerprint, video_digest
+from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
+from hoitool.store.reader import checked_read
+from hoitool.store.ownership import check_ours, remove_parts, remove_store
 from hoitool.store.schema import SCHEMA_VERSION, check_arrays, video_id_from_key, video_key
 
 ATTRS_KEY = "__attrs__"
@@ -60,19 +62,13 @@ class StagedStore:
         self.header = header  # {"config": content config, "upstream": fingerprint or None, ...}
         self.parts = self.path.with_name(self.path.name + ".parts")
         backend_name(self.path)  # validate the suffix early
-        self._lock = _exclusive_lock(self.path)
-        self._cleanup_temporaries()
+        what = f"{kind} store" if what == "output" else what
+        check_ours(self.path, kind, what)  # before anything is created: never touch what hoitool did not write
+        self._lock = writer_lock(self.path)
+        clean_temporaries(self.path)
         self._check_existing(force, what)
 
     # -- start-up ------------------------------------------------------------
-    def _cleanup_temporaries(self) -> None:
-        if backend_name(self.path) == "zarr":
-            recover_dir(self.path)
-        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        if self.parts.exists():
-            for leftover in self.parts.glob(".*.tmp"):
-                leftover.unlink()
 
     def _mismatch(self, other: dict) -> str | None:
         if other.get("upstream") != self.header.get("upstream"):
@@ -104,13 +100,9 @@ class StagedStore:
             return
 
     def discard(self) -> None:
-        """Remove the store and its staged parts (``--force``)."""
-        if self.path.is_dir():
-            shutil.rmtree(self.path)
-        elif self.path.exists():
-            self.path.unlink()
-        if self.parts.exists():
-            shutil.rmtree(self.parts)
+        """Remove the store and its staged parts (``--force``; both were checked to be hoitool's own)."""
+        remove_store(self.path)
+        remove_parts(self.parts)
 
     # -- progress state --------------------------------------------------------
     def _part(self, video_id: str) -> Path:
@@ -137,7 +129,7 @@ class StagedStore:
         header_file = self.parts / "header.json"
         if not header_file.exists():
             self.parts.mkdir(parents=True, exist_ok=True)
-            write_json(header_file, self.header)
+            write_json(header_file, {**self.header, "kind": self.kind})  # "kind": the folder is hoitool's
     def save(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> None:
         """Stage one finished video durably (atomic npz)."""
         arrays = check_arrays(self.kind, arrays)
@@ -214,9 +206,8 @@ class StagedStore:
                 for video_id in sorted(staged | old_ids):
                     if video_id in staged:
                         yield (video_id, *load_part(self._part(video_id)))
-                    else:
-                        key = video_key(video_id)
-                        yield video_id, old.read_video(key), old.video_attrs(key)
+                    else:  # checked: a damaged video must not be re-digested into a "valid" one
+                        yield video_id, *checked_read(old, self.path, self.kind, video_id)
 
             base = {"header": self.header, "provenance": provenance, "failed": failures, **(extra_meta or {})}
             meta = write_store(self.path, self.kind, items(), base)
@@ -224,7 +215,7 @@ class StagedStore:
             if old:
                 old.close()
         write_failures(sidecar(self.path, "failures.jsonl"), failures)
-        shutil.rmtree(self.parts, ignore_errors=True)
+        remove_parts(self.parts)
         self.close()
         return meta
 
@@ -238,11 +229,30 @@ class StagedStore:
 def write_store(path: Path, kind: str, items: Iterable[tuple[str, dict, dict]], base_meta: dict) -> dict:
     """Write ``(video_id, arrays, attrs)`` items (in id order) to a new store that replaces ``path`` only when complete."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    out = open_backend(tmp, "w", backend_name(path))
+    try:
+        meta = _write_tmp(tmp, backend_name(path), kind, items, base_meta)
+        if tmp.is_dir():  # Zarr: sync every file, then swap the directory
+            for file in tmp.rglob("*"):
+                if file.is_file():
+                    fsync_file(file)
+    except BaseException:  # a full disk or an error: the old store stays, the half-written copy goes
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        raise
+    if tmp.is_dir():
+        replace_dir(tmp, path)
+    else:
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    return meta
+
+
+def _write_tmp(tmp: Path, backend: str, kind: str, items: Iterable[tuple[str, dict, dict]], base_meta: dict) -> dict:
+    """Every video with its digests (whole video: the fingerprint; per array: checked reads), then the root metadata."""
+    out = open_backend(tmp, "w", backend)
     digests: dict[str, str] = {}
     try:
         for video_id, arrays, attrs in items:
-            attrs = dict(attrs, digest=video_digest(arrays))
+            attrs = dict(attrs, digest=video_digest(arrays), array_digests=array_digests(arrays))
             digests[video_id] = attrs["digest"]
             out.write_video(video_key(video_id), arrays, attrs)
         meta = {
@@ -256,19 +266,27 @@ def write_store(path: Path, kind: str, items: Iterable[tuple[str, dict, dict]], 
         out.write_meta(meta)
     finally:
         out.close()
-    if tmp.is_dir():  # Zarr: sync every file, then swap the directory
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                fsync_file(file)
-        replace_dir(tmp, path)
-    else:
+    if not tmp.is_dir():
         fsync_file(tmp)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
     return meta
 
 
-def _exclusive_lock(path: Path):
+def clean_temporaries(path: Path) -> None:
+    """Remove what a killed writer of ``path`` left: its ``.<name>.*.tmp`` files and a half-swapped Zarr folder.
+
+    Call it only while holding the store's lock: then no live process owns any of them.
+    """
+    if backend_name(path) == "zarr":
+        recover_dir(path)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    parts = path.with_name(path.name + ".parts")
+    if parts.is_dir():
+        for leftover in parts.glob(".*.tmp"):
+            leftover.unlink()
+
+
+def writer_lock(path: Path):
     """One writer per store: a second process on the same output is refused, not interleaved."""
     return exclusive_lock(path.with_name(f".{path.name}.lock"),
                           f"{path}: another process is writing this store (use --shard i/n for parallel jobs)")

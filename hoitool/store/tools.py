@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from hoitool.errors import UsageError
-from hoitool.store.fingerprint import store_fingerprint, video_digest
+from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
 from hoitool.store.reader import open_store
 from hoitool.store.schema import ARRAYS, OPTIONAL_ARRAYS
-from hoitool.store.staging import sidecar, write_failures, write_store
+from hoitool.store.ownership import check_ours
+from hoitool.store.staging import clean_temporaries, sidecar, write_failures, write_store, writer_lock
 
 
 def disk_bytes(path: Path) -> int:
@@ -22,13 +23,19 @@ def disk_bytes(path: Path) -> int:
 
 
 def store_info(path: Path) -> dict:
-    """What a user wants to know about a store without opening Python."""
+    """What a user wants to know about a store without opening Python (damaged videos are counted, not fatal)."""
     reader = open_store(path)
     shapes: dict[str, list] = {}
     dtypes: dict[str, str] = {}
     raw_bytes = 0
+    unreadable = []
     for video_id in reader.video_ids:
-        for name, array in reader.read(video_id).items():
+        try:
+            arrays = reader.read_unchecked(video_id)
+        except Exception:  # cache verify names the problem; info only counts it
+            unreadable.append(video_id)
+            continue
+        for name, array in arrays.items():
             shapes.setdefault(name, [])
             shape = list(array.shape)
             if shape not in shapes[name]:
@@ -44,7 +51,9 @@ def store_info(path: Path) -> dict:
         "fingerprint": reader.fingerprint,
         "videos_done": len(reader.video_ids),
         "videos_failed": len(reader.attrs.get("failed", [])),
+        "videos_unreadable": unreadable,
         "failed": reader.attrs.get("failed", []),
+        "partial": reader.partial,
         "unfinished_parts": len(list(parts.glob("*.npz"))) if parts.exists() else 0,
         "shapes": {name: value[:3] for name, value in shapes.items()},
         "dtypes": dtypes,
@@ -58,7 +67,7 @@ def store_info(path: Path) -> dict:
 
 
 def verify_store(path: Path) -> list[str]:
-    """Every video readable, finite, consistent with the schema and its digest; returns problems found."""
+    """Every video readable, finite, consistent with the schema and its digests; returns problems found."""
     reader = open_store(path)
     kind = reader.kind
     problems: list[str] = []
@@ -67,12 +76,13 @@ def verify_store(path: Path) -> list[str]:
     for video_id in reader.video_ids:
         where = f"{path}: video {video_id!r}"
         try:
-            arrays = reader.read(video_id)
+            arrays = reader.read_unchecked(video_id)
             attrs = reader.video_attrs(video_id)
         except Exception as exc:  # any read error is a finding, not a crash
-            problems.append(f"{where}: unreadable ({type(exc).__name__}: {exc})")
+            problems.append(f"{where}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
             continue
-        missing = set(ARRAYS[kind]) - set(arrays)
+        recorded = attrs.get("array_digests") or {}
+        missing = (set(ARRAYS[kind]) | set(recorded)) - set(arrays)
         if missing:
             problems.append(f"{where}: missing arrays {sorted(missing)}")
             continue
@@ -93,19 +103,67 @@ def verify_store(path: Path) -> list[str]:
             problems.append(f"{where}: frame_valid {arrays['frame_valid'].shape} does not match valid {valid.shape}")
         digest = video_digest(arrays)
         digests[video_id] = digest
-        if attrs.get("digest") != digest:
-            problems.append(f"{where}: content does not match its recorded digest (modified after writing)")
+        changed = [name for name, value in array_digests(arrays).items() if recorded and recorded.get(name) != value]
+        if attrs.get("digest") != digest or changed:
+            detail = f" ({', '.join(changed)})" if changed else ""
+            problems.append(f"{where}: content does not match its recorded digest{detail} (modified or damaged after writing)")
     if not problems and store_fingerprint(kind, digests) != reader.fingerprint:
         problems.append(f"{path}: store fingerprint does not match its videos")
     return problems
 
 
-def merge_stores(shards: list[Path], out: Path, force: bool = False) -> dict:
-    """Merge shard stores (same kind, config and upstream) into one store equal to a single run."""
+def shard_set_problems(readers: list) -> tuple[list[str], dict]:
+    """What keeps the inputs from being one complete ``--shard i/n`` set, and which shards they are."""
+    problems, seen = [], {}
+    for reader in readers:
+        shard = reader.provenance.get("shard")
+        if not (isinstance(shard, (list, tuple)) and len(shard) == 2):
+            problems.append(f"{reader.path} was not written with --shard i/n")
+            continue
+        index, count = int(shard[0]), int(shard[1])
+        if (index, count) in seen:
+            raise UsageError(f"cache merge: shard {index}/{count} given twice ({seen[index, count]} and {reader.path})")
+        seen[index, count] = reader.path
+    counts = sorted({count for _, count in seen})
+    if len(counts) > 1:
+        problems.append(f"the shards come from different splits (n = {', '.join(map(str, counts))})")
+    missing = [f"{index}/{count}" for count in counts for index in range(count) if (index, count) not in seen]
+    if missing:
+        problems.append(f"shard{'s' if len(missing) > 1 else ''} {', '.join(missing[:8])} missing")
+    found = [f"{index}/{count}" for index, count in sorted(seen)]
+    return problems, {"shards": found, "missing_shards": missing, "problems": problems}
+
+
+def _inputs(readers: list) -> list[dict]:
+    return [{"path": str(reader.path), "fingerprint": reader.fingerprint, "shard": reader.provenance.get("shard")}
+            for reader in readers]
+
+
+def _same_merge(out: Path, readers: list, partial: dict | None) -> dict | None:
+    """The metadata of ``out`` when it is already the merge of exactly these inputs (a re-run is then a no-op)."""
+    if not out.exists():
+        return None
+    existing = open_store(out)
+    recorded = existing.provenance.get("merged_inputs") or []
+    if sorted(item["fingerprint"] for item in recorded) != sorted(reader.fingerprint for reader in readers):
+        return None
+    if existing.attrs.get("header") != readers[0].attrs.get("header") or bool(existing.partial) != bool(partial):
+        return None
+    return dict(existing.attrs, unchanged=True)
+
+
+def merge_stores(shards: list[Path], out: Path, force: bool = False, allow_partial: bool = False) -> dict:
+    """Merge a complete set of shard stores (same kind, config and upstream) into one store equal to a single run.
+
+    An incomplete or mixed set is refused unless ``allow_partial``; the result then records
+    what is missing under ``partial`` (``cache info`` shows it, every reader warns). A merge
+    that already produced ``out`` from the same inputs is not redone (``unchanged`` in the result).
+    """
     if not shards:
         raise UsageError("cache merge: no input stores given")
-    if Path(out).exists() and not force:
-        raise UsageError(f"{out}: exists; use --force to replace it")
+    out = Path(out)
+    if any(Path(path).resolve() == out.resolve() for path in shards):
+        raise UsageError(f"{out}: is also one of the inputs; merge into a new path")
     readers = [open_store(path) for path in shards]
     first = readers[0]
     for reader in readers[1:]:
@@ -113,12 +171,33 @@ def merge_stores(shards: list[Path], out: Path, force: bool = False) -> dict:
             raise UsageError(f"{reader.path}: is a {reader.kind} store, {first.path} is a {first.kind} store")
         if reader.attrs.get("header") != first.attrs.get("header"):
             raise UsageError(f"{reader.path}: made with a different config or upstream than {first.path}; cannot merge")
+    check_ours(out, first.kind)
+    lock = writer_lock(out)
+    try:
+        clean_temporaries(out)
+        return _merge(readers, out, force, allow_partial)
+    finally:
+        lock.close()
+
+
+def _merge(readers: list, out: Path, force: bool, allow_partial: bool) -> dict:
+    first = readers[0]
+    problems, shard_set = shard_set_problems(readers)
+    if problems and not allow_partial:
+        raise UsageError(f"cache merge: {'; '.join(problems)}; give every shard 0..n-1 of one --shard split, "
+                         "or --allow-partial to write a store marked partial")
+    partial = shard_set if problems else None
     owner: dict[str, object] = {}
     for reader in readers:
         for video_id in reader.video_ids:
             if video_id in owner:
                 raise UsageError(f"video {video_id!r} is in both {owner[video_id].path} and {reader.path}")
             owner[video_id] = reader
+    unchanged = _same_merge(out, readers, partial)
+    if unchanged is not None:
+        return unchanged
+    if out.exists() and not force:
+        raise UsageError(f"{out}: exists (merged from other inputs); use --force to replace it")
     done = set(owner)
     failed = sorted(
         {record["video"]: record for reader in readers for record in reader.attrs.get("failed", [])
@@ -131,15 +210,19 @@ def merge_stores(shards: list[Path], out: Path, force: bool = False) -> dict:
             reader = owner[video_id]
             attrs = dict(reader.video_attrs(video_id))
             attrs.pop("digest", None)
+            attrs.pop("array_digests", None)
             yield video_id, reader.read(video_id), attrs
 
-    provenance = dict(first.provenance, shard=None, merged_from=[str(path) for path in shards])
-    skip = {"schema_version", "kind", "hoitool_version", "fingerprint", "num_videos", "failed", "provenance"}
+    provenance = dict(first.provenance, shard=None, merged_from=[str(reader.path) for reader in readers],
+                      merged_inputs=_inputs(readers))
+    skip = {"schema_version", "kind", "hoitool_version", "fingerprint", "num_videos", "failed", "provenance", "partial"}
     base = {key: value for key, value in first.attrs.items() if key not in skip}
     base.update(provenance=provenance, failed=failed)
+    if partial:
+        base["partial"] = partial
     with contextlib.ExitStack() as stack:
         for reader in readers:
             stack.callback(reader.close)
-        meta = write_store(Path(out), first.kind, items(), base)
-    write_failures(sidecar(Path(out), "failures.jsonl"), failed)
+        meta = write_store(out, first.kind, items(), base)
+    write_failures(sidecar(out, "failures.jsonl"), failed)
     return meta

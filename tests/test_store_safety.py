@@ -1,0 +1,391 @@
+"""Stores never touch what is not theirs, are never read damaged, merge only whole shard sets, and say what a fault kept.
+
+Issue 6, store side: ownership checks before ``--force``, digest-checked reads, shard-aware
+``cache merge`` with ``--allow-partial``, and one-line file-system faults during extraction.
+"""
+
+import errno
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from helpers import run_cli, run_cli_raw
+from hoitool.errors import HoitoolError, UsageError
+from hoitool.store import StagedStore, open_store
+from hoitool.store.reader import DamagedStoreError
+from hoitool.store.tools import merge_stores, store_info, verify_store
+from test_store import HEADER, build, features as video_arrays
+
+FEATURE_ARGS = ["--backbone", "resnet18", "--weights", "random", "--device", "cpu", "--workers", "0",
+                "--set", "short_side=64"]
+BOXES_ARGS = ["--source", "dataset", "--frames", "4", "--top-k", "4", "--workers", "0"]
+
+
+def hoitool(*args, check=None):
+    result = subprocess.run([sys.executable, "-m", "hoitool", *map(str, args)], capture_output=True, text=True)
+    if check is not None:
+        assert result.returncode == check, result.stderr
+    return result
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file under ``roots`` (a root may be a file) with the sha256 of its bytes; folders as 'dir'."""
+    state = {}
+    for root in roots:
+        for path in sorted([root, *root.rglob("*")]) if root.is_dir() else [root]:
+            state[str(path)] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A synthetic dataset, its boxes store and both halves of a 2-way shard split of it."""
+    from hoitool.datasets.synthetic import generate
+
+    root = tmp_path_factory.mktemp("safety")
+    generate(root / "data", videos_per_class=1, num_frames=8, size=64, seed=3)
+    hoitool("extract", "boxes", root / "data", "--out", root / "boxes.h5", *BOXES_ARGS, check=0)
+    for index in range(2):
+        hoitool("extract", "boxes", root / "data", "--out", root / "b.h5", *BOXES_ARGS, "--shard", f"{index}/2", check=0)
+    return root
+
+
+# -- 1. ownership: --force acts only on hoitool's own stores ------------------------------------------------------------
+def _foreign_target(kind: str, root: Path, suffix: str, synthetic: Path) -> Path:
+    """An output path holding something hoitool did not write (or a store of the other kind)."""
+    if kind == "dataset":  # a prepared dataset folder that happens to carry a store suffix
+        target = root / "ds.zarr"
+        shutil.copytree(synthetic / "data", target)
+    elif kind == "folder":
+        target = root / f"mine{suffix}"
+        target.mkdir()
+        (target / "thesis.tex").write_text("\\section{Results}\n")
+        (target / "data.csv").write_text("a,b\n1,2\n")
+    elif kind == "foreign-h5":
+        target = root / "mine.h5"
+        with h5py.File(target, "w") as handle:
+            handle["measurements"] = np.arange(10)
+    elif kind == "store-plus-foreign":  # a Zarr store of ours into which a user dropped a file
+        target = root / "grown.zarr"
+        build(target, ["v1"])
+        (target / "README.txt").write_text("my notes\n")
+    elif kind == "foreign-parts":
+        target = root / "half.h5"
+        (root / "half.h5.parts").mkdir()
+        (root / "half.h5.parts" / "results.csv").write_text("x\n")
+    else:  # "other-kind": a hoitool features store at the output of a boxes stage
+        target = root / "feats.h5"
+        build(target, ["v1"])
+    return target
+
+
+TARGETS = ["dataset", "folder", "foreign-h5", "store-plus-foreign", "foreign-parts", "other-kind"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("command", ["boxes", "features", "merge"])
+def test_force_never_touches_what_hoitool_did_not_write(synthetic, tmp_path, target, command, capsys):
+    out = _foreign_target(target, tmp_path, ".zarr" if command != "merge" else ".h5", synthetic)
+    if command == "boxes":
+        argv = ["extract", "boxes", synthetic / "data", "--out", out, *BOXES_ARGS, "--force"]
+    elif command == "features":
+        argv = ["extract", "features", synthetic / "boxes.h5", "--out", out, *FEATURE_ARGS, "--force"]
+        if target == "other-kind":  # a boxes store where a features store is to be written
+            out = tmp_path / "boxes-at-features-out.h5"
+            shutil.copy(synthetic / "boxes.h5", out)
+            argv[4] = out
+    else:
+        argv = ["cache", "merge", synthetic / "b.shard0-of-2.h5", synthetic / "b.shard1-of-2.h5", "--out", out, "--force"]
+        if target == "other-kind":
+            out = tmp_path / "feats-at-boxes-merge.h5"
+            build(out, ["v1"])
+            argv[-2] = out
+    before = snapshot(tmp_path)
+    code, _, err = run_cli_raw(argv, capsys)
+    assert code == 2, err
+    line = one_error_line(err)
+    assert "nothing was touched" in line and str(out.name) in line
+    after = snapshot(tmp_path)
+    assert {key: value for key, value in after.items() if key in before} == before  # every file there, byte-identical
+    assert not [key for key in after if key not in before]  # and nothing new (no lock file, no config)
+
+
+def test_force_still_replaces_a_store_hoitool_wrote(synthetic, tmp_path, capsys):
+    out = tmp_path / "boxes.zarr"
+    code, _, err = run_cli(["extract", "boxes", synthetic / "data", "--out", out, *BOXES_ARGS], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["extract", "boxes", synthetic / "data", "--out", out, *BOXES_ARGS[:-4], "--top-k", "2",
+                            "--workers", "0", "--force"], capsys)
+    assert code == 0, err
+    assert open_store(out).read(open_store(out).video_ids[0])["boxes"].shape[2] == 2
+
+
+def test_stale_temporaries_and_unfinished_parts_of_ours_are_accepted(tmp_path):
+    path = tmp_path / "f.h5"
+    staged = StagedStore(path, "features", HEADER)
+    staged.save("v1", video_arrays(1))
+    staged.close()
+    (tmp_path / ".f.h5.4242.tmp").write_bytes(b"half a store")  # a killed finalize / merge
+    resumed = StagedStore(path, "features", HEADER)
+    assert resumed.done_ids() == {"v1"} and not (tmp_path / ".f.h5.4242.tmp").exists()
+    resumed.close()
+
+
+# -- 3. checked reads -------------------------------------------------------------------------------------------------
+def _zarr_chunk(path: Path, video: str, array: str) -> Path:
+    chunks = [file for file in (path / "videos" / video / array / "c").rglob("*") if file.is_file()]
+    assert len(chunks) == 1
+    return chunks[0]
+
+
+def _hdf5_chunk(path: Path, video: str, array: str) -> tuple[int, int]:
+    with h5py.File(path, "r") as handle:
+        info = handle[f"videos/{video}/{array}"].id.get_chunk_info(0)
+    return info.byte_offset, info.size
+
+
+def damage(path: Path, how: str) -> None:
+    """Damage video v2 of a store built by ``build`` the way a disk, a user or a sync tool does."""
+    if how == "zarr-chunk":
+        _zarr_chunk(path, "v2", "nodes").unlink()  # Zarr returns the fill value (zeros) for it
+    elif how == "zarr-array":
+        shutil.rmtree(path / "videos" / "v2" / "nodes")
+    elif how == "hdf5-chunk":
+        offset, size = _hdf5_chunk(path, "v2", "nodes")
+        with open(path, "r+b") as handle:
+            handle.seek(offset + size // 2)
+            handle.write(b"\xff" * 16)
+    elif how == "hdf5-edit":  # an in-place edit with h5py: valid data, different from what was written
+        with h5py.File(path, "r+") as handle:
+            handle["videos/v2/nodes"][0, 0, 0, 0] += 1
+    elif how == "hdf5-array":
+        with h5py.File(path, "r+") as handle:
+            del handle["videos/v2/valid"]
+
+
+DAMAGES = {"zarr-chunk": ".zarr", "zarr-array": ".zarr", "hdf5-chunk": ".h5", "hdf5-edit": ".h5", "hdf5-array": ".h5"}
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_video_is_never_read_as_data(tmp_path, how):
+    path = tmp_path / f"f{DAMAGES[how]}"
+    build(path, ["v1", "v2", "v3"])
+    damage(path, how)
+    reader = open_store(path)
+    np.testing.assert_array_equal(reader.read("v1")["nodes"], video_arrays(1)["nodes"].astype(np.float16))
+    for names in (None, ["nodes", "valid"]):
+        with pytest.raises(DamagedStoreError) as caught:
+            reader.read("v2", names)
+        message = str(caught.value)
+        assert str(path) in message and "'v2'" in message and "cache verify" in message and "\n" not in message
+    assert any("v2" in problem for problem in verify_store(path))
+
+
+def test_a_subset_read_checks_only_what_it_reads_and_old_stores_are_checked_whole(tmp_path):
+    path = tmp_path / "f.h5"
+    build(path, ["v1", "v2"])
+    with h5py.File(path, "r+") as handle:
+        handle["videos/v2/boxes"][0, 0, 0, 0] += 1
+    reader = open_store(path)
+    assert reader.read("v2", ["nodes"])["nodes"].shape == (1, 4, 3, 8)  # boxes not read: not checked
+    with pytest.raises(DamagedStoreError, match="boxes"):
+        reader.read("v2", ["nodes", "boxes"])
+    reader.close()
+    with h5py.File(path, "r+") as handle:  # a store written before per-array digests existed
+        for video in ("v1", "v2"):
+            attrs = json.loads(handle[f"videos/{video}"].attrs["hoitool"])
+            del attrs["array_digests"]
+            handle[f"videos/{video}"].attrs["hoitool"] = json.dumps(attrs)
+    reader = open_store(path)
+    assert set(reader.read("v1", ["nodes"])) == {"nodes"}
+    with pytest.raises(DamagedStoreError, match="digest"):
+        reader.read("v2", ["nodes"])
+
+
+def test_growing_a_store_does_not_launder_a_damaged_video(tmp_path):
+    path = tmp_path / "f.zarr"
+    build(path, ["v1", "v2"])
+    damage(path, "zarr-chunk")
+    with pytest.raises(DamagedStoreError, match="'v2'"):
+        build(path, ["v3"])
+    assert open_store(path).video_ids == ["v1", "v2"]  # the old store is left as it was
+
+
+def test_features_from_a_damaged_boxes_store_record_that_video_as_failed(synthetic, tmp_path):
+    boxes = tmp_path / "boxes.h5"
+    shutil.copy(synthetic / "boxes.h5", boxes)
+    victim = open_store(boxes).video_ids[1]
+    with h5py.File(boxes, "r+") as handle:
+        handle[f"videos/{victim}/boxes"][0, 0, 0, 0] += 3
+    result = hoitool("extract", "features", boxes, "--out", tmp_path / "f.h5", *FEATURE_ARGS, check=3)
+    failures = [json.loads(line) for line in (tmp_path / "f.h5.failures.jsonl").read_text().splitlines()]
+    assert [record["video"] for record in failures] == [victim]
+    assert "damaged" in failures[0]["error"] and "cache verify" in failures[0]["error"]
+    assert victim not in open_store(tmp_path / "f.h5").video_ids and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_training_on_a_damaged_store_fails_in_one_line(tmp_path, workers, capsys):
+    from test_train import make_features
+
+    features = make_features(tmp_path, suffix=".zarr")
+    victim = open_store(features).video_ids[0]
+    _zarr_chunk(features, victim, "nodes").unlink()
+    code, _, err = run_cli_raw(["train-teacher", features, "--view", "global", "--out", tmp_path / "run", "--epochs", "1",
+                                "--batch-size", "4", "--device", "cpu", "--workers", workers,
+                                "--set", "model.hidden=8", "--set", "model.heads=1"], capsys)
+    assert code == 1, err
+    line = one_error_line(err)
+    assert str(features) in line and repr(victim) in line and "cache verify" in line
+
+
+@pytest.mark.parametrize("damage_kind", ["garbage", "truncated"])
+def test_cache_info_and_verify_on_a_corrupt_file_are_one_line(tmp_path, damage_kind, capsys):
+    good = tmp_path / "good.h5"
+    build(good, ["v1", "v2"])
+    broken = tmp_path / "broken.h5"
+    data = good.read_bytes()
+    broken.write_bytes(np.random.default_rng(0).bytes(4096) if damage_kind == "garbage" else data[: len(data) // 2])
+    for command in ("info", "verify"):
+        code, _, err = run_cli_raw(["cache", command, broken], capsys)
+        assert code in (1, 2) and str(broken) in one_error_line(err)
+
+
+def test_cache_info_counts_damaged_videos_and_verify_names_them(tmp_path, capsys):
+    path = tmp_path / "f.zarr"
+    build(path, ["v1", "v2"])
+    damage(path, "zarr-chunk")
+    assert store_info(path)["videos_unreadable"] == []  # it reads as zeros: only the digest tells
+    code, out, err = run_cli(["cache", "verify", path], capsys)
+    assert code == 1 and "'v2'" in out and "digest" in out
+
+
+# -- 4. merge knows its shards ------------------------------------------------------------------------------------------
+def test_merge_refuses_an_incomplete_or_mixed_shard_set(tmp_path):
+    build(tmp_path / "s0.h5", ["v1", "v3"], shard=(0, 3))
+    build(tmp_path / "s1.h5", ["v2"], shard=(1, 3))
+    build(tmp_path / "t1.h5", ["v4"], shard=(1, 2))
+    build(tmp_path / "plain.h5", ["v5"])
+    cases = {
+        ("s0.h5",): "1/3, 2/3 missing",
+        ("s0.h5", "s1.h5"): "2/3 missing",
+        ("s0.h5", "t1.h5"): "different splits",
+        ("s0.h5", "plain.h5"): "not written with --shard",
+    }
+    for names, needle in cases.items():
+        with pytest.raises(UsageError, match=needle) as caught:
+            merge_stores([tmp_path / name for name in names], tmp_path / "m.h5")
+        assert "--allow-partial" in str(caught.value)
+    with pytest.raises(UsageError, match="given twice"):
+        merge_stores([tmp_path / "s0.h5", tmp_path / "s0.h5"], tmp_path / "m.h5", allow_partial=True)
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_allow_partial_marks_the_store_and_every_reader_warns(tmp_path, capsys):
+    build(tmp_path / "s0.h5", ["v1", "v3"], shard=(0, 2))
+    code, _, err = run_cli(["cache", "merge", tmp_path / "s0.h5", "--out", tmp_path / "m.h5"], capsys)
+    assert code == 2 and "1/2 missing" in err and not (tmp_path / "m.h5").exists()
+    code, _, err = run_cli(["cache", "merge", tmp_path / "s0.h5", "--out", tmp_path / "m.h5", "--allow-partial"], capsys)
+    assert code == 0 and "partial" in err
+    assert store_info(tmp_path / "m.h5")["partial"]["missing_shards"] == ["1/2"]
+    code, out, _ = run_cli(["cache", "info", tmp_path / "m.h5"], capsys)
+    assert code == 0 and "partial" in out and "1/2" in out
+    from hoitool.store import reader as reader_module
+
+    reader_module._warned.clear()
+    capsys.readouterr()
+    open_store(tmp_path / "m.h5")
+    open_store(tmp_path / "m.h5")
+    assert capsys.readouterr().err.count("is a partial store") == 1  # once per process, at open: every stage gets it
+
+
+def test_rerun_of_a_completed_merge_is_a_no_op_and_stale_temporaries_go(tmp_path, capsys):
+    build(tmp_path / "s0.zarr", ["v1", "v3"], shard=(0, 2))
+    build(tmp_path / "s1.zarr", ["v2"], shard=(1, 2))
+    argv = ["cache", "merge", tmp_path / "s0.zarr", tmp_path / "s1.zarr", "--out", tmp_path / "m.zarr"]
+    stale = tmp_path / ".m.zarr.999999.tmp"
+    stale.mkdir()
+    (stale / "zarr.json").write_text("{}")
+    assert run_cli(argv, capsys)[0] == 0
+    assert not stale.exists()
+    before = snapshot(tmp_path / "m.zarr")
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0 and "already merged" in err and snapshot(tmp_path / "m.zarr") == before
+    build(tmp_path / "s1.zarr", ["v4"], shard=(1, 2))  # an input changed: a plain re-run is refused
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "--force" in err
+    assert run_cli([*argv, "--force"], capsys)[0] == 0
+    assert open_store(tmp_path / "m.zarr").video_ids == ["v1", "v2", "v3", "v4"]
+
+
+# -- 5. ordinary faults while writing -----------------------------------------------------------------------------------
+def test_disk_full_during_extraction_keeps_finished_videos_and_resumes(synthetic, tmp_path, monkeypatch, capsys):
+    reference = tmp_path / "ref.h5"
+    assert run_cli(["extract", "boxes", synthetic / "data", "--out", reference, *BOXES_ARGS], capsys)[0] == 0
+    out = tmp_path / "b.h5"
+    real_save, calls = StagedStore.save, []
+
+    def save(self, video_id, arrays, attrs=None):
+        calls.append(video_id)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.parts / "x.npz"))
+        real_save(self, video_id, arrays, attrs)
+
+    monkeypatch.setattr(StagedStore, "save", save)
+    code, _, err = run_cli_raw(["extract", "boxes", synthetic / "data", "--out", out, *BOXES_ARGS], capsys)
+    line = one_error_line(err)
+    assert code == 1 and "no space left" in line and "2 finished videos are kept" in line and "again to resume" in line
+    assert len(list((tmp_path / "b.h5.parts").glob("*.npz"))) == 2 and not out.exists()
+    monkeypatch.setattr(StagedStore, "save", real_save)
+    code, _, err = run_cli(["extract", "boxes", synthetic / "data", "--out", out, *BOXES_ARGS], capsys)
+    assert code == 0 and "2 videos already done" in err
+    first, second = open_store(reference), open_store(out)
+    assert first.fingerprint == second.fingerprint and first.video_ids == second.video_ids
+
+
+def test_disk_full_while_finalizing_leaves_no_half_store(tmp_path, monkeypatch):
+    from hoitool.store import staging
+
+    path = tmp_path / "f.zarr"
+    build(path, ["v1"])
+    before = snapshot(path)
+    real = staging.array_digests
+
+    def full(arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(staging, "array_digests", full)
+    with pytest.raises(OSError):
+        build(path, ["v2"])
+    monkeypatch.setattr(staging, "array_digests", real)
+    assert snapshot(path) == before and not list(tmp_path.glob(".f.zarr.*.tmp"))
+    build(path, ["v2"])
+    assert open_store(path).video_ids == ["v1", "v2"]
+
+
+def test_unwritable_output_folder_is_one_line_and_writes_nothing(synthetic, tmp_path, monkeypatch, capsys):
+    from hoitool.store import staging
+
+    def denied(lock_file, busy):
+        raise PermissionError(errno.EACCES, "Permission denied", str(lock_file))
+
+    monkeypatch.setattr(staging, "exclusive_lock", denied)
+    out = tmp_path / "ro" / "b.h5"
+    code, _, err = run_cli_raw(["extract", "boxes", synthetic / "data", "--out", out, *BOXES_ARGS], capsys)
+    assert code == 2 and str(out.parent) in one_error_line(err)
+    assert not out.exists() and not list(tmp_path.rglob("*.yaml"))
