@@ -3,6 +3,10 @@
 Every command resolves its config (defaults < --config < options < --set),
 saves it as ``OUT/config.resolved.yaml`` and refuses to overwrite a manifest
 prepared with another config unless ``--force``; the same config again is a no-op.
+
+OUT must be new, empty, or a folder hoitool prepared (its ``.hoitool-dataset.json``
+marker, written first); ``--force`` replaces only hoitool's own files in it
+(:data:`OWNED_FILES`), and a folder of anyone else's files is refused untouched.
 """
 
 from __future__ import annotations
@@ -23,12 +27,18 @@ from hoitool.cli.options import ConfigOption, ForceOption, PrintConfigOption, Se
 from hoitool.config import changed_keys, save_config
 from hoitool.datasets.cad120 import KINECT, Intrinsics, prepare_cad120
 from hoitool.datasets.charades import prepare_charades
-from hoitool.datasets.folder import ANNOTATIONS_FILE, MANIFEST_FILE, VIDEO_EXTENSIONS, WARNINGS_FILE, prepare_folder
+from hoitool.datasets.folder import (
+    ANNOTATIONS_FILE, DATASET_FORMAT, DATASET_MARKER, MANIFEST_FILE, VIDEO_EXTENSIONS, WARNINGS_FILE, prepare_folder,
+)
 from hoitool.datasets.ssv2 import prepare_ssv2
 from hoitool.errors import UsageError
+from hoitool.io.atomic import write_json
 from hoitool.manifest import SPLITS, Manifest
 
 CONFIG_FILE = "config.resolved.yaml"
+# What --force replaces (the manifest first, so an interrupted redo leaves no stale one); the synthetic
+# videos are rewritten in place by the generator. Nothing else in OUT is ever deleted.
+OWNED_FILES = (MANIFEST_FILE, ANNOTATIONS_FILE, WARNINGS_FILE, CONFIG_FILE)
 
 DEFAULTS: dict[str, dict] = {
     "synthetic": {"videos_per_class": 12, "frames": 24, "size": 128, "seed": 0, "fps": 8},
@@ -116,6 +126,44 @@ def frames_per_video(manifest: Manifest) -> str:
     return f"{counts[0]} / {median(counts):g} / {counts[-1]} (min / median / max)" + (f", {uncounted} not counted" if uncounted else "")
 
 
+def _is_ours(out: Path) -> bool:
+    try:
+        marker = json.loads((out / DATASET_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == DATASET_FORMAT
+
+
+def _check_out(out: Path) -> bool:
+    """True when OUT is hoitool's prepared dataset, False when new or empty; anything else is refused untouched."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise UsageError(f"{out}: is a file, not a folder; choose another OUT")
+    if _is_ours(out):
+        return True
+    if not any(out.iterdir()):
+        return False
+    what = ("holds a manifest.json but no hoitool marker (prepared by an older hoitool, or by hand)"
+            if (out / MANIFEST_FILE).exists() else "is not empty and was not prepared by hoitool")
+    raise UsageError(f"{out}: {what} ({DATASET_MARKER} missing); refusing to write into it or delete anything "
+                     "(choose a new or empty OUT)")
+
+
+def _claim(out: Path, dataset: str) -> None:
+    """Create OUT and write hoitool's marker first, before any other file."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not _is_ours(out):
+        write_json(out / DATASET_MARKER, {"format": DATASET_FORMAT, "dataset": dataset})
+
+
+def _delete_owned(out: Path) -> None:
+    for name in OWNED_FILES:
+        for path in [out / name, *out.glob(f".{name}.*.tmp")]:
+            if path.is_file():
+                path.unlink()
+
+
 def summary_table(manifest: Manifest, out: Path) -> Table:
     counts = Counter(video.split for video in manifest.videos)
     has_boxes = any(video.annotations for video in manifest.videos)
@@ -138,13 +186,13 @@ def run_prepare(dataset: str, out: Path, config: dict, force: bool, build: Calla
     ``build`` gets only validated arguments, so a config mistake fails before OUT is touched.
     """
     manifest_path = out / MANIFEST_FILE
-    if manifest_path.exists():
-        old_dataset, old_config = _previous(out)
-        if old_dataset == dataset and old_config == config and not force:
-            console.info(f"{out}: already prepared with this config, nothing to do (--force redoes it)")
-            manifest = Manifest.load(manifest_path)
-            console.stdout.print(summary_table(manifest, out))
-            return manifest
+    old_dataset, old_config = _previous(out) if manifest_path.is_file() else (None, None)
+    if old_dataset == dataset and old_config == config and not force:  # read-only, so fine in any folder
+        console.info(f"{out}: already prepared with this config, nothing to do (--force redoes it)")
+        manifest = Manifest.load(manifest_path)
+        console.stdout.print(summary_table(manifest, out))
+        return manifest
+    if _check_out(out) and manifest_path.exists():
         if not force:
             if old_dataset != dataset:
                 what = f"dataset {old_dataset!r}, not {dataset!r}"
@@ -153,8 +201,8 @@ def run_prepare(dataset: str, out: Path, config: dict, force: bool, build: Calla
             else:
                 what = f"a different config ({', '.join(changed_keys(old_config, config))} changed)"
             raise UsageError(f"{manifest_path}: already prepared from {what}; use --force to overwrite or pick another OUT")
-        manifest_path.unlink()  # from here on an interrupted run leaves no stale manifest behind
-    out.mkdir(parents=True, exist_ok=True)
+        _delete_owned(out)  # from here on an interrupted run leaves no stale manifest behind
+    _claim(out, dataset)
     save_config(config, out, CONFIG_FILE)
     manifest = build(out)
     console.stdout.print(summary_table(manifest, out))

@@ -12,13 +12,13 @@ from hoitool.cli.options import ConfigOption, ForceOption, PrintConfigOption, Se
 from hoitool.errors import UsageError
 
 FeaturesArgument = typer.Argument(..., help="Features store (.h5 or .zarr) from `hoitool extract features`.")
-OutOption = typer.Option(..., "--out", "-o", help="Run directory to write (refused if it holds a run, unless --resume or --force).")
+OutOption = typer.Option(..., "--out", "-o", help="Run directory: new, empty, or a hoitool run of this kind (the same command again resumes it).")
 PresetOption = typer.Option(None, "--preset", help="Named recipe: cad120, charades-i3d or demo (docs/training.md).")
 SeedOption = typer.Option(None, "--seed", help="Seed of initialisation, batch order and dropout.")
 EpochsOption = typer.Option(None, "--epochs", help="Number of epochs.")
 LrOption = typer.Option(None, "--lr", help="Initial learning rate.")
 BatchOption = typer.Option(None, "--batch-size", help="Global batch size in videos (split across DDP ranks).")
-ResumeOption = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (a finished run: nothing to do).")
+ResumeOption = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (a finished run: nothing to do); the same command without it resumes too when the config matches.")
 DeviceOption = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N.")
 AmpOption = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA only; refused on CPU).")
 WorkersOption = typer.Option(None, "--workers", help="DataLoader worker processes reading the store.")
@@ -102,7 +102,7 @@ def distill_command(
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Train a student view with CE + distillation from a teacher's logits (or two views mutually with --dml)."""
-    from hoitool.eval.runs import read_run_info
+    from hoitool.train.artifacts import check_teacher_run
     from hoitool.train.loop import PEER_VIEW, TrainRequest, train
     from hoitool.train.presets import apply_preset, preset_name, training_defaults
 
@@ -113,12 +113,14 @@ def distill_command(
         raise UsageError("--teacher RUN is required (or --dml for mutual learning)")
     if generalized is not None and (lambda1 is not None or lambda2 is not None):
         raise UsageError("--generalized sets both lambdas (lambda1 = 1 - lambda2); do not combine it with --lambda1/--lambda2")
+    if generalized is not None and not 0.0 <= generalized <= 1.0:
+        raise UsageError(f"--generalized must be in [0, 1] (lambda2 = L, lambda1 = 1 - L), got {generalized}")
     if generalized is not None:
         lambda1, lambda2 = 1.0 - generalized, generalized
     options = _common_options(seed, epochs, lr, batch_size, device, amp, workers, manifest, view)
     options.update({"distill.loss": loss, "distill.T": temperature, "distill.lambda1": lambda1,
                     "distill.lambda2": lambda2, "distill.dml": True if dml else None})
-    teacher_view = PEER_VIEW[view] if dml else read_run_info(teacher).get("view")
+    teacher_view = PEER_VIEW[view] if dml else check_teacher_run(teacher).get("view")
     defaults = apply_preset(training_defaults(distill=True), preset_name(preset, config), teacher_view)
     resolved = stage_config(defaults, config, overrides, print_config, options)
     kind = "dml" if resolved["distill"]["dml"] else "student"

@@ -35,6 +35,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MANIFEST_FILE = "manifest.json"
 ANNOTATIONS_FILE = "annotations.jsonl"
 WARNINGS_FILE = "prepare_warnings.jsonl"
+DATASET_MARKER = ".hoitool-dataset.json"  # written first by `hoitool prepare`: this folder is hoitool's prepared dataset
+DATASET_FORMAT = "hoitool.dataset/1"
 
 
 # -- shared by every preparer -------------------------------------------------

@@ -2,19 +2,26 @@
 
 Layout (docs/training.md)::
 
-    RUN/run.json                 what was trained (kind, view, classes, ...) for eval/report
+    RUN/run.json                 hoitool's marker (format hoitool.run/1, written first) and what was
+                                 trained (kind, view, classes, ...) for eval/report
+    RUN/.hoitool.lock            held (flock) by the one process training into RUN
     RUN/config.resolved.yaml     the full config; --resume refuses a different one
     RUN/checkpoints/last.pt      full training state, every epoch
     RUN/checkpoints/best.pt      weights of the best epoch on the val split
     RUN/metrics.jsonl            one line per epoch
     RUN/outputs.npz/.json        logits of every video and view of every split (hoitool.eval.runs)
     RUN/peer/...                 the second model of a --dml run (run.json, best.pt, outputs)
+    RUN/eval/...                 written by ``hoitool eval``
+
+Ownership: hoitool writes into, resumes, or deletes (``--force``) only a directory
+that is missing, empty, or holds its ``run.json`` marker of the same kind, and
+``--force`` deletes only the files listed here (:data:`OWNED`), never another file
+that happens to be in the directory.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +30,32 @@ import yaml
 from hoitool import __version__
 from hoitool.cli import console
 from hoitool.errors import HoitoolError, StaleArtifactError, UsageError
-from hoitool.eval.runs import OUTPUTS_JSON, RUN_INFO, load_run
-from hoitool.io.digest import file_sha256
+from hoitool.eval.runs import OUTPUTS_JSON, OUTPUTS_NPZ, RUN_INFO, load_run, read_run_info
 from hoitool.io.atomic import read_jsonl, write_json, write_text
+from hoitool.io.digest import file_sha256
+from hoitool.io.lock import exclusive_lock
 
+RUN_FORMAT = "hoitool.run/1"
+KINDS = ("teacher", "student", "dml")
 CONFIG_FILE = "config.resolved.yaml"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".hoitool.lock"
 PEER_DIR = "peer"
+EVAL_DIR = "eval"  # hoitool.cli.evaluate.EVAL_DIR (the library does not import the CLI)
+DATASET_MARKER = "manifest.json"  # a prepared dataset (hoitool prepare) is never taken for a run
+
+# What hoitool writes in a run directory (glob patterns per folder), each also with the temporaries
+# of hoitool.io.atomic (".<name>.*.tmp"): all that --force deletes.
+_EVAL_FILES = ("metrics_*.json", "per_class_*.csv", "per_class_*.png", "confusion_*.csv", "confusion_*.png",
+               "submission_*.txt", "*_map.json", "*_ap.csv")
+OWNED = {
+    ".": (RUN_INFO, CONFIG_FILE, METRICS_FILE, OUTPUTS_NPZ, OUTPUTS_JSON),
+    "checkpoints": ("last.pt", "best.pt"),
+    EVAL_DIR: _EVAL_FILES,
+    PEER_DIR: (RUN_INFO, OUTPUTS_NPZ, OUTPUTS_JSON),
+    f"{PEER_DIR}/checkpoints": ("best.pt",),
+    f"{PEER_DIR}/{EVAL_DIR}": _EVAL_FILES,
+}
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -44,32 +70,107 @@ def best_checkpoint(run_dir: Path) -> Path:
     return checkpoint_dir(run_dir) / "best.pt"
 
 
-def is_run_dir(path: Path) -> bool:
-    return any((Path(path) / name).exists() for name in (RUN_INFO, CONFIG_FILE, "checkpoints", METRICS_FILE))
+def run_marker(path: Path) -> dict | None:
+    """The ``run.json`` hoitool wrote in ``path`` (format and kind checked), or None."""
+    try:
+        info = json.loads((Path(path) / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT or info.get("kind") not in KINDS:
+        return None
+    return info
 
 
-def decide_run_dir(out: Path, resume: bool, force: bool) -> str:
-    """``"fresh"``, ``"resume"`` or ``"replace"`` (delete, then fresh) for the directory ``out``.
+def _entries(path: Path) -> list[str]:
+    """What a directory holds, apart from a lock file left by an earlier hoitool run."""
+    return sorted(entry.name for entry in path.iterdir() if entry.name != LOCK_FILE)
 
-    * a new or empty directory: fresh start;
-    * an existing run without ``--resume``: refused unless ``--force`` (replace it);
-    * ``--resume``: resume when ``last.pt`` exists, else start fresh (safe to repeat).
+
+def inspect_run_dir(out: Path, kind: str) -> str:
+    """``"empty"`` (missing or empty) or ``"ours"`` (hoitool's run of ``kind``); anything else is refused.
+
+    Read-only: called before any other work so a refused command touches nothing.
     """
     out = Path(out)
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists():
+        return "empty"
+    if not out.is_dir():
+        raise UsageError(f"{out}: is a file, not a run directory; choose another --out")
+    if not _entries(out):
+        return "empty"
+    marker = run_marker(out)
+    if marker is not None:
+        if marker["kind"] != kind:
+            raise UsageError(f"{out}: holds a {marker['kind']} run, not a {kind} run; refusing to touch it (choose another --out)")
+        return "ours"
+    if (out / DATASET_MARKER).exists():
+        raise UsageError(f"{out}: holds a prepared dataset ({DATASET_MARKER}), not a run; refusing to touch it (choose another --out)")
+    what = (f"its {RUN_INFO} lacks hoitool's marker (format {RUN_FORMAT})" if (out / RUN_INFO).exists()
+            else f"no {RUN_INFO} marker")
+    raise UsageError(f"{out}: is not empty and is not a hoitool run directory ({what}); "
+                     "refusing to write into it or delete anything (choose another --out)")
+
+
+def decide_run_dir(out: Path, kind: str, resume: bool, force: bool) -> str:
+    """What to do with ``out``: ``"fresh"``, ``"resume"``, ``"auto"`` or ``"replace"`` (delete ours, then fresh).
+
+    * missing or empty: fresh start;
+    * hoitool's run of this kind: ``--resume`` resumes from ``last.pt``; ``--force`` (without ``--resume``)
+      replaces it; neither: ``"auto"``, i.e. resume when the config matches (the caller checks), else refuse;
+      a run that never saved ``last.pt`` has nothing to keep and is replaced;
+    * anything else: refused by :func:`inspect_run_dir`. Call it holding :func:`lock_run_dir`.
+    """
+    if inspect_run_dir(out, kind) == "empty":
         return "fresh"
+    if not last_checkpoint(out).exists():
+        return "replace"
     if resume:
-        return "resume" if last_checkpoint(out).exists() else "fresh"
-    if not force:
-        raise UsageError(f"{out}: already holds a run; use --resume to continue it or --force to start over")
-    if not is_run_dir(out):
-        raise UsageError(f"{out}: exists and is not a hoitool run directory; refusing to delete it (choose another --out)")
-    return "replace"
+        return "resume"
+    return "replace" if force else "auto"
 
 
-def delete_run_dir(out: Path) -> None:
-    console.info(f"{out}: --force: deleting the previous run")
-    shutil.rmtree(out)
+def lock_run_dir(out: Path):
+    """Create ``out`` if needed and hold its lock: one training process per run directory."""
+    out = Path(out)
+    return exclusive_lock(out / LOCK_FILE, f"{out}: another hoitool process is training into this run directory; "
+                                           "wait for it to finish (or stop it) first")
+
+
+def delete_run_files(out: Path) -> list[str]:
+    """Delete the files hoitool wrote in ``out`` (:data:`OWNED`); return what was kept (not ours)."""
+    out = Path(out)
+    for folder, patterns in OWNED.items():
+        directory = out / folder
+        if not directory.is_dir():
+            continue
+        for pattern in patterns + tuple(f".{pattern}.*.tmp" for pattern in patterns):
+            for path in directory.glob(pattern):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+    for folder in sorted(OWNED, key=len, reverse=True):  # now-empty folders of ours, deepest first
+        directory = out / folder
+        if folder != "." and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    return [str(path.relative_to(out)) for path in sorted(out.rglob("*")) if path.is_file() and path.name != LOCK_FILE]
+
+
+def replace_run_dir(out: Path) -> None:
+    kept = delete_run_files(out)
+    note = f" (kept {len(kept)} file(s) hoitool did not write: {', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''})" if kept else ""
+    console.info(f"{out}: deleting the files of the previous run{note}")
+
+
+def check_teacher_run(teacher_dir: Path) -> dict:
+    """The teacher's ``run.json``, after checking the run finished (its outputs exist); one line otherwise."""
+    teacher_dir = Path(teacher_dir)
+    if not teacher_dir.is_dir():
+        raise UsageError(f"{teacher_dir}: teacher run directory not found")
+    info = read_run_info(teacher_dir)
+    missing = [name for name in (OUTPUTS_NPZ, OUTPUTS_JSON) if not (teacher_dir / name).is_file()]
+    if missing:
+        raise UsageError(f"{teacher_dir}: the teacher run is not finished ({' and '.join(missing)} missing); "
+                         "finish it first (run its train-teacher command again: it resumes)")
+    return info
 
 
 def saved_config(run_dir: Path) -> dict | None:
@@ -80,9 +181,9 @@ def saved_config(run_dir: Path) -> dict | None:
 
 
 def write_run_files(run_dir: Path, info: dict, config: dict | None) -> None:
-    """``run.json`` (and ``config.resolved.yaml``) written atomically."""
+    """``run.json`` with hoitool's marker first, then ``config.resolved.yaml``, each atomically."""
     run_dir = Path(run_dir)
-    write_json(run_dir / RUN_INFO, info)
+    write_json(run_dir / RUN_INFO, dict(info, format=RUN_FORMAT))
     if config is not None:
         write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=True, default_flow_style=False))
 

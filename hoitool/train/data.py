@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hoitool.cli import console
 from hoitool.errors import UsageError
+from hoitool.io.process import worker_init
 from hoitool.manifest import Manifest
 
 FIELDS = ("nodes", "valid", "boxes", "frame_size")
@@ -271,6 +272,7 @@ def make_loader(dataset: _StoreBacked, workers: int, pin_memory: bool, seed: int
         pin_memory=pin_memory,
         persistent_workers=persistent and workers > 0,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=worker_init(),  # workers die with this process (kill -9 of the parent leaves no orphan)
     )
 
 

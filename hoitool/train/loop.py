@@ -13,12 +13,16 @@ run directory (:mod:`hoitool.train.artifacts`). What it guarantees:
 * at the end, the best weights' logits for every video and view of every split
   are written with their provenance (what ``distill`` and ``eval`` read);
 * upstream artifacts that changed since the run started are refused
-  (StaleArtifactError; ``--force`` overrides).
+  (StaleArtifactError; ``--force`` overrides);
+* nothing is written before every check has passed, and only into a directory
+  that is missing, empty or hoitool's run of the same kind, held under a lock
+  (one process per run directory); running the same command again resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,9 +34,9 @@ import torch
 from torch import nn
 
 from hoitool.cli import console
-from hoitool.errors import HoitoolError, StaleArtifactError, UsageError
+from hoitool.errors import HoitoolError, Interrupted, StaleArtifactError, UsageError
 from hoitool.eval.metrics import accuracy, sklearn_style_map
-from hoitool.eval.runs import read_run_info, write_outputs
+from hoitool.eval.runs import write_outputs
 from hoitool.io.atomic import append_jsonl
 from hoitool.manifest import Manifest
 from hoitool.nn.models import build_model
@@ -46,7 +50,7 @@ from hoitool.train.distributed import DistContext, init_distributed, unwrap
 from hoitool.train.losses import Objective, supervised_loss, weighted_sum
 from hoitool.train.presets import check_config, differences, distill_loss_name, identity
 
-KINDS = ("teacher", "student", "dml")
+KINDS = artifacts.KINDS
 PEER_VIEW = {"global": "local", "local": "global"}
 SPLITS = ("train", "val", "test")
 
@@ -141,7 +145,10 @@ class Training:
         self.request, self.ctx = request, ctx
         self.config = request.config
         self.out = Path(request.out)
+        artifacts.inspect_run_dir(self.out, request.kind)  # refuse a folder that is not ours before any work
         self.epochs = self.config["train"]["epochs"]
+        self.saved_epoch = 0  # the epoch last.pt holds (what an interrupted run keeps)
+        self.lock = None
         self.amp_dtype = self._amp_dtype()
         self.reader = open_store(request.features)
         if self.reader.kind != "features":
@@ -160,6 +167,21 @@ class Training:
         if request.kind == "dml" and self.view not in PEER_VIEW:
             raise UsageError("--dml trains a global and a local model together: --view must be global or local")
         self.identity = dict(identity(self.config), kind=request.kind)
+        self.in_dim = int(self.reader.attrs.get("dim") or self.reader.read(self.videos["train"].video_ids[0], ["nodes"])["nodes"].shape[-1])
+        with torch.device("meta"):  # the model config is checked now (no memory, no random numbers)
+            build_model(self.config["model"], self.in_dim, self.manifest.num_classes)
+        self._load_teacher()
+
+    def _load_teacher(self) -> None:
+        """A student's teacher record and train-split logits (refused here if stale, before any file is written)."""
+        if self.request.kind != "student":
+            self.teacher_record, self.teacher_logits = None, None
+            return
+        self.teacher_record = artifacts.teacher_fingerprint(self.request.teacher)
+        views = self.num_views if self.random_view else 1
+        table = artifacts.load_teacher_logits(self.request.teacher, self.reader.fingerprint, self.videos["train"].video_ids,
+                                              views, self.manifest.classes, self.request.force)
+        self.teacher_logits = torch.from_numpy(table).to(self.ctx.device)
 
     # -- set-up ----------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
@@ -177,7 +199,7 @@ class Training:
         return Manifest.load(path)
 
     def _teacher_info(self) -> dict | None:
-        return read_run_info(self.request.teacher) if self.request.kind == "student" else None
+        return artifacts.check_teacher_run(self.request.teacher) if self.request.kind == "student" else None
 
     def _distill_settings(self) -> dict | None:
         if self.request.kind == "teacher":
@@ -210,8 +232,9 @@ class Training:
         if saved is not None:
             changes = differences(identity(saved), identity(self.config))
             if changes:
-                raise UsageError(f"{self.out}: was made with a different config ({'; '.join(changes[:4])}); "
-                                 f"resume with the same options (or --config {self.out / artifacts.CONFIG_FILE}), or --force without --resume to start over")
+                raise UsageError(f"{self.out}: already holds a run made with a different config ({'; '.join(changes[:4])}); "
+                                 f"to continue it use the same options (or --config {self.out / artifacts.CONFIG_FILE}), "
+                                 "to start over add --force (without --resume), or choose another --out")
         state = load_checkpoint(artifacts.last_checkpoint(self.out))
         if state["identity"].get("kind") != self.request.kind:
             raise UsageError(f"{self.out}: holds a {state['identity'].get('kind')} run, not a {self.request.kind} run")
@@ -229,7 +252,7 @@ class Training:
             return
         message = f"{path}: the {what} changed since {self.out} started ({recorded} -> {current})"
         if not self.request.force:
-            raise StaleArtifactError(message + "; use --force to resume anyway, or --force without --resume to start over")
+            raise StaleArtifactError(message + "; --resume --force continues anyway, --force without --resume starts over")
         console.info(f"warning: {message}; resuming anyway (--force)")
 
     def _build_member(self, name: str, view: str, run_dir: Path) -> Member:
@@ -251,13 +274,27 @@ class Training:
         return [self.out, self.out / artifacts.PEER_DIR] if self.request.kind == "dml" else [self.out]
 
     def prepare(self) -> dict | None:
-        """Decide fresh start or resume (checking config and upstream fingerprints); returns the state to resume."""
-        decision = artifacts.decide_run_dir(self.out, self.request.resume, self.request.force)
+        """Lock the run directory, decide fresh start or resume (checking config and upstream); returns the state to resume.
+
+        A fresh run's ``run.json`` (hoitool's marker) is its first file.
+        """
+        if self.ctx.is_main:
+            self.lock = artifacts.lock_run_dir(self.out)
+        decision = artifacts.decide_run_dir(self.out, self.request.kind, self.request.resume, self.request.force)
         self.ctx.barrier()  # every rank has looked at the directory before rank 0 may delete it
-        if decision == "replace" and self.ctx.is_main:
-            artifacts.delete_run_dir(self.out)
+        if decision in ("resume", "auto"):
+            return self._check_resume()
+        if self.ctx.is_main:
+            if decision == "replace":
+                artifacts.replace_run_dir(self.out)
+            self._write_run_files()
         self.ctx.barrier()
-        return self._check_resume() if decision == "resume" else None
+        return None
+
+    def _write_run_files(self) -> None:
+        artifacts.write_run_files(self.out, self._run_info(self.view, self.teacher_view), self.config)
+        if self.request.kind == "dml":
+            artifacts.write_run_files(self.out / artifacts.PEER_DIR, self._run_info(PEER_VIEW[self.view], self.view), None)
 
     def finished(self, state: dict | None) -> bool:
         """All epochs trained and the outputs written from the ``best.pt`` on disk."""
@@ -265,21 +302,9 @@ class Training:
                 and all(artifacts.outputs_current(run_dir) for run_dir in self.member_dirs()))
 
     def setup(self, state: dict | None) -> None:
-        """Write the run's description, load the teacher, build data and models, restore ``state``."""
-        if self.request.kind == "student":
-            self.teacher_record = artifacts.teacher_fingerprint(self.request.teacher)
-            views = self.num_views if self.random_view else 1
-            table = artifacts.load_teacher_logits(self.request.teacher, self.reader.fingerprint, self.videos["train"].video_ids,
-                                                  views, self.manifest.classes, self.request.force)
-            self.teacher_logits = torch.from_numpy(table).to(self.ctx.device)
-        else:
-            self.teacher_record, self.teacher_logits = None, None
-        if self.ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            artifacts.write_run_files(self.out, self._run_info(self.view, self.teacher_view), self.config)
-            if self.request.kind == "dml":
-                artifacts.write_run_files(self.out / artifacts.PEER_DIR, self._run_info(PEER_VIEW[self.view], self.view), None)
-        self.in_dim = int(self.reader.attrs.get("dim") or self.reader.read(self.videos["train"].video_ids[0], ["nodes"])["nodes"].shape[-1])
+        """Build data and models, restore ``state`` (a resumed run's description is rewritten first)."""
+        if state is not None and self.ctx.is_main:
+            self._write_run_files()
         seed = self.config["train"]["seed"]
         seed_everything(seed)
         self.members = [self._build_member("main", self.view, self.out)]
@@ -300,6 +325,7 @@ class Training:
                                           batch_sampler=EpochBatchSampler(len(self.val_set), batch_size, seed, shuffle=False))
         if state is not None:
             self._restore(state)
+            self.saved_epoch = state["epoch"]
 
     # -- state -------------------------------------------------------------------
     def _state(self, epoch: int, rng_states: list[dict]) -> dict:
@@ -308,7 +334,7 @@ class Training:
             "members": {
                 member.name: {
                     "model": unwrap(member.model).state_dict(), "optimizer": member.optimizer.state_dict(),
-                    "scheduler": member.scheduler.state_dict(), "best_score": member.best_score, "best_epoch": member.best_epoch,
+                    "scheduler": member.scheduler.state_dict(), "best_score": _number(member.best_score), "best_epoch": member.best_epoch,
                 }
                 for member in self.members
             },
@@ -429,7 +455,7 @@ class Training:
     def _save_best(self, member: Member, epoch: int, value: float | None) -> None:
         model_config = dict(self.config["model"], view=member.view)
         save_checkpoint(artifacts.best_checkpoint(member.run_dir), {
-            "epoch": epoch, "score": value, "metric": f"val_{self.metric}" if value is not None else None,
+            "epoch": epoch, "score": _number(value), "metric": f"val_{self.metric}" if value is not None else None,
             "model": unwrap(member.model).state_dict(), "model_config": model_config,
             "in_dim": self.in_dim, "num_classes": self.manifest.num_classes,
         })
@@ -455,6 +481,7 @@ class Training:
         record["time"] = round(time.monotonic() - started, 3)
         append_jsonl(self.out / artifacts.METRICS_FILE, record)
         save_checkpoint(artifacts.last_checkpoint(self.out), self._state(epoch, rng_states))
+        self.saved_epoch = epoch
         summary = "  ".join(f"{key} {value:.4f}" for key, value in record.items()
                             if isinstance(value, float) and key not in ("lr", "time"))
         console.info(f"epoch {epoch}/{self.epochs}  {summary}  ({record['time']:.1f}s){'  *best' if record.get('best') else ''}")
@@ -522,6 +549,7 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
     """Run (or resume, or finish) one training run; see the module docstring."""
     check_config(request.config)
     ctx = init_distributed(request.config["runtime"]["device"])
+    training = None
     try:
         training = Training(request, ctx)
         state = training.prepare()
@@ -532,16 +560,47 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
             best = {name: {"epoch": saved["best_epoch"], "score": saved["best_score"]} for name, saved in state["members"].items()}
             return TrainResult(training.out, start, 0, best, already_finished=True)
         training.setup(state)
-        if state is not None and ctx.is_main:
-            console.info(f"{request.out}: resuming after epoch {start}/{training.epochs}")
-            artifacts.truncate_metrics(training.out, start)
-        trained = training.fit(start, on_epoch_end)
         if ctx.is_main:
-            training.write_outputs()
+            if state is not None:
+                console.info(f"{request.out}: resuming after epoch {start}/{training.epochs}")
+            artifacts.truncate_metrics(training.out, start)  # every start: no epoch is ever logged twice
+        with _kept_on_failure(training):
+            trained = training.fit(start, on_epoch_end)
+            if ctx.is_main:
+                training.write_outputs()
         ctx.barrier()  # other ranks leave the process group only after rank 0 is done with it
         return TrainResult(training.out, training.epochs, trained, _best(training))
     finally:
+        if training is not None and training.lock is not None:
+            training.lock.close()
         ctx.shutdown()
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def _kept_on_failure(training: Training):
+    """An interrupt or a full disk becomes one line saying what was kept and how to resume."""
+    def kept() -> str:
+        if training.saved_epoch == 0:
+            return "no checkpoint yet (the run restarts from epoch 1)"
+        return f"{artifacts.last_checkpoint(training.out)} holds epoch {training.saved_epoch}/{training.epochs}"
+    try:
+        yield
+    except Interrupted as exc:
+        cause = str(exc).split(";")[0]
+        raise Interrupted(f"{cause}; {training.out}: {kept()}; run the same command again to resume") from None
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        raise HoitoolError(f"{exc.filename or training.out}: no space left on the device ({exc.strerror or exc}); "
+                           f"kept: {kept()}; free some space and run the same command again to resume") from None
+
+
+def _number(value) -> float | None:
+    """A score as a plain float (numpy scalars would need pickle: checkpoints are data)."""
+    return None if value is None else float(value)
 
 
 def _best(training: Training) -> dict:

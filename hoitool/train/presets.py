@@ -159,25 +159,61 @@ def differences(old: dict, new: dict) -> list[str]:
     return [f"{key}: {lookup(old, key)!r} -> {lookup(new, key)!r}" for key in changed_keys(old, new)]
 
 
+def _number(config: dict, key: str, low: float, high: float | None = None, low_open: bool = False,
+            high_open: bool = True, integer: bool = False, optional: bool = False) -> None:
+    """Refuse ``key`` unless it is a number (an integer with ``integer``) in the stated range; one line naming it."""
+    value = lookup(config, key)
+    if optional and value is None:
+        return
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and value == value  # NaN is no number
+    if ok:
+        ok = (value > low if low_open else value >= low) and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        what = "an integer" if integer else "a number"
+        low_text = f"> {low}" if low_open else f">= {low}"
+        high_text = "" if high is None else (f" and < {high}" if high_open else f" and <= {high}")
+        raise UsageError(f"{key} must be {what} {low_text}{high_text}, got {value!r}")
+
+
+def _choice(config: dict, key: str, choices: tuple) -> None:
+    value = lookup(config, key)
+    if value not in choices:
+        raise UsageError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _flag(config: dict, key: str) -> None:
+    value = lookup(config, key)
+    if not isinstance(value, bool):
+        raise UsageError(f"{key} must be true or false, got {value!r}")
+
+
 def check_config(config: dict) -> None:
-    """Refuse values that would only fail later (or silently do nothing)."""
-    optim, train = config["optim"], config["train"]
-    if optim["name"] not in ("adam", "sgd"):
-        raise UsageError(f"optim.name must be adam or sgd, got {optim['name']!r}")
-    if not isinstance(train["epochs"], int) or train["epochs"] < 1:
-        raise UsageError(f"train.epochs must be a positive integer, got {train['epochs']!r}")
-    if not isinstance(train["batch_size"], int) or train["batch_size"] < 1:
-        raise UsageError(f"train.batch_size must be a positive integer, got {train['batch_size']!r}")
-    if not isinstance(config["schedule"]["step_size"], int) or config["schedule"]["step_size"] < 0:
-        raise UsageError(f"schedule.step_size must be an integer >= 0, got {config['schedule']['step_size']!r}")
-    if train["amp_dtype"] not in ("bf16", "fp16"):
-        raise UsageError(f"train.amp_dtype must be bf16 or fp16, got {train['amp_dtype']!r}")
+    """Refuse values that would only fail later (or silently do nothing), before any file is written."""
+    _choice(config, "optim.name", ("adam", "sgd"))
+    _number(config, "optim.lr", 0, low_open=True)
+    _number(config, "optim.weight_decay", 0)
+    _number(config, "optim.momentum", 0, 1)
+    _number(config, "schedule.step_size", 0, integer=True)
+    _number(config, "schedule.gamma", 0, low_open=True)
+    _number(config, "train.epochs", 1, integer=True)
+    _number(config, "train.batch_size", 1, integer=True)
+    _number(config, "train.seed", 0, integer=True)
+    _flag(config, "train.amp")
+    _choice(config, "train.amp_dtype", ("bf16", "fp16"))
+    _number(config, "data.workers", 0, integer=True)
+    _number(config, "data.memory_budget_gb", 0, low_open=True, optional=True)
+    _choice(config, "data.preload", ("auto", True, False, "true", "false", "yes", "no"))
+    _flag(config, "data.random_view")
     distill = config.get("distill")
     if distill is not None:
-        if distill["loss"] not in ("auto", "kd", "l2", "bce"):
-            raise UsageError(f"distill.loss must be auto, kd, l2 or bce, got {distill['loss']!r}")
-        if isinstance(distill["T"], bool) or not isinstance(distill["T"], (int, float)) or not distill["T"] > 0:
-            raise UsageError(f"distill.T must be a positive number, got {distill['T']!r}")
+        _choice(config, "distill.loss", ("auto", "kd", "l2", "bce"))
+        _number(config, "distill.T", 0, low_open=True)
+        _number(config, "distill.lambda1", 0)
+        _number(config, "distill.lambda2", 0)
+        _flag(config, "distill.dml")
+        if distill["lambda1"] == 0 and distill["lambda2"] == 0:
+            raise UsageError("distill.lambda1 and distill.lambda2 are both 0: the loss would be zero and nothing would train")
 
 
 def distill_loss_name(config: dict, multilabel: bool) -> str:
