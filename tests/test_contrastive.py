@@ -1,0 +1,205 @@
+"""Contrastive distillation (hoitool.nn.contrastive): each loss against a hand computation on tiny tensors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hoitool.nn.contrastive import (
+    ContrastiveObjective,
+    PairHead,
+    i2t_loss,
+    label_free_targets,
+    masked_mean,
+    pair_geometry,
+    soft_relation_loss,
+    soft_relation_targets,
+    symmetric_info_nce,
+    t2i_loss,
+    video_scores,
+)
+
+
+def _unit(rows):
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
+def _nll(logit, others):
+    """-log(e^logit / (e^logit + sum e^others)), written out."""
+    return -math.log(math.exp(logit) / (math.exp(logit) + sum(math.exp(o) for o in others)))
+
+
+# -- InfoNCE --------------------------------------------------------------------------------------
+
+def test_info_nce_2x2_by_hand():
+    video = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    text = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    tau = 0.5
+    s = _unit(video.numpy()) @ _unit(text.numpy()).T / tau  # [[1, .707], [0, .707]] / tau
+    expected = [0.5 * (_nll(s[0, 0], [s[0, 1]]) + _nll(s[0, 0], [s[1, 0]])),
+                0.5 * (_nll(s[1, 1], [s[1, 0]]) + _nll(s[1, 1], [s[0, 1]]))]
+    got = symmetric_info_nce(video, text, temperature=tau)
+    assert np.allclose(got.numpy(), expected, atol=1e-6)
+
+
+def test_info_nce_is_symmetric_and_its_mean_is_clips_loss():
+    torch.manual_seed(0)
+    video, text = torch.randn(3, 4), torch.randn(3, 4)
+    forward, backward = symmetric_info_nce(video, text, 0.1), symmetric_info_nce(text, video, 0.1)
+    assert torch.allclose(forward, backward, atol=1e-6)
+    logits = F.normalize(video, dim=1) @ F.normalize(text, dim=1).T / 0.1
+    target = torch.arange(3)
+    clip = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    assert forward.mean().item() == pytest.approx(clip.item(), rel=1e-5)
+
+
+def test_info_nce_without_a_caption_is_neither_anchor_nor_negative():
+    torch.manual_seed(1)
+    video, text = torch.randn(3, 4), torch.randn(3, 4)
+    got = symmetric_info_nce(video, text, 0.2, valid=torch.tensor([True, False, True]))
+    alone = symmetric_info_nce(video[[0, 2]], text[[0, 2]], 0.2)
+    assert got[1] == 0 and torch.allclose(got[[0, 2]], alone, atol=1e-6)
+
+
+# -- I2T / T2I ------------------------------------------------------------------------------------
+
+def test_i2t_by_hand():
+    video = torch.tensor([[1.0, 0.0]])
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    tau = 0.5
+    s = (_unit(video.numpy()) @ _unit(bank.numpy()).T / tau)[0]
+    one = i2t_loss(video, bank, torch.tensor([[True, False, False]]), torch.tensor([[False, True, True]]), tau)
+    assert one.item() == pytest.approx(_nll(s[0], [s[1], s[2]]), rel=1e-6)
+    two = i2t_loss(video, bank, torch.tensor([[True, False, True]]), torch.tensor([[False, True, False]]), tau)
+    assert two.item() == pytest.approx(0.5 * (_nll(s[0], [s[1]]) + _nll(s[2], [s[1]])), rel=1e-6)
+    none = i2t_loss(video, bank, torch.tensor([[True, False, False]]), torch.zeros(1, 3, dtype=torch.bool), tau)
+    assert none.item() == pytest.approx(0.0, abs=1e-7)
+    no_positive = i2t_loss(video, bank, torch.zeros(1, 3, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool), tau)
+    assert no_positive.item() == 0
+
+
+def test_t2i_by_hand_with_padding_pairs():
+    pairs = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 9.0]],  # video 0, its last pair is padding
+                          [[0.0, 1.0], [-1.0, 1.0], [5.0, 0.0]]])  # video 1, its last pair is padding
+    pair_valid = torch.tensor([[True, True, False], [True, True, False]])
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    positive = torch.tensor([[True, False], [False, True]])
+    tau = 0.5
+    cos = np.einsum("bmd,cd->bmc", _unit(pairs.numpy()), _unit(bank.numpy())) / tau
+    g = cos[:, :2].max(axis=1)  # best valid pair
+    expected = [_nll(g[0, 0], [g[1, 0]]), _nll(g[1, 1], [g[0, 1]])]
+    assert np.allclose(t2i_loss(pairs, pair_valid, bank, positive, tau).numpy(), expected, atol=1e-6)
+    # a video whose every peer shares the interaction has nothing to contrast with
+    both = t2i_loss(pairs, pair_valid, bank, torch.tensor([[True, False], [True, False]]), tau)
+    assert torch.allclose(both, torch.zeros(2), atol=1e-7)
+
+
+# -- soft relation --------------------------------------------------------------------------------
+
+def test_soft_relation_targets_by_hand():
+    pair_valid = torch.tensor([[True, True, False]])
+    positive = torch.tensor([[True, False]])
+    copied = soft_relation_targets(pair_valid, positive)
+    assert copied.tolist() == [[[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]]
+    regions = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])
+    verbs = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    objects = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    tau = 0.5
+    got = soft_relation_targets(pair_valid, positive, regions, verbs, objects, torch.tensor([[True, False]]), tau)
+    s = 0.5 * (np.array([1, 1]) / math.sqrt(2) + np.array([0.0, 1.0]))  # verb and object cosines of pairs 0 and 1
+    q = np.exp(s / tau) / np.exp(s / tau).sum()
+    assert np.allclose(got[0, :2, 0].numpy(), q / q.max(), atol=1e-6)
+    assert got[0, :, 1].abs().sum() == 0 and got[0, 2].abs().sum() == 0
+
+
+def test_soft_relation_loss_by_hand():
+    pairs = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    bank = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    targets = torch.tensor([[[1.0, 0.0], [0.25, 0.0]]])
+    columns = torch.tensor([[True, False]])  # only interaction 0 is scored
+    tau = 2.0
+    logits = [1.0 / tau, 0.0 / tau]  # cos(pair_m, bank_0) / tau
+    bce = lambda z, y: -(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))  # noqa: E731
+    expected = 0.5 * (bce(logits[0], 1.0) + bce(logits[1], 0.25))
+    got = soft_relation_loss(pairs, torch.ones(1, 2, dtype=torch.bool), bank, targets, columns, tau)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+# -- the objective --------------------------------------------------------------------------------
+
+def test_objective_is_the_weighted_sum_and_survives_empty_inputs():
+    torch.manual_seed(2)
+    video = torch.randn(3, 4, requires_grad=True)
+    pairs = torch.randn(3, 5, 4, requires_grad=True)
+    pair_valid = torch.rand(3, 5) > 0.3
+    pair_valid[2] = False  # a video without any human-object pair
+    bank = torch.randn(6, 4)
+    positive = torch.zeros(3, 6, dtype=torch.bool)
+    positive[0, 1] = positive[1, 2] = positive[2, 3] = True
+    negative = torch.zeros(3, 6, dtype=torch.bool)
+    negative[0, 4] = True  # video 1 has no negatives
+    objective = ContrastiveObjective(w_context=0.5, w_i2t=2.0, w_t2i=1.0, w_sr=0.25)
+    terms = objective(video, torch.randn(3, 4), torch.tensor([True, True, False]), pairs, pair_valid, bank,
+                      positive, negative)
+    expected = 0.5 * terms["context"] + 2.0 * terms["i2t"] + terms["t2i"] + 0.25 * terms["sr"]
+    assert torch.allclose(terms["total"], expected)
+    assert torch.allclose(terms["i2t"], i2t_loss(masked_mean(pairs, pair_valid), bank, positive, negative))
+    terms["total"].sum().backward()
+    assert torch.isfinite(video.grad).all() and torch.isfinite(pairs.grad).all()
+    off = ContrastiveObjective(w_context=0.0, w_sr=0.0)(video, torch.randn(3, 4), torch.ones(3, dtype=torch.bool),
+                                                        pairs, pair_valid, bank, positive, negative)
+    assert off["context"].abs().sum() == 0 and off["sr"].abs().sum() == 0
+
+
+# -- label-free targets ---------------------------------------------------------------------------
+
+def test_label_free_targets_from_the_teacher_only():
+    classes = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    teacher = torch.tensor([[[0.0, 1.0, 0.0], [0.9, 0.0, 0.1]],  # class 1 exactly, then near class 0
+                            [[0.0, 0.0, 1.0], [5.0, 5.0, 0.0]],  # class 2 exactly, then between 0 and 1 (cos .71)
+                            [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]])  # nothing close; the second is padding
+    valid = torch.tensor([[True, True], [True, True], [True, False]])
+    single, labelled = label_free_targets(teacher, valid, classes, threshold=0.8)
+    assert single.tolist() == [1, 2, -1] and labelled.tolist() == [True, True, False]
+    multi, _ = label_free_targets(teacher, valid, classes, threshold=0.8, multilabel=True)
+    assert multi.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    loose, _ = label_free_targets(teacher, valid, classes, threshold=0.7, multilabel=True)
+    assert loose[1].tolist() == [1.0, 0.0, 1.0]  # the tie 0/1 goes to the first class
+
+
+# -- the instance-level head ----------------------------------------------------------------------
+
+def test_pair_geometry_by_hand():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0], [5.0, 10.0, 25.0, 20.0]])  # human 10x20, object 20x10
+    g = pair_geometry(boxes)[0, 1]
+    inter, union = 5 * 10, 200 + 200 - 50
+    expected = [(15 - 5) / 10, (15 - 10) / 20, math.log(20 / 10), math.log(10 / 20), inter / union]
+    assert np.allclose(g.numpy(), expected, atol=1e-6)
+    assert torch.allclose(pair_geometry(boxes)[0, 0], torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0]))
+    assert torch.isfinite(pair_geometry(torch.zeros(3, 4))).all()
+
+
+def test_pair_head_equals_the_concatenated_mlp_and_masks_pairs():
+    torch.manual_seed(3)
+    head = PairHead(node_dim=3, embed_dim=4, hidden=5)
+    nodes, boxes = torch.randn(1, 2, 3, 3), torch.rand(1, 2, 3, 4) * 10
+    boxes[..., 2:] += boxes[..., :2]
+    valid = torch.tensor([[[True, True, True], [True, True, False]]])
+    is_person = torch.tensor([[[True, False, False], [False, True, False]]])
+    pairs, pair_valid = head(nodes, valid, is_person, boxes)
+    assert pairs.shape == (1, 2 * 3 * 3, 4)
+    first = torch.cat([head.human.weight, head.object.weight, head.geometry.weight], dim=1)
+    geometry = pair_geometry(boxes)
+    for t, i, j in [(0, 0, 1), (1, 1, 0), (0, 2, 2)]:
+        x = torch.cat([nodes[0, t, i], nodes[0, t, j], geometry[0, t, i, j]])
+        reference = head.out(first @ x + head.geometry.bias)
+        assert torch.allclose(pairs[0, t * 9 + i * 3 + j], reference, atol=1e-5)
+    # frame 0: person 0 with objects 1, 2; frame 1: person 1 with object 0 (slot 2 is padding)
+    assert torch.nonzero(pair_valid[0]).flatten().tolist() == [1, 2, 9 + 3]
+    scores = video_scores(pairs, pair_valid, torch.randn(2, 4))
+    assert scores.shape == (1, 2) and torch.isfinite(scores).all()
