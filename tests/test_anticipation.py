@@ -22,6 +22,7 @@ from hoitool.nn.anticipation import (
     lead_time_pair,
     observe_until,
     parse_lead_time,
+    scores_at_lead_times,
 )
 from hoitool.nn.models import ContextGraphNet
 
@@ -254,3 +255,14 @@ def test_label_at_segments():
     assert label_at(segments, 10) == "moving"
     assert label_at(segments, 27) == "placing"  # overlap: the later start wins
     assert label_at(segments, 50, default="none") == "none"
+
+
+def test_scores_at_lead_times_truncate_each_sample():
+    view = _view(list(range(0, 100, 10)))
+    samples = [("a", view, 10.0, 100, None), ("b", view, 10.0, 100, 50)]
+    scores = scores_at_lead_times(lambda v: [v["frame_valid"].sum(), v["valid"].sum()], samples,
+                                  [LeadTime(seconds=0.0), LeadTime(seconds=3.0), LeadTime(fraction=0.5)])
+    assert list(scores) == ["0s", "3s", "50%"]
+    assert scores["0s"].tolist() == [[10, 20], [6, 12]]  # a: every frame; b: frames <= 50
+    assert scores["3s"].tolist() == [[7, 14], [3, 6]]  # a: frames <= 69; b: frames <= 20
+    assert scores["50%"].tolist() == [[5, 10], [1, 2]]  # a: frames <= 49; b: frames <= 0

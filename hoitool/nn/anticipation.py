@@ -13,7 +13,8 @@ network A (the student) sees it only up to ``t - tau`` and learns the label at `
 * :func:`forward_with_embeddings` -- a :class:`ContextGraphNet`'s logits *and* its node
   embeddings after the graph layers (the ``A-bar`` / ``R-bar`` of Eq. 2);
 * :func:`parse_lead_time`, :func:`observe_until`, :func:`lead_time_pair`, :func:`label_at` --
-  the lead-time truncation as pure functions over the arrays of one features-store view.
+  the lead-time truncation as pure functions over the arrays of one features-store view;
+* :func:`scores_at_lead_times` -- a model's scores on the truncated inputs at each lead time asked for.
 
 Every loss returns one value per sample (``(B,)``), like ``hoitool.train.losses``.
 See docs/method-anticipation.md.
@@ -333,3 +334,19 @@ def label_at(segments: list, frame: float, default=None):
         if start <= frame <= end and start >= found_start:
             found, found_start = label, start
     return found
+
+
+def scores_at_lead_times(predict, samples, leads: list[LeadTime]) -> dict[str, np.ndarray]:
+    """Class scores of every sample at every lead time, for ``eval`` of an anticipation run.
+
+    ``samples`` yields ``(video id, view, fps, num_frames, t)`` (``t`` None: the video's end);
+    ``predict(view) -> (C,)`` scores one truncated view (the student's input at that lead time).
+    Returns ``{str(lead): (N, C) scores}`` in sample order; score them with ``hoitool.eval.metrics``.
+    """
+    samples = list(samples)
+    out = {}
+    for lead in leads:
+        rows = [np.asarray(predict(lead_time_pair(view, lead, fps, num_frames, t, video)[0]))
+                for video, view, fps, num_frames, t in samples]
+        out[str(lead)] = np.stack(rows) if rows else np.zeros((0, 0))
+    return out
