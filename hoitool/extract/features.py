@@ -2,8 +2,9 @@
 
 Mode ``roi``: backbone feature map of each frame (2D) or clip (3D, mapped back to frames),
 then one RoIAlign call for all boxes of the video (7x7, aligned, scale 1/stride), max- or
-average-pooled. Mode ``crop``: each box cropped, resized to 224 and embedded by a 2D backbone
-(the CAD-120 recipe). Views = clips (from the boxes store) x spatial crops (1 or 3).
+average-pooled. Mode ``crop``: each box cropped from the decoded frame at source resolution,
+resized to ``crop_size`` and embedded by a 2D backbone (the CAD-120 recipe). Views = clips
+(from the boxes store) x spatial crops (1 or 3).
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ FEATURES_DEFAULTS = {
     "sampling_ratio": 2,
     "short_side": 224,  # frames resized so the short side is this many pixels
     "crops": 1,  # 1: the whole resized frame; 3: left/centre/right square crops (multi-view testing)
-    "crop_size": 224,  # box crops in mode=crop
+    "crop_size": 224,  # mode=crop: each box is cut from the source-resolution frame and resized to this
     "frame_features": True,  # also store whole-frame features (baselines, context)
     "runtime": {"device": "auto", "workers": 2, "amp": False},
 }
+
+
+# What the code does beyond the config; a store made by an earlier method is not resumed with this one.
+METHOD = "crops from source-resolution frames; 3D slices by nearest centre"
 
 
 class FramesLoader:
@@ -75,7 +80,13 @@ class NodeFeatures:
         if config["mode"] == "crop" and self.backbone.kind != "2d":
             raise UsageError(f"mode=crop needs a 2D backbone, {spec['arch']} is {self.backbone.kind}")
 
-    def _view(self, frames: np.ndarray, boxes: np.ndarray, valid: np.ndarray, crop) -> tuple:
+    def _source_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """The decoded frames normalised at source resolution (T, 3, H, W): what mode=crop cuts boxes from."""
+        from hoitool.features.transforms import prepare_frames
+
+        return prepare_frames(frames, None, mean=self.backbone.mean, std=self.backbone.std, device=self.device)[0]
+
+    def _view(self, frames: np.ndarray, source, boxes: np.ndarray, valid: np.ndarray, crop) -> tuple:
         from hoitool.features.nodes import crop_node_features, roi_node_features
         from hoitool.features.transforms import prepare_frames
 
@@ -93,7 +104,9 @@ class NodeFeatures:
             )
             frame = fmap.float().mean(dim=(-2, -1)) if config["frame_features"] else None
         else:
-            nodes = crop_node_features(images, image_boxes, valid, self.backbone, crop_size=config["crop_size"])
+            # The box as this view sees it (clipped to the spatial crop), cut from the source-resolution frame.
+            nodes = crop_node_features(source, transform.to_source(image_boxes), valid, self.backbone,
+                                       crop_size=config["crop_size"])
             frame = self.backbone.pooled(images) if config["frame_features"] else None
         return nodes, valid, frame
 
@@ -103,8 +116,9 @@ class NodeFeatures:
                                   "frame_indices": [], "frame_valid": []}
         for clip in range(item["boxes"].shape[0]):
             frames = item["frames"][item["frame_slot"][clip]]
+            source = self._source_frames(frames) if self.config["mode"] == "crop" else None
             for crop in crops:
-                nodes, valid, frame = self._view(frames, item["boxes"][clip], item["valid"][clip], crop)
+                nodes, valid, frame = self._view(frames, source, item["boxes"][clip], item["valid"][clip], crop)
                 views["nodes"].append(nodes.float().cpu().numpy().astype(np.float16))
                 views["valid"].append(valid.cpu().numpy())
                 if frame is not None:
@@ -124,9 +138,13 @@ def extract_features(boxes_path: Path, out: Path, config: dict, shard=None, forc
     manifest_file = Path(boxes.manifest_path)
     manifest = Manifest.load(manifest_file)
     out = shard_path(Path(out), shard)
-    header = {"config": content_config(config), "upstream": boxes.fingerprint}
-    staged = StagedStore(out, "features", header, force=force, what="features store")
     model = NodeFeatures(config)
+    if boxes.attrs.get("frames"):
+        model.backbone.check_clip_length(int(boxes.attrs["frames"]))  # before any work, not at the first video
+    # The backbone's fingerprint (weights, temporal mapping) and the crop method guard resuming like the config.
+    guarded = {**content_config(config), "backbone_fingerprint": model.backbone.fingerprint, "method": METHOD}
+    header = {"config": guarded, "upstream": boxes.fingerprint}
+    staged = StagedStore(out, "features", header, force=force, what="features store")
     wanted = {video.id for video in select_shard(manifest.videos, shard)}
     videos = [video_id for video_id in boxes.video_ids if video_id in wanted]
     prov = provenance(

@@ -4,8 +4,8 @@ Two recipes, as in the paper:
 
 * ``roi``: RoIAlign (7x7, aligned) on the backbone's feature map, then max (or
   average) over the bins (the Charades recipe, after STRG);
-* ``crop``: crop each box from the frame, resize to 224x224 and embed it with a
-  2D backbone (the CAD-120 recipe, after LIGHTEN).
+* ``crop``: crop each box from the frame at source resolution, resize to
+  224x224 and embed it with a 2D backbone (the CAD-120 recipe, after LIGHTEN).
 
 Invalid boxes (padding, or boxes that fell outside the crop) get zeros.
 """
@@ -61,13 +61,16 @@ def crop_node_features(
     backbone: Backbone,
     crop_size: int = 224,
     batch: int = 64,
-    sampling_ratio: int = 2,
+    sampling_ratio: int = 0,
 ) -> torch.Tensor:
     """Normalised frames (T, 3, H, W) + boxes (T, K, 4) in their pixels -> (T, K, D) crop embeddings.
 
-    Cropping and resizing is RoIAlign on the image itself (aligned, bilinear,
-    ``sampling_ratio`` samples per output pixel and axis), in batches of
-    ``batch`` crops so memory stays bounded.
+    Pass the frames at source resolution (the boxes in source pixels) so that
+    small objects keep their detail. Cropping and resizing is RoIAlign on the
+    image itself (aligned, bilinear), in batches of ``batch`` crops so memory
+    stays bounded. ``sampling_ratio`` 0 (adaptive) takes ``ceil(box / crop_size)``
+    samples per output pixel and axis: plain bilinear interpolation when a box
+    is enlarged, an average over the box's pixels (antialiasing) when it shrinks.
     """
     if backbone.kind != "2d":
         raise UsageError(f"crop node features need a 2D backbone; {backbone.arch} is a video backbone (use roi)")
