@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from hoitool.errors import HoitoolError, UsageError
-from hoitool.weights import cache_path, default_weights_enum, load_model, resolve_weights
+from hoitool.weights import ZooWeights, cache_path, default_weights_enum, fetch_instruction, load_model, resolve_weights
 
 
 @pytest.fixture(autouse=True)
@@ -70,13 +70,14 @@ def test_missing_cache_file_says_how_to_fetch_it():
     assert "TORCH_HOME" in message and "--weights PATH" in message and "--weights random" in message
 
 
-@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module_prefix"])
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "model_state", "module_prefix"])
 def test_weights_file_in_common_layouts(tmp_path, wrap):
     saved = _seeded_state("resnet18", 5)
     payload = {
         "plain": saved,
         "state_dict": {"state_dict": saved, "epoch": 3},
         "model": {"model": saved},
+        "model_state": {"model_state": saved, "epoch": 196, "cfg": "TRAIN:\n  ENABLE: True\n"},  # PySlowFast / zoo
         "module_prefix": {f"module.{k}": v for k, v in saved.items()},
     }[wrap]
     path = tmp_path / "w.pt"
@@ -129,3 +130,20 @@ def test_unknown_arch_is_a_usage_error():
         load_model("resnet7", "random")
     with pytest.raises(UsageError, match="unknown torchvision architecture"):
         resolve_weights("resnet7", None)
+
+
+def test_weights_outside_torchvision_use_their_own_cache_name_and_instruction(tmp_path):
+    zoo = ZooWeights("https://example.org/zoo/MODEL_8x8.pyth", "import zoo; zoo.model(pretrained=True)")
+    assert cache_path(zoo) == tmp_path / "torch_home" / "hub" / "checkpoints" / "MODEL_8x8.pyth"
+    message = fetch_instruction("model", zoo)
+    assert 'python -c "import zoo; zoo.model(pretrained=True)"' in message and "MODEL_8x8.pyth" in message
+    with pytest.raises(HoitoolError, match="weights for model not found"):
+        resolve_weights("model", None, zoo)
+    built = []
+
+    def builder(width):
+        built.append(width)
+        return torch.nn.Linear(width, 1)
+
+    model, fingerprint = load_model("tiny", "random", seed=2, builder=builder, width=3)
+    assert built == [3] and fingerprint == "random:tiny:seed2" and not model.training

@@ -47,11 +47,28 @@ def boxes_command(
     finish(extract_boxes(manifest, out, resolved, shard=parse_shard(shard), force=force))
 
 
+def _list_backbones(value: bool) -> None:
+    """``--list-backbones``: every arch with its layers (* = default), the default's channels and strides, weights."""
+    if not value:
+        return
+    from hoitool.features.backbones import backbone_table
+    from hoitool.features.video_models import INSTALL
+
+    for row in backbone_table():
+        default = row["default"]
+        layers = " ".join(f"{layer}*" if layer == default else layer for layer in row["layers"])
+        note = "" if row["available"] else f"  (not installed: {INSTALL})"
+        typer.echo(f"{row['arch']:<18} {row['kind']}  dim {row['dim'][default]:<5} stride {row['stride'][default]:<3}"
+                   f"temporal {row['temporal_stride'][default]:<2} layers {layers:<32} weights: {row['weights']}{note}")
+    raise typer.Exit()
+
+
 @extract_app.command("features")
 def features_command(
     boxes: Path = typer.Argument(..., help="Boxes store from `hoitool extract boxes`."),
     out: Path = typer.Option(..., "--out", "-o", help="Features store to write: .h5 (HDF5) or .zarr (Zarr)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="e.g. resnet50, resnet18, r3d_18, r2plus1d_18."),
+    backbone: Optional[str] = typer.Option(
+        None, "--backbone", help="e.g. resnet50, resnet18, r3d_18, i3d_r50, slowfast_r50 (see --list-backbones)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Backbone layer for RoIAlign (default: the last)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="roi (RoIAlign on the feature map) or crop (embed box crops)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="max or avg over the RoIAlign bins."),
@@ -65,6 +82,8 @@ def features_command(
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
     print_config: bool = PrintConfigOption,
+    list_backbones: bool = typer.Option(False, "--list-backbones", callback=_list_backbones, is_eager=True,
+                                        help="Print the backbones, their layers (* = default) and exit."),
 ) -> None:
     """Backbone + RoIAlign (or box crops) -> one float16 vector per box, per view; resumable, shardable, crash-safe."""
     from hoitool.extract.engine import finish

@@ -70,14 +70,14 @@ def default_layer(arch: str) -> str:
 
 
 def backbone_table() -> list[dict]:
-    """One row per supported arch: kind, layers (default first), dims and strides, where its weights come from."""
+    """One row per supported arch: kind, layers and the default one, dims and strides, where its weights come from."""
     rows = []
     for arch in SUPPORTED_BACKBONES:
-        table, default = _layer_table(arch), default_layer(arch)
-        layers = [default] + [layer for layer in table if layer != default]
+        table = _layer_table(arch)
+        layers = list(table)
         video = arch in _VIDEO_RESNETS or arch in ("s3d", *_PYTORCHVIDEO)
         rows.append({
-            "arch": arch, "kind": "3d" if video else "2d", "layers": layers,
+            "arch": arch, "kind": "3d" if video else "2d", "layers": layers, "default": default_layer(arch),
             "dim": {layer: table[layer].dim for layer in layers},
             "stride": {layer: table[layer].stride for layer in layers},
             "temporal_stride": {layer: table[layer].temporal_stride for layer in layers},
