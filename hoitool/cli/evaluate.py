@@ -24,14 +24,13 @@ from hoitool.errors import UsageError
 from hoitool.eval import metrics as M
 from hoitool.eval.charades import (
     CHARADES_CLASSES,
-    CharadesGT,
     charades_map,
     official_scores,
     read_charades_gt,
     read_submission,
     write_submission,
 )
-from hoitool.eval.ground_truth import find_ground_truth, needs_ground_truth
+from hoitool.eval.ground_truth import check_run_against_ground_truth, find_ground_truth, needs_ground_truth
 from hoitool.eval.fusion import FUSION_RULES, fuse_runs, fuse_views, probabilities
 from hoitool.eval.plots import plot_confusion_matrix, plot_per_class_ap
 from hoitool.eval.runs import Run, load_run
@@ -105,24 +104,13 @@ def _single_label_metrics(
     return values, files
 
 
-def _against_ground_truth(ids, targets, gt: CharadesGT, gt_path: Path) -> None:
-    """Refuse a ground truth that is not the run's: no shared video, or labels that differ."""
-    row_of = {video: row for row, video in enumerate(gt.ids)}
-    shared = [(i, row_of[video]) for i, video in enumerate(ids) if video in row_of]
-    if len(ids) and not shared:
-        raise UsageError(f"{gt_path}: none of the run's {len(ids)} videos is in this ground truth (wrong --gt?)")
-    for i, row in shared:
-        if not np.array_equal(targets[i] > 0, gt.labels[row] > 0):
-            raise UsageError(f"{gt_path}: video {ids[i]}: the run's labels differ from this ground truth (wrong --gt?)")
-
-
 def _multi_label_metrics(
     ids, scores, targets, classes, out_dir: Path, split: str, tag: str, title: str, gt_path: Path | None = None
 ) -> tuple[dict, dict, dict]:
     counts: dict = {}
     if gt_path is not None:  # the official rule: the full ground-truth list, unscored videos at -inf
         gt = read_charades_gt(gt_path, len(classes))
-        _against_ground_truth(ids, targets, gt, gt_path)
+        check_run_against_ground_truth(ids, targets, gt, gt_path)
         official_map, official_wap, official_ap, aligned = official_scores(ids, scores, gt)
         positives = gt.labels.sum(axis=0)
         counts["ground_truth"] = {

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hoitool.errors import HoitoolError
+import numpy as np
+
+from hoitool.errors import HoitoolError, UsageError
+from hoitool.eval.charades import CharadesGT
 
 GT_DATASETS = ("charades",)  # datasets whose official metric scores a fixed ground-truth list
 GT_SPLITS = ("test",)  # the official list is the test CSV; val is drawn from the train CSV by hoitool
@@ -46,3 +49,14 @@ def find_ground_truth(info: dict, split: str) -> tuple[Path | None, str]:
     if not path.is_file():
         return None, f"{path} (recorded in the manifest) not found"
     return path, ""
+
+
+def check_run_against_ground_truth(ids, targets: np.ndarray, gt: CharadesGT, gt_path: Path | str) -> None:
+    """Refuse a ground truth that is not the run's: no video in common, or a video whose labels differ."""
+    row_of = {video: row for row, video in enumerate(gt.ids)}
+    shared = [(i, row_of[video]) for i, video in enumerate(ids) if video in row_of]
+    if len(ids) and not shared:
+        raise UsageError(f"{gt_path}: none of the run's {len(ids)} videos is in this ground truth (wrong --gt?)")
+    for i, row in shared:
+        if not np.array_equal(np.asarray(targets[i]) > 0, gt.labels[row] > 0):
+            raise UsageError(f"{gt_path}: video {ids[i]}: the run's labels differ from this ground truth (wrong --gt?)")
