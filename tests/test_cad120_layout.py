@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import run_cli
+from PIL import Image
+from test_prepare import JOINTS, skeleton_line
+
 from hoitool.datasets.folder import prepare_folder
 from hoitool.errors import UsageError
 from hoitool.manifest import Manifest
 from hoitool.store import open_store
 from hoitool.video.reader import MixedFramesError, list_frame_files, probe, read_frames
-from test_prepare import JOINTS, skeleton_line
 
 FRAMES = 12  # past 9, so RGB_10.png sorts after RGB_9.png only when numbered numerically
 VIDEOS = {  # subject -> activity -> [(video id, {object id: type})]

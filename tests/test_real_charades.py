@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import run_cli
+
 from hoitool.eval.charades import official_scores, read_charades_gt, read_submission
 from hoitool.manifest import Manifest
 from hoitool.store import open_store
@@ -50,7 +50,7 @@ def raw(tmp_path_factory):
 
 def test_real_charades_through_every_stage(raw, capsys):
     work = raw.parent
-    code, out, err = run_cli(["prepare", "charades", work / "data", "--root", raw, "--val-fraction", "0.5"], capsys)
+    code, _, err = run_cli(["prepare", "charades", work / "data", "--root", raw, "--val-fraction", "0.5"], capsys)
     assert code == 0, err
     assert "1861 video(s) skipped, listed in" in err and "prepare_warnings.jsonl" in err
     warnings = [json.loads(line) for line in (work / "data" / "prepare_warnings.jsonl").read_text().splitlines()]
@@ -83,7 +83,7 @@ def test_real_charades_through_every_stage(raw, capsys):
                             "--batch-size", 2, *CPU, "--set", "model.hidden=8", "--set", "model.heads=1"], capsys)
     assert code == 0, err
 
-    code, out, err = run_cli(["eval", work / "run"], capsys)
+    code, _, err = run_cli(["eval", work / "run"], capsys)
     assert code == 0, err
     # The ground truth is found through the run's store and manifest: all 1863 test videos are ranked.
     assert "official metric over the 1863 videos of" in err and "1812 test video(s) with labels had no scores" in err

@@ -15,8 +15,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from helpers import run_cli
+
 from hoitool.datasets.ssv2 import prepare_ssv2, read_something_else
 from hoitool.errors import UsageError
 from hoitool.manifest import Manifest
@@ -84,7 +84,7 @@ def raw(tmp_path_factory):
 
 def test_prepare_and_extract_give_the_published_boxes_and_objects(raw, tmp_path, capsys):
     out = tmp_path / "data"
-    code, stdout, err = run_cli(["prepare", "ssv2", out, "--root", raw, "--video-dir", "20bn-something-something-v2",
+    code, _, err = run_cli(["prepare", "ssv2", out, "--root", raw, "--video-dir", "20bn-something-something-v2",
                                  "--boxes", raw / "bounding_box_smthsmth_part1.json",
                                  "--boxes", raw / "bounding_box_smthsmth_part2.json"], capsys)
     assert code == 0, err

@@ -30,8 +30,12 @@ from hoitool.eval.charades import (
     read_submission,
     write_submission,
 )
-from hoitool.eval.ground_truth import check_run_against_ground_truth, find_ground_truth, needs_ground_truth
 from hoitool.eval.fusion import FUSION_RULES, fuse_runs, fuse_views, probabilities
+from hoitool.eval.ground_truth import (
+    check_run_against_ground_truth,
+    find_ground_truth,
+    needs_ground_truth,
+)
 from hoitool.eval.plots import plot_confusion_matrix, plot_per_class_ap
 from hoitool.eval.runs import Run, load_run
 from hoitool.io.atomic import write_json, write_text

@@ -28,7 +28,12 @@ from hoitool.boxes.jsonl import FrameBoxes, write_boxes_jsonl
 from hoitool.errors import UsageError
 from hoitool.io.atomic import atomic_path, write_text
 from hoitool.manifest import Manifest, VideoEntry
-from hoitool.video.reader import PATTERN_FIELD, MixedFramesError, VideoReadError, list_frame_files
+from hoitool.video.reader import (
+    PATTERN_FIELD,
+    MixedFramesError,
+    VideoReadError,
+    list_frame_files,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

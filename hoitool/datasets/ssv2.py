@@ -27,7 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from hoitool.boxes.jsonl import FrameBoxes
-from hoitool.datasets.folder import ANNOTATIONS_FILE, SkipLog, stored_path, write_prepared
+from hoitool.datasets.folder import (
+    ANNOTATIONS_FILE,
+    SkipLog,
+    stored_path,
+    write_prepared,
+)
 from hoitool.errors import UsageError
 from hoitool.manifest import Manifest, VideoEntry
 

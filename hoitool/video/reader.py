@@ -20,6 +20,7 @@ record the video as failed and go on.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -172,7 +173,7 @@ def list_frame_files(source: Path | str) -> list[Path]:
         _check_one_series(folder, names)
         return [folder / name for name in sorted(names, key=_natural_key)]
     numbered = sorted((int(pattern.match(name).group(1)), name) for name in names)
-    for (number, name), (next_number, next_name) in zip(numbered, numbered[1:]):
+    for (number, name), (next_number, next_name) in itertools.pairwise(numbered):
         if number == next_number:
             raise VideoReadError(f"{folder}: {name} and {next_name} both have frame number {number}")
     return [folder / name for _, name in numbered]
