@@ -124,7 +124,7 @@ def test_soft_relation_loss_by_hand():
     columns = torch.tensor([[True, False]])  # only interaction 0 is scored
     tau = 2.0
     logits = [1.0 / tau, 0.0 / tau]  # cos(pair_m, bank_0) / tau
-    bce = lambda z, y: -(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))  # noqa: E731
+    bce = lambda z, y: -(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))
     expected = 0.5 * (bce(logits[0], 1.0) + bce(logits[1], 0.25))
     got = soft_relation_loss(pairs, torch.ones(1, 2, dtype=torch.bool), bank, targets, columns, tau)
     assert got.item() == pytest.approx(expected, rel=1e-6)

@@ -61,7 +61,7 @@ def test_trn_head_three_frames_by_hand():
     head = TRNHead(in_dim=2, num_outputs=3, num_frames=3, hidden=4, max_tuples=3).double()
     f = torch.randn(1, 3, 2, dtype=torch.float64)
     g2, g3, h2, h3 = head.g[0], head.g[1], head.h[0], head.h[1]
-    pair = lambda i, j: g2(torch.cat([f[:, i], f[:, j]], dim=-1))  # noqa: E731
+    pair = lambda i, j: g2(torch.cat([f[:, i], f[:, j]], dim=-1))
     r2 = h2(pair(0, 1) + pair(0, 2) + pair(1, 2))
     r3 = h3(g3(torch.cat([f[:, 0], f[:, 1], f[:, 2]], dim=-1)))
     assert torch.allclose(head(f, torch.ones(1, 3, dtype=torch.bool)), r2 + r3)

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from hoitool.errors import StaleArtifactError, UsageError
-from hoitool.text.cache import build_text_embeddings, collect_texts, load_text_embeddings, pair_text
+from hoitool.text.cache import (
+    build_text_embeddings,
+    collect_texts,
+    load_text_embeddings,
+    pair_text,
+)
 from hoitool.text.encoders import EmbeddingsFile, TinyTextEncoder, load_text_encoder
 from hoitool.text.triplets import (
     caption_triplets,
@@ -18,7 +23,12 @@ from hoitool.text.triplets import (
     parse_triplet_text,
     singular,
 )
-from hoitool.text.vlm_import import captions_to_triplets, fill_triplets, match_videos, read_vlm_import
+from hoitool.text.vlm_import import (
+    captions_to_triplets,
+    fill_triplets,
+    match_videos,
+    read_vlm_import,
+)
 
 # -- rules ----------------------------------------------------------------------------------------
 

@@ -148,12 +148,11 @@ def attentional_distill_loss(
         raise ValueError(f"unknown direction {direction!r} (known: {', '.join(DIRECTIONS)})")
     teacher = teacher.detach().to(student.dtype)
     student_valid, teacher_valid = student_valid.bool(), teacher_valid.bool()
-    options = {"alpha": alpha, "penalty": penalty, "delta": delta, "reduction": reduction}
     total = torch.zeros(student.shape[0], dtype=student.dtype, device=student.device)
     if direction in ("both", "student"):
-        total = total + one_way_distill_loss(student, student_valid, teacher, teacher_valid, **options)
+        total = total + one_way_distill_loss(student, student_valid, teacher, teacher_valid, alpha, penalty, delta, reduction)
     if direction in ("both", "teacher"):
-        total = total + one_way_distill_loss(teacher, teacher_valid, student, student_valid, **options)
+        total = total + one_way_distill_loss(teacher, teacher_valid, student, student_valid, alpha, penalty, delta, reduction)
     return total
 
 
@@ -259,13 +258,13 @@ class LeadTime:
             return self.seconds * fps
         if not num_frames or num_frames <= 0:
             raise UsageError(f"{video}: a lead time as a fraction needs the video's frame count, which the manifest lacks")
-        return self.fraction * num_frames
+        return float(self.fraction or 0.0) * num_frames
 
     def __str__(self) -> str:
-        return f"{self.seconds:g}s" if self.seconds is not None else f"{self.fraction * 100:g}%"
+        return f"{self.seconds:g}s" if self.seconds is not None else f"{float(self.fraction or 0.0) * 100:g}%"
 
 
-_LEAD = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|%)?\s*$", re.I)
+_LEAD = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|%)?\s*$", re.IGNORECASE)
 
 
 def parse_lead_time(text: str) -> LeadTime:

@@ -132,9 +132,11 @@ def soft_relation_targets(pair_valid: torch.Tensor, positive: torch.Tensor, regi
     valid = pair_valid.bool().unsqueeze(-1) & positive.bool().unsqueeze(1)  # (B, M, C)
     if regions is None:
         return valid.float()
+    if verbs is None:
+        raise ValueError("soft-relation targets from region embeddings need the verb embeddings too")
     region = F.normalize(regions.float(), dim=-1)
     score = torch.matmul(region, F.normalize(verbs.float(), dim=-1).T)  # (B, M, C)
-    if objects is not None:
+    if objects is not None and object_valid is not None:
         with_object = torch.einsum("bmd,bcd->bmc", region, F.normalize(objects.float(), dim=-1))
         has = object_valid.bool().unsqueeze(1)
         score = torch.where(has, 0.5 * (score + with_object), score)

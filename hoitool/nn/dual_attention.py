@@ -103,7 +103,7 @@ class TRNHead(nn.Module):
         """frames (B, T, D), frame_valid (B, T) -> (B, num_outputs)."""
         if frames.shape[1] != self.num_frames:
             raise ValueError(f"this TRN head was built for {self.num_frames} frames, got {frames.shape[1]}")
-        out = 0.0
+        out = frames.new_zeros(())
         for tuples, g, h in zip(self.tuples, self.g, self.h):
             index = torch.tensor(tuples, device=frames.device)  # (P, n)
             stacked = frames[:, index].flatten(2)  # (B, P, n*D)
@@ -175,7 +175,7 @@ class DualAttentionNet(nn.Module):
         object_outputs = object_slots * (num_objects + 1)
 
         def head(outputs: int) -> nn.Module:
-            if temporal == "trn":
+            if num_frames is not None and temporal == "trn":
                 return TRNHead(hidden, outputs, num_frames, hidden=head_hidden, max_tuples=trn_max_tuples)
             return MeanHead(hidden, outputs, hidden=head_hidden)
 
@@ -330,6 +330,7 @@ def plot_attention_maps(
                 axes.imshow(weights.reshape(grid), extent=(0, width, height, 0), cmap="jet", alpha=0.5,
                             vmin=0.0, vmax=top, interpolation="bilinear")
                 continue
+            assert boxes is not None  # checked above: boxes or grid
             for n in np.flatnonzero(valid[t]):
                 x1, y1, x2, y2 = (float(v) for v in boxes[t, n])
                 share = float(weights[n]) / top

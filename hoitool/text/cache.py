@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def pair_text(interaction: str, obj: str | None) -> str:
     return interaction if obj is None else f"{interaction} {obj}"
 
 
-def collect_texts(texts: dict[str, VideoText], class_names: list[str] = (), extra_interactions: list[str] = ()
+def collect_texts(texts: dict[str, VideoText], class_names: Sequence[str] = (), extra_interactions: Sequence[str] = ()
                   ) -> list[tuple[str, str]]:
     """``(kind, text)`` of everything to embed, each once, in a fixed order (kinds in :data:`KINDS` order)."""
     found: dict[str, list[str]] = {kind: [] for kind in KINDS}
@@ -88,9 +89,9 @@ def _check_ours(out: Path) -> dict | None:
     return info
 
 
-def build_text_embeddings(out: Path | str, import_path: Path | str, encoder, class_names: list[str] = (),
+def build_text_embeddings(out: Path | str, import_path: Path | str, encoder, class_names: Sequence[str] = (),
                           manifest_path: Path | str | None = None, template: str = "{}",
-                          extra_interactions: list[str] = ()) -> dict:
+                          extra_interactions: Sequence[str] = ()) -> dict:
     """Embed a VLM import's texts (captions without triplets get the rule set's) and the class names.
 
     ``template`` formats every text before encoding (``"a photo of a person {}"``; ``"{}"`` = as is).
@@ -112,10 +113,9 @@ def build_text_embeddings(out: Path | str, import_path: Path | str, encoder, cla
     entries = collect_texts(texts, list(class_names), list(extra_interactions))
     embeddings = encoder.encode([template.format(text) for _, text in entries])
     embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(entries), -1)
-    with atomic_path(out, suffix=".npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, texts=np.array([t for _, t in entries], dtype=str),
-                     kinds=np.array([k for k, _ in entries], dtype=str), embeddings=embeddings)
+    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, texts=np.array([t for _, t in entries], dtype=str),
+                 kinds=np.array([k for k, _ in entries], dtype=str), embeddings=embeddings)
     info = {"format": FORMAT, "fingerprint": fingerprint, "inputs": inputs, "encoder": identity, "template": template,
             "count": len(entries), "dim": int(embeddings.shape[1]) if len(entries) else 0,
             "counts": {kind: sum(1 for k, _ in entries if k == kind) for kind in KINDS},

@@ -72,7 +72,7 @@ class OpenClipTextEncoder:
         try:
             self.model, _, _ = open_clip.create_model_and_transforms(model, pretrained=str(self.weights), device=device)
             self.tokenizer = open_clip.get_tokenizer(model)
-        except Exception as exc:  # open_clip raises RuntimeError/KeyError/... for a bad name or file
+        except Exception as exc:  # noqa: BLE001 - open_clip raises RuntimeError/KeyError/... for a bad name or file
             raise UsageError(f"{weights}: open_clip could not load {model!r} from it ({exc})") from None
         self.model.eval()
 
@@ -96,7 +96,7 @@ class HFClipTextEncoder:
             self.tokenizer = transformers.CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
             self.model = transformers.CLIPTextModelWithProjection.from_pretrained(
                 str(directory), local_files_only=True).to(device).eval()
-        except Exception as exc:  # transformers raises OSError/ValueError/... for a bad directory
+        except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/... for a bad directory
             raise UsageError(f"{directory}: transformers could not load a CLIP text model from it ({exc})") from None
 
     def identity(self) -> dict:

@@ -33,7 +33,13 @@ import re
 
 import numpy as np
 
-VERBS = frozenset("""
+
+def _words(text: str) -> frozenset[str]:
+    """A word list written as one string (easier to read and to extend than a list literal)."""
+    return frozenset(text.split())
+
+
+VERBS = _words("""
 add adjust arrange assemble bake bite blow board boil bounce brush build burn buy call carry catch chase check
 chop clap clean climb close comb cook cover crack crawl cross cut dance dig dip draw dress drink drive drop dry
 eat empty feed fill flip float fly fold follow frost fry get give grab grind hang hit hold hug hunt inspect iron
@@ -43,30 +49,30 @@ rinse roll rotate row rub run sail scoop scrub serve set sew shake shave shovel 
 smell sniff spin spill spray spread squeeze stab stack stand steer stick stir stop sweep swim swing take talk
 taste tear text throw tickle tie tilt tip toss touch turn twist type unfold unlock unscrew use walk wash watch
 wave wear wield wipe wrap write
-""".split())
-E_VERBS = frozenset("""
+""")
+E_VERBS = _words("""
 bake bite close dance dive drive file glue hide juggle make move operate paste place pose prepare raise rake
 release remove rinse ride rotate serve shake shave skate slice slide smile squeeze stare store take taste tickle
 trade type use wave wipe write
-""".split())
+""")
 IRREGULAR = {"lying": "lie", "dying": "die", "tying": "tie", "adding": "add", "seeing": "see", "being": "be"}
-ING_NOUNS = frozenset("""
+ING_NOUNS = _words("""
 anything bedding building ceiling clothing during everything evening king morning nothing painting pudding
 ring something spring sibling string thing wedding wing
-""".split())
-CATENATIVE = frozenset("try start begin continue keep want attempt seem appear going go prepare".split())
-AUXILIARIES = frozenset("""
+""")
+CATENATIVE = _words("try start begin continue keep want attempt seem appear going go prepare")
+AUXILIARIES = _words("""
 am is are was were be been being 's 're has have had does do did can could will would may might shall should must
-""".split())
-DETERMINERS = frozenset("""
+""")
+DETERMINERS = _words("""
 a an the his her their its my your our some this that these those another one two three four five several many
 few both each every other any no
-""".split())
-PARTICLES = frozenset("""
+""")
+PARTICLES = _words("""
 up down on off in into onto at with from to out over through around towards toward across along back away under
 inside near by of for behind above below between against about
-""".split())
-CLAUSE_WORDS = frozenset("and while whilst then but as who which where when".split())
+""")
+CLAUSE_WORDS = _words("and while whilst then but as who which where when")
 PLURAL_TABLE = {"people": "person", "men": "man", "women": "woman", "children": "child", "feet": "foot",
                 "teeth": "tooth", "mice": "mouse", "knives": "knife", "leaves": "leaf", "loaves": "loaf",
                 "cookies": "cookie", "movies": "movie", "pies": "pie", "ties": "tie", "clothes": "clothes",
@@ -186,8 +192,8 @@ def parse_triplet_text(text: str) -> tuple[str, str | None]:
     cleaned = cleaned.strip().strip("<>()[]").rstrip(".").strip()
     interaction, _, obj = cleaned.partition(",")
     interaction = " ".join(interaction.lower().split())
-    obj = " ".join(obj.lower().strip(" .").split()) or None
-    return interaction, obj
+    obj_words = " ".join(obj.lower().strip(" .").split())
+    return interaction, obj_words or None
 
 
 def negative_interactions(positives: list[str], dictionary: list[str], count: int = 2, seed: int = 0,
@@ -200,5 +206,7 @@ def negative_interactions(positives: list[str], dictionary: list[str], count: in
     candidates = sorted(set(dictionary) - set(positives))
     key = int.from_bytes(hashlib.sha256(f"{seed}:{video}".encode()).digest()[:8], "little")
     rng = np.random.default_rng(key)
-    picks = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False) if candidates else []
-    return [candidates[i] for i in sorted(picks)]
+    if not candidates:
+        return []
+    picks = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
+    return [candidates[int(i)] for i in sorted(picks)]
