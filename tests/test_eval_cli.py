@@ -261,6 +261,13 @@ def test_charades_run_is_ranked_against_the_full_test_list(tmp_path, capsys):
     # Dropping the missing videos (the old behaviour) gives another number: the official rule matters here.
     own_only, _, _ = charades_map(scores, gt.labels[keep])
     assert abs(own_only - by_hand) > 1e-4
+    # So does the full list with ties broken in video-id order rather than ground-truth file order.
+    row_of = {video: row for row, video in enumerate(gt.ids)}
+    full = np.full(gt.labels.shape, -np.inf)
+    full[[row_of[video] for video in ids]] = scores
+    by_id = np.argsort(gt.ids, kind="stable")
+    id_ties, _, _ = charades_map(full[by_id], gt.labels[by_id])
+    assert abs(id_ties - by_hand) > 1e-4
 
 
 def test_charades_run_without_a_known_ground_truth_says_so(tmp_path, capsys):
