@@ -389,3 +389,90 @@ def test_unwritable_output_folder_is_one_line_and_writes_nothing(synthetic, tmp_
     code, _, err = run_cli_raw(["extract", "boxes", synthetic / "data", "--out", out, *BOXES_ARGS], capsys)
     assert code == 2 and str(out.parent) in one_error_line(err)
     assert not out.exists() and not list(tmp_path.rglob("*.yaml"))
+
+
+# -- 2. workers die with their parent -------------------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    """Live (non-zombie) processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux")
+@pytest.mark.parametrize("stage", ["boxes", "features"])
+def test_kill_9_of_the_main_process_alone_takes_its_workers_and_the_rerun_is_identical(tmp_path, stage):
+    """SIGKILL only the main pid while its 2 DataLoader workers decode; they must go, the re-run must not be refused."""
+    import signal
+    import time
+
+    from hoitool.datasets.synthetic import generate
+
+    generate(tmp_path / "data", videos_per_class=2, num_frames=16, size=64, seed=5)
+    if stage == "boxes":
+        args = ["extract", "boxes", tmp_path / "data", "--source", "rpn", "--weights", "random", "--frames", "4",
+                "--top-k", "4", "--device", "cpu", "--set", "model.min_size=64", "--set", "model.max_size=96"]
+    else:
+        hoitool("extract", "boxes", tmp_path / "data", "--out", tmp_path / "boxes.h5", *BOXES_ARGS, check=0)
+        args = ["extract", "features", tmp_path / "boxes.h5", *FEATURE_ARGS[:-4], "--set", "short_side=64"]
+    hoitool(*args, "--out", tmp_path / "ref.h5", "--workers", "0", check=0)
+    out = tmp_path / "killed.h5"
+    child = subprocess.Popen([sys.executable, "-m", "hoitool", "--quiet", *map(str, args), "--out", str(out),
+                              "--workers", "2"], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while child.poll() is None and time.monotonic() < deadline:  # workers started and decoding, first video staged
+        if len(_children(child.pid)) >= 2 and list((tmp_path / "killed.h5.parts").glob("*.npz")):
+            break
+        time.sleep(0.01)
+    workers = _children(child.pid)
+    assert child.poll() is None and len(workers) >= 2, "the kill must land while the workers run"
+    child.send_signal(signal.SIGKILL)  # the main process only, as `kill -9 PID` or the OOM killer does
+    assert child.wait() == -signal.SIGKILL
+    gone_by = time.monotonic() + 3
+    while any(_alive(pid) for pid in workers) and time.monotonic() < gone_by:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "orphaned DataLoader workers outlived their parent"
+    result = hoitool(*args, "--out", out, "--workers", "2")  # at once: must not be refused as "another process"
+    assert result.returncode == 0, result.stderr
+    reference, resumed = open_store(tmp_path / "ref.h5"), open_store(out)
+    assert resumed.video_ids == reference.video_ids and resumed.fingerprint == reference.fingerprint
+    for video_id in reference.video_ids:
+        left, right = reference.read(video_id), resumed.read(video_id)
+        assert left.keys() == right.keys()
+        for name in left:
+            np.testing.assert_array_equal(left[name], right[name], err_msg=f"{video_id}/{name}")
+
+
+def test_each_array_is_hashed_once_per_process_and_a_fresh_reader_checks_again(tmp_path, monkeypatch):
+    from hoitool.store import reader as reader_module
+
+    path = tmp_path / "f.zarr"
+    build(path, ["v1", "v2"])
+    hashed = []
+    real = reader_module.array_digests
+    monkeypatch.setattr(reader_module, "array_digests", lambda arrays: hashed.extend(arrays) or real(arrays))
+    reader = open_store(path)
+    for _ in range(3):  # three epochs
+        reader.read("v1", ["nodes", "valid"])
+    reader.read("v1", ["nodes", "boxes"])
+    assert sorted(hashed) == ["boxes", "nodes", "valid"]
+    damage(path, "zarr-chunk")
+    with pytest.raises(DamagedStoreError):
+        open_store(path).read("v2", ["nodes"])  # a new process / reader hashes what it reads
+    shutil.rmtree(path / "videos" / "v1" / "valid")
+    with pytest.raises(DamagedStoreError, match="'valid' missing"):
+        reader.read("v1", ["nodes", "valid"])  # already verified, but a missing array is still seen

@@ -48,6 +48,12 @@ class HDF5Backend:
         group = self.file["videos"][key]
         return {name: group[name][()] for name in (names or group.keys())}
 
+    def open_video(self, key: str):
+        """``(attrs, read(names))`` of one video from a single group lookup (a checked read needs both)."""
+        group = self.file["videos"][key]
+        raw = group.attrs.get(META_ATTR)
+        return (json.loads(raw) if raw is not None else {}), lambda names: {name: group[name][()] for name in (names or group.keys())}
+
     def write_video(self, key: str, arrays: dict[str, np.ndarray], video_attrs: dict) -> None:
         group = self.file.require_group("videos").create_group(key)
         for name in sorted(arrays):
@@ -71,7 +77,9 @@ class ZarrBackend:
         import zarr
 
         self.path = Path(path)
+        self.mode = mode
         self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+        self._videos_group = None
 
     def read_meta(self) -> dict:
         raw = self.root.attrs.get(META_ATTR)
@@ -81,7 +89,12 @@ class ZarrBackend:
         self.root.attrs[META_ATTR] = json.dumps(meta, sort_keys=True)
 
     def _videos(self):
-        return self.root["videos"] if "videos" in self.root else None
+        if self._videos_group is not None:
+            return self._videos_group
+        videos = self.root["videos"] if "videos" in self.root else None
+        if self.mode == "r":  # read-only: the group cannot change under us, so open its metadata once
+            self._videos_group = videos
+        return videos
 
     def video_keys(self) -> list[str]:
         videos = self._videos()
@@ -93,6 +106,13 @@ class ZarrBackend:
     def read_video(self, key: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
         group = self._videos()[key]
         return {name: group[name][...] for name in (names or sorted(group.array_keys()))}
+
+    def open_video(self, key: str):
+        """``(attrs, read(names))`` of one video from a single group lookup (a checked read needs both)."""
+        group = self._videos()[key]
+        raw = group.attrs.get(META_ATTR)
+        return ((json.loads(raw) if raw is not None else {}),
+                lambda names: {name: group[name][...] for name in (names or sorted(group.array_keys()))})
 
     def write_video(self, key: str, arrays: dict[str, np.ndarray], video_attrs: dict) -> None:
         videos = self.root.require_group("videos")
