@@ -307,3 +307,63 @@ def test_a_checkpoint_that_needs_pickle_is_refused(world, tmp_path, capsys):
     torch.save(state, last)
     with pytest.raises(HoitoolError, match="needs pickle to load"):
         train(request(world["features"], out, train__epochs=2, resume=True))
+
+
+# -- kill -9 of the main process alone: workers die with it, the same command resumes at once ---------------------------
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # fields: state, ppid, ...
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_main_process_leaves_no_worker_and_the_rerun_is_identical(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    features = make_features(tmp_path, split_sizes={"train": 48, "val": 4, "test": 4})
+    argv = ["train-teacher", str(features), "--view", "global", "--device", "cpu", "--workers", "2", "--epochs", "6",
+            "--batch-size", "2", "--lr", "0.01", "--set", "data.preload=false", "--set", "model.hidden=16",
+            "--set", "model.heads=2", "--set", "model.dropout=0.2"]
+    assert run_cli(argv + ["--out", tmp_path / "straight"], capsys)[0] == 0
+    out = tmp_path / "killed"
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "hoitool", *argv, "--out", str(out)], env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = _children(process.pid)
+        if len(workers) >= 2 and (out / "checkpoints" / "last.pt").exists():  # mid-run, workers reading the store
+            break
+        time.sleep(0.05)
+    assert process.poll() is None and len(workers) >= 2, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)  # the main process only, as the OOM killer or `kill -9 PID` does
+    process.wait()
+    deadline = time.monotonic() + 3  # PR_SET_PDEATHSIG is immediate; torch's own watchdog would take 5 s or more
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "DataLoader workers outlived their parent"
+    code, _, err = run_cli(argv + ["--out", out], capsys)  # at once, the same command
+    assert code == 0 and "resuming after epoch" in err, err
+    assert metrics(out) == metrics(tmp_path / "straight")
+    a = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["members"]["main"]["model"]
+    b = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["members"]["main"]["model"]
+    assert state_dicts_equal(a, b)
