@@ -123,3 +123,68 @@ def test_synthetic_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (out / "manifest.json").is_file() and "train videos" in result.stdout
     assert yaml.safe_load((out / "config.resolved.yaml").read_text())["frames"] == 4
+
+
+def _snapshot(root: Path) -> dict[str, bytes | str]:
+    return {str(path.relative_to(root)): "dir" if path.is_dir() else path.read_bytes() for path in sorted(root.rglob("*"))}
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_prepare_never_writes_into_a_folder_of_foreign_files(tmp_path, force):
+    root = class_folders(tmp_path / "raw")
+    out = tmp_path / "mine"
+    (out / "videos").mkdir(parents=True)
+    (out / "videos" / "clip.mp4").write_bytes(b"my own video")
+    (out / "annotations.jsonl").write_text('{"mine": true}\n')  # a name hoitool would write
+    (out / "notes.txt").write_text("do not touch")
+    before = _snapshot(out)
+    result = prepare("folder", out, "--root", root, *(["--force"] if force else []))
+    assert result.returncode == 2
+    line = _one_error_line(result.stderr)
+    assert str(out) in line and "not prepared by hoitool" in line and "refusing" in line
+    assert _snapshot(out) == before
+
+
+def test_prepare_force_on_a_manifest_hoitool_did_not_mark_is_refused(tmp_path):
+    """A folder with a manifest.json but no marker (written by hand, or by an older hoitool) is not replaced."""
+    root = class_folders(tmp_path / "raw")
+    out = tmp_path / "dataset"
+    run_prepare("folder", out, {"root": str(root), "seed": 0}, False, lambda out: prepare_folder(root, out))
+    (out / ".hoitool-dataset.json").unlink()
+    before = _snapshot(out)
+    result = prepare("folder", out, "--root", root, "--seed", "3", "--force")
+    assert result.returncode == 2 and "manifest.json but no hoitool marker" in _one_error_line(result.stderr)
+    assert _snapshot(out) == before
+
+
+def test_prepare_force_replaces_only_hoitool_files(tmp_path):
+    root = class_folders(tmp_path / "raw")
+    out = tmp_path / "out"
+    assert prepare("folder", out, "--root", root).returncode == 0
+    marker = json.loads((out / ".hoitool-dataset.json").read_text())
+    assert marker == {"format": "hoitool.dataset/1", "dataset": "folder"}
+    (out / "my_notes.txt").write_text("kept")
+    (out / "extra").mkdir()
+    (out / "extra" / "clip.mp4").write_bytes(b"user video")
+    forced = prepare("folder", out, "--root", root, "--seed", "1", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (out / "my_notes.txt").read_text() == "kept" and (out / "extra" / "clip.mp4").read_bytes() == b"user video"
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["seed"] == 1
+    assert sorted(path.name for path in out.iterdir()) == [".hoitool-dataset.json", "config.resolved.yaml", "extra",
+                                                          "manifest.json", "my_notes.txt"]
+
+
+def test_prepare_into_a_run_directory_is_refused(tmp_path):
+    root = class_folders(tmp_path / "raw")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"format": "hoitool.run/1", "kind": "teacher"}))
+    result = prepare("folder", out, "--root", root, "--force")
+    assert result.returncode == 2 and "not prepared by hoitool" in _one_error_line(result.stderr)
+    assert sorted(path.name for path in out.iterdir()) == ["run.json"]
