@@ -594,7 +594,8 @@ def _kept_on_failure(training: Training):
     except OSError as exc:
         if exc.errno not in _NO_SPACE:
             raise
-        raise HoitoolError(f"{exc.filename or training.out}: no space left on the device ({exc.strerror or exc}); "
+        writing = f" writing {Path(exc.filename).name}" if exc.filename else ""
+        raise HoitoolError(f"{training.out}: no space left on the device{writing} ({exc.strerror or exc}); "
                            f"kept: {kept()}; free some space and run the same command again to resume") from None
 
 
