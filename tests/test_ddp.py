@@ -43,8 +43,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    single = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=False)
-    ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)
+    single = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=True)
+    ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     assert ddp["epoch"] == 3 and len(ddp["rng"]) == 2
     for key, value in single["members"]["main"]["model"].items():
         assert torch.allclose(value, ddp["members"]["main"]["model"][key], atol=1e-5, rtol=0), key

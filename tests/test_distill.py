@@ -66,7 +66,7 @@ def test_student_with_lambda2_zero_matches_a_teacher_recipe_and_distillation_cha
     train(request(features, tmp_path / "plain", distill__lambda1=1.0, distill__lambda2=0.0, **common))
     train(request(features, tmp_path / "distilled", distill__lambda1=1.0, distill__lambda2=4.0, **common))
     train(request(features, tmp_path / "ce_only", view="local", train__epochs=2))
-    weights = {name: torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)["members"]["main"]["model"]
+    weights = {name: torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["members"]["main"]["model"]
                for name in ("plain", "distilled", "ce_only")}
     assert all(torch.equal(weights["plain"][key], weights["ce_only"][key]) for key in weights["plain"])
     assert not all(torch.equal(weights["plain"][key], weights["distilled"][key]) for key in weights["plain"])
@@ -77,7 +77,7 @@ def test_stale_teacher_checkpoint_or_store_is_refused_unless_forced(teacher, tmp
     stale = tmp_path / "teacher"
     shutil.copytree(teacher_dir, stale)
     best = stale / "checkpoints" / "best.pt"
-    state = torch.load(best, weights_only=False)
+    state = torch.load(best, weights_only=True)
     state["epoch"] = 99
     torch.save(state, best)
     with pytest.raises(StaleArtifactError, match=r"outputs.json: stale teacher outputs \(made from a different checkpoint"):

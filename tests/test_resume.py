@@ -35,8 +35,8 @@ def _metrics(run_dir) -> list[dict]:
 
 
 def _assert_same_run(a, b, members=("main",)):
-    last_a = torch.load(a / "checkpoints" / "last.pt", weights_only=False)
-    last_b = torch.load(b / "checkpoints" / "last.pt", weights_only=False)
+    last_a = torch.load(a / "checkpoints" / "last.pt", weights_only=True)
+    last_b = torch.load(b / "checkpoints" / "last.pt", weights_only=True)
     assert last_a["epoch"] == last_b["epoch"] == EPOCHS
     for name in members:
         left, right = last_a["members"][name], last_b["members"][name]
@@ -59,7 +59,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, kind):
     train(request(features, tmp_path / "straight", **settings))
     with pytest.raises(Interrupted):
         train(request(features, tmp_path / "resumed", **settings), on_epoch_end=_stop_after(2))
-    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
     # a crash between the metrics line and last.pt leaves a line of an epoch that will be re-run
     append_jsonl(tmp_path / "resumed" / "metrics.jsonl", {"epoch": 3, "loss_ce": 123.0})
     result = train(request(features, tmp_path / "resumed", resume=True, **settings))

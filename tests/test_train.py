@@ -107,7 +107,7 @@ def test_best_checkpoint_is_chosen_on_val_and_outputs_come_from_it(teacher_run):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [record["val_accuracy"] for record in records]
     best_epoch = 1 + int(np.argmax(val))  # first maximum: ties keep the earlier epoch
-    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert best["epoch"] == best_epoch == result.best["main"]["epoch"] and best["score"] == max(val)
     assert [record["best"] for record in records][best_epoch - 1]
     run = load_run(run_dir)
@@ -143,7 +143,7 @@ def test_preloaded_lazy_and_worker_reads_train_identically(tmp_path):
     states = []
     for name, preload, workers in (("ram", True, 0), ("lazy", False, 0), ("workers", False, 2)):
         train(request(features, tmp_path / name, train__epochs=2, data__preload=preload, data__workers=workers))
-        states.append(torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)["members"]["main"]["model"])
+        states.append(torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["members"]["main"]["model"])
     assert state_dicts_equal(states[0], states[1]) and state_dicts_equal(states[0], states[2])
 
 
