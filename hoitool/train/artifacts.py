@@ -155,9 +155,12 @@ def delete_run_files(out: Path) -> list[str]:
 
 
 def replace_run_dir(out: Path) -> None:
+    """Start ``out`` over (``--force``, or a run that never saved ``last.pt``), saying what was kept."""
+    saved = last_checkpoint(out).exists()
     kept = delete_run_files(out)
     note = f" (kept {len(kept)} file(s) hoitool did not write: {', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''})" if kept else ""
-    console.info(f"{out}: deleting the files of the previous run{note}")
+    why = "--force: deleting the files of the previous run" if saved else "no epoch was saved yet: starting over"
+    console.info(f"{out}: {why}{note}")
 
 
 def check_teacher_run(teacher_dir: Path) -> dict:
