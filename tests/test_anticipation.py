@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from descent import descend
 
 from hoitool.errors import UsageError
 from hoitool.nn.anticipation import (
@@ -266,3 +267,26 @@ def test_scores_at_lead_times_truncate_each_sample():
     assert scores["0s"].tolist() == [[10, 20], [6, 12]]  # a: every frame; b: frames <= 50
     assert scores["3s"].tolist() == [[7, 14], [3, 6]]  # a: frames <= 69; b: frames <= 20
     assert scores["50%"].tolist() == [[5, 10], [1, 2]]  # a: frames <= 49; b: frames <= 0
+
+
+def _chamfer(a: torch.Tensor, b: torch.Tensor) -> float:
+    distances = torch.cdist(a, b)
+    return (distances.min(2).values.mean() + distances.min(1).values.mean()).item()
+
+
+@pytest.mark.parametrize("loss, learns", [("attention", True), ("direct", False)])
+def test_toy_ld_distils_moved_content_where_l_direct_cannot(loss, learns):
+    """The paper's motivation: the student sees the teacher's vectors at other places (a random permutation per
+    video). L_d brings the student's set onto the teacher's; L_direct, pairing slot to slot, cannot."""
+    g = torch.Generator().manual_seed(0)
+    b, n, d = 16, 5, 4
+    teacher = torch.randn(b, n, d, generator=g)
+    moved = teacher[torch.arange(b)[:, None], torch.stack([torch.randperm(n, generator=g) for _ in range(b)])]
+    valid = torch.ones(b, n, dtype=torch.bool)
+    torch.manual_seed(0)
+    student = torch.nn.Linear(d, d)
+    fn = attentional_distill_loss if loss == "attention" else direct_distill_loss
+    descend(student.parameters(), lambda: fn(student(moved), valid, teacher, valid, penalty="l2").mean(), 100, 0.02)
+    with torch.no_grad():
+        distance = _chamfer(student(moved), teacher)
+    assert (distance < 0.05) if learns else (distance > 1.0)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from descent import descend
 
 from hoitool.nn.contrastive import (
     ContrastiveObjective,
@@ -22,6 +24,9 @@ from hoitool.nn.contrastive import (
     t2i_loss,
     video_scores,
 )
+from hoitool.text.cache import build_text_embeddings, load_text_embeddings, pair_text
+from hoitool.text.encoders import TinyTextEncoder
+from hoitool.text.vlm_import import read_vlm_import
 
 
 def _unit(rows):
@@ -203,3 +208,56 @@ def test_pair_head_equals_the_concatenated_mlp_and_masks_pairs():
     assert torch.nonzero(pair_valid[0]).flatten().tolist() == [1, 2, 9 + 3]
     scores = video_scores(pairs, pair_valid, torch.randn(2, 4))
     assert scores.shape == (1, 2) and torch.isfinite(scores).all()
+
+
+def test_toy_label_free_training_beats_its_teacher_on_held_out_videos(tmp_path):
+    """The whole label-free path: an import -> text embeddings -> teacher targets -> the pair head trained on
+    I2T + T2I + soft relation only -> video scores against the true labels of new videos."""
+    classes = ["kick ball", "pour water", "open door"]
+    triplets = [["kick", "ball"], ["pour", "water"], ["open", "door"]]
+    g = torch.Generator().manual_seed(0)
+    b, t, k, d = 48, 2, 3, 6
+    labels = torch.randint(0, 3, (b,), generator=g)
+    teacher = labels.clone()
+    wrong = torch.rand(b, generator=g) < 0.1
+    teacher[wrong] = (labels[wrong] + 1) % 3  # the teacher is wrong on ~10 % of the videos
+    (tmp_path / "vlm.jsonl").write_text("".join(
+        json.dumps({"video": f"v{i}", "triplets": [triplets[teacher[i]]]}) + "\n" for i in range(b)))
+    encoder = TinyTextEncoder(dim=16)
+    build_text_embeddings(tmp_path / "text.npz", tmp_path / "vlm.jsonl", encoder, class_names=classes)
+    embeddings = load_text_embeddings(tmp_path / "text.npz", encoder.identity())
+    texts = read_vlm_import(tmp_path / "vlm.jsonl")
+    said = torch.from_numpy(np.stack([embeddings.lookup([pair_text(*texts[f"v{i}"].triplets[0])], "pair")
+                                      for i in range(b)]))
+    class_emb = torch.from_numpy(embeddings.lookup(classes, "class"))
+    targets, labelled = label_free_targets(said, torch.ones(b, 1, dtype=torch.bool), class_emb, threshold=0.99)
+    agreement = (targets == labels).float().mean().item()
+    assert labelled.all() and 0.8 < agreement < 1.0
+
+    def videos(classes_of):
+        nodes = 0.5 * torch.randn(len(classes_of), t, k, d, generator=g)  # noise, and
+        nodes[:, :, 1, :3] += 2 * F.one_hot(classes_of, 3).float()[:, None, :]  # the object node shows the class
+        return nodes
+
+    valid = torch.ones(b, t, k, dtype=torch.bool)
+    is_person = torch.zeros(b, t, k, dtype=torch.bool)
+    is_person[:, :, 0] = True
+    boxes = torch.tensor([0.0, 0.0, 10.0, 10.0]).expand(b, t, k, 4).clone()
+    torch.manual_seed(0)
+    head = PairHead(d, 16, hidden=32)
+    positive = F.one_hot(targets, 3).bool()
+    objective = ContrastiveObjective(w_context=0.0, t_interaction=0.1, t_sr=0.1)
+    train_nodes = videos(labels)
+    no_text = torch.zeros(b, 16)
+
+    def loss():
+        pairs, pair_valid = head(train_nodes, valid, is_person, boxes)
+        return objective(no_text, no_text, torch.zeros(b, dtype=torch.bool), pairs, pair_valid, class_emb,
+                         positive, ~positive)["total"].mean()
+
+    descend(head.parameters(), loss, 100, 0.05)
+    test_labels = torch.randint(0, 3, (4 * b,), generator=g)
+    with torch.no_grad():
+        pairs, pair_valid = head(videos(test_labels), valid.repeat(4, 1, 1), is_person.repeat(4, 1, 1), boxes.repeat(4, 1, 1, 1))
+        accuracy = (video_scores(pairs, pair_valid, class_emb).argmax(1) == test_labels).float().mean().item()
+    assert accuracy > agreement
