@@ -476,3 +476,11 @@ def test_each_array_is_hashed_once_per_process_and_a_fresh_reader_checks_again(t
     shutil.rmtree(path / "videos" / "v1" / "valid")
     with pytest.raises(DamagedStoreError, match="'valid' missing"):
         reader.read("v1", ["nodes", "valid"])  # already verified, but a missing array is still seen
+
+
+def test_extract_features_from_a_partial_boxes_store_warns(synthetic, tmp_path):
+    partial = tmp_path / "partial-boxes.h5"
+    hoitool("cache", "merge", synthetic / "b.shard0-of-2.h5", "--out", partial, "--allow-partial", check=0)
+    result = hoitool("extract", "features", partial, "--out", tmp_path / "f.h5", *FEATURE_ARGS, check=0)
+    assert f"warning: {partial} is a partial store" in " ".join(result.stderr.split())
+    assert "missing shards 1/2" in " ".join(result.stderr.split())
