@@ -208,7 +208,7 @@ def _view(frame_indices, k=2, d=3):
     t = len(frame_indices)
     return {"frame_indices": np.array(frame_indices), "frame_valid": np.ones(t, dtype=bool),
             "valid": np.ones((t, k), dtype=bool), "nodes": np.ones((t, k, d), dtype=np.float16),
-            "boxes": np.zeros((t, k, 4), dtype=np.float32)}
+            "boxes": np.full((t, k, 4), 5, dtype=np.float32)}
 
 
 def test_parse_lead_time():
@@ -228,6 +228,7 @@ def test_observe_until_masks_and_zeroes_the_future():
     assert seen["frame_valid"].tolist() == [True, True, False, False]
     assert seen["valid"].tolist() == [[True, True], [True, False], [False, False], [False, False]]
     assert (seen["nodes"][2:] == 0).all() and (seen["nodes"][:2] == 1).all()
+    assert (seen["boxes"][2:] == 0).all() and (seen["boxes"][:2] == 5).all()
     assert (view["nodes"] == 1).all() and view["frame_valid"][2]  # the input is untouched
 
 

@@ -143,7 +143,7 @@ def test_captions_to_triplets_file(tmp_path):
     with pytest.raises(UsageError, match="exists"):
         captions_to_triplets(source, tmp_path / "out.jsonl")
     with pytest.raises(UsageError, match="input file"):
-        captions_to_triplets(source, source, overwrite=True)
+        captions_to_triplets(source, source)
 
 
 # -- encoders -------------------------------------------------------------------------------------

@@ -284,15 +284,15 @@ def observe_until(view: dict[str, np.ndarray], last_frame: float) -> dict[str, n
     ``view`` holds the arrays of one view of a features store (``frame_indices (T,)``,
     ``frame_valid (T,)``, ``valid (T, K)``, ``nodes (T, K, D)``, optional ``boxes``/``frame_features``);
     the result is a copy where those frames are invalid (``frame_valid``/``valid`` False) and their
-    node and frame features zeroed, so nothing of the hidden future reaches a model even one that
-    ignores masks. A view with every frame cut has no valid node (the models pool it to zeros).
+    nodes, boxes and frame features zeroed, so nothing of the hidden future reaches a model, even one
+    that ignores masks. A view with every frame cut has no valid node (the models pool it to zeros).
     """
     frame_indices = np.asarray(view["frame_indices"])
     keep = np.asarray(view["frame_valid"], dtype=bool) & (frame_indices <= last_frame)
     out = dict(view)
     out["frame_valid"] = keep
     out["valid"] = np.asarray(view["valid"], dtype=bool) & keep[:, None]
-    for name in ("nodes", "frame_features"):
+    for name in ("nodes", "boxes", "frame_features"):
         if name in view:
             array = np.array(view[name], copy=True)
             array[~keep] = 0

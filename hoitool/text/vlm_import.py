@@ -151,17 +151,17 @@ def fill_triplets(texts: dict[str, VideoText]) -> dict[str, VideoText]:
     return out
 
 
-def write_vlm_import(texts: dict[str, VideoText], path: Path | str, overwrite: bool = False) -> None:
-    """Write an import file (atomically); an existing file is replaced only with ``overwrite``."""
+def write_vlm_import(texts: dict[str, VideoText], path: Path | str) -> None:
+    """Write an import file (atomically) to a new path; an existing file is never replaced (it may be the user's)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise UsageError(f"{path}: exists; choose another output (or --force to replace it)")
+    if path.exists():
+        raise UsageError(f"{path}: exists; choose a new output file (hoitool does not replace files)")
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(t.to_json(), ensure_ascii=False) + "\n" for t in texts.values()),
                        encoding="utf-8")
 
 
-def captions_to_triplets(source: Path | str, out: Path | str, overwrite: bool = False) -> dict[str, int]:
+def captions_to_triplets(source: Path | str, out: Path | str) -> dict[str, int]:
     """Read an import, add the rules' triplets where only captions were given, write it to ``out``.
 
     Returns counts: ``videos``, ``filled`` (given triplets by the rules), ``without`` (captions that gave none).
@@ -171,7 +171,7 @@ def captions_to_triplets(source: Path | str, out: Path | str, overwrite: bool = 
         raise UsageError(f"{out}: is the input file; write the triplets to another file")
     texts = read_vlm_import(source)
     filled = fill_triplets(texts)
-    write_vlm_import(filled, out, overwrite=overwrite)
+    write_vlm_import(filled, out)
     by_rules = [t for t in filled.values() if t.triplets_from == "rules"]
     return {"videos": len(filled), "filled": sum(1 for t in by_rules if t.triplets),
             "without": sum(1 for t in by_rules if not t.triplets)}
