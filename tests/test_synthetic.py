@@ -8,6 +8,7 @@ import pytest
 from hoitool.boxes.jsonl import read_boxes_jsonl
 from hoitool.datasets.synthetic import (
     CLASS_RULES,
+    CLASS_SETS,
     CLASSES,
     COLOURS,
     KINDS,
@@ -63,7 +64,9 @@ def test_manifest(manifest):
     assert all(per_class[c] >= 1 for c in range(len(CLASSES)))
     assert manifest.extra["codec"] in ("libx264", "mpeg4")
     assert sum(row["context"] == "local" for row in describe_classes()) >= 3
-    assert sum(row["context"] == "global" for row in describe_classes()) >= 3
+    assert sum(row["context"] == "order" for row in describe_classes()) >= 3
+    assert manifest.extra["class_context"] == {rule.name: rule.context for rule in CLASS_RULES}
+    assert "class_set" not in manifest.extra
 
 
 def test_every_video_decodes(manifest):
@@ -91,16 +94,50 @@ def test_boxes_for_every_frame_match_the_pixels(manifest, boxes):
                 assert dominant_colour(image[thing[1]:thing[3], thing[0]:thing[2]]) == turn["object_colour"]
 
 
-def test_class_rules_hold(manifest):
+def check_class_rules(manifest, rules):
     for video in manifest.videos:
-        rule = CLASS_RULES[video.labels[0]]
+        rule = rules[video.labels[0]]
         turns = video.extra["turns"]
         shifts = [(COLOURS.index(t["object_colour"]) - COLOURS.index(t["person_colour"])) % 3 for t in turns]
         if rule.context == "local":
             assert shifts == [rule.shift] * 3
-        else:
-            assert sorted(shifts) == [0, 1, 2]  # the colour relation varies: it cannot tell a global class
+        elif rule.context == "order":
+            assert sorted(shifts) == [0, 1, 2]  # the colour relation varies: it cannot tell an order class
             assert tuple(t["object_kind"] for t in turns) == rule.kind_order
+        else:  # cross-frame: the pair with the rule's shift in turns 1, 3, 5; the two others once each between
+            pairs = [(t["person_colour"], t["object_colour"]) for t in turns]
+            assert len(turns) == 5 and pairs[0] == pairs[2] == pairs[4] and len(set(pairs)) == 3
+            assert shifts[0] == rule.returns and sorted(shifts[1:4]) == [0, 1, 2]
+        ends = [t["frames"][1] for t in turns]
+        assert [t["frames"][0] for t in turns] == [0, *ends[:-1]] and ends[-1] == video.num_frames
+
+
+def test_class_rules_hold(manifest):
+    check_class_rules(manifest, CLASS_RULES)
+
+
+def test_sharp_class_set_adds_cross_frame_classes_with_the_same_cast(tmp_path):
+    """class_set="sharp": 9 classes; every class version of a scene shows the same people and objects, and the six
+    non-local classes the same three pairs (so no frame tells them apart)."""
+    rules = CLASS_SETS["sharp"]
+    manifest = generate(tmp_path / "sharp", videos_per_class=2, num_frames=10, size=32, seed=1, class_set="sharp")
+    assert manifest.classes == [rule.name for rule in rules] and manifest.extra["class_set"] == "sharp"
+    assert [row["context"] for row in describe_classes("sharp")].count("cross-frame") == 3
+    check_class_rules(manifest, rules)
+    cast, pairs = defaultdict(set), defaultdict(set)
+    for video in manifest.videos:
+        turns = video.extra["turns"]
+        people = frozenset((t["person_colour"], t["side"]) for t in turns)
+        objects = frozenset((t["object_colour"], t["object_kind"]) for t in turns)
+        assert len(people) == len(objects) == 3
+        cast[video.extra["scene"]].add((people, objects))
+        if rules[video.labels[0]].context != "local":
+            pairs[video.extra["scene"]].add(frozenset((t["person_colour"], t["object_colour"]) for t in turns))
+    assert all(len(looks) == 1 for looks in cast.values()) and all(len(p) == 1 for p in pairs.values())
+    with pytest.raises(UsageError):
+        generate(tmp_path / "x", videos_per_class=1, num_frames=4, size=32, class_set="sharp")
+    with pytest.raises(UsageError):
+        generate(tmp_path / "y", videos_per_class=1, class_set="nine")
 
 
 def test_single_boxes_are_the_same_in_every_class(manifest):

@@ -13,9 +13,17 @@ boxes; they differ only in who appears with what, and when:
 * local classes: the colour of the object relative to the holder's shirt,
   on the wheel red -> green -> blue -> red (same / next / previous colour);
   one frame's two boxes, taken jointly, decide it;
-* global classes: the order of the object kinds over the three turns (three
+* order classes: the order of the object kinds over the three turns (three
   rotations of ball -> box -> bottle); they show the same turns in a different
-  order, so no single frame decides it, only frames compared across time.
+  order, so no single frame decides it, only frames compared across time;
+* cross-frame classes (``class_set="sharp"``): five turns of the same three
+  pairs as the order classes, one pair seen in three separate turns; which pair
+  returns (its colour relation) is the class. The set of frames is that of
+  the order classes; only recognising the same person and object across frames
+  and counting them tells it, in any order.
+
+The class rules live in one place, :func:`turn_plan`, which the feature-level
+benchmark set (:mod:`hoitool.datasets.synthetic_features`) uses as well.
 
 ``generate`` renders real H.264 mp4 files with PyAV (MPEG-4 Part 2 where the
 build has no libx264), writes the person's and the object's box for every
@@ -38,7 +46,7 @@ from hoitool.errors import UsageError
 from hoitool.io.atomic import atomic_path
 from hoitool.manifest import Manifest, VideoEntry
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the order classes' context is named "order" (was "global"); class sets
 COLOURS = ("red", "green", "blue")  # also the colour wheel: each one's "next" is the one after it
 KINDS = ("ball", "box", "bottle")
 OBJECT_CLASSES = (*KINDS, "person")  # box labels index this list
@@ -50,37 +58,110 @@ VIDEO_NAME = re.compile(r"^syn\d+\.mp4$")
 @dataclass(frozen=True)
 class ClassRule:
     name: str
-    context: str  # "local" (decidable from one frame's boxes jointly) or "global" (only across frames)
+    context: str  # "local" (one frame's boxes jointly), "cross-frame" (nodes across frames, no order) or "order"
     shift: int | None  # local: held object colour = shirt colour + shift on the wheel
-    kind_order: tuple[str, ...] | None  # global: the order in which the object kinds are held
+    kind_order: tuple[str, ...] | None  # order: the order in which the object kinds are held
     description: str
+    returns: int | None = None  # cross-frame: the colour shift of the one pair seen in three separate turns
+
+    @property
+    def turns(self) -> int:
+        """Three turns, or five when one pair keeps returning."""
+        return len(RETURN_TURNS) + 2 if self.returns is not None else 3
 
 
-CLASS_RULES = (
+CONTEXTS = ("local", "cross-frame", "order")
+LOCAL_RULES = (
     ClassRule("hold_same_colour", "local", 0, None,
               "every person holds an object of their own shirt colour"),
     ClassRule("hold_next_colour", "local", 1, None,
               "every person holds an object one colour on from their shirt (red->green, green->blue, blue->red)"),
     ClassRule("hold_previous_colour", "local", 2, None,
               "every person holds an object one colour back from their shirt (red->blue, green->red, blue->green)"),
-    ClassRule("ball_then_box_then_bottle", "global", None, ("ball", "box", "bottle"),
+)
+ORDER_RULES = (
+    ClassRule("ball_then_box_then_bottle", "order", None, ("ball", "box", "bottle"),
               "the ball is held first, then the box, then the bottle"),
-    ClassRule("box_then_bottle_then_ball", "global", None, ("box", "bottle", "ball"),
+    ClassRule("box_then_bottle_then_ball", "order", None, ("box", "bottle", "ball"),
               "the box is held first, then the bottle, then the ball"),
-    ClassRule("bottle_then_ball_then_box", "global", None, ("bottle", "ball", "box"),
+    ClassRule("bottle_then_ball_then_box", "order", None, ("bottle", "ball", "box"),
               "the bottle is held first, then the ball, then the box"),
 )
+CROSS_FRAME_RULES = (
+    ClassRule("same_colour_pair_returns", "cross-frame", None, None,
+              "of three person-object pairs, the one sharing a colour is seen in three separate turns", returns=0),
+    ClassRule("next_colour_pair_returns", "cross-frame", None, None,
+              "of three person-object pairs, the one whose object is one colour on is seen in three separate turns",
+              returns=1),
+    ClassRule("previous_colour_pair_returns", "cross-frame", None, None,
+              "of three person-object pairs, the one whose object is one colour back is seen in three separate turns",
+              returns=2),
+)
+# The rendered demo set's default (version-1 classes); "sharp" adds the cross-frame classes.
+CLASS_RULES = LOCAL_RULES + ORDER_RULES
+CLASS_SETS = {"default": CLASS_RULES, "sharp": LOCAL_RULES + CROSS_FRAME_RULES + ORDER_RULES}
 CLASSES = tuple(rule.name for rule in CLASS_RULES)
+NEEDS = {
+    "local": "the person's and the object's colours in the same frame, jointly",
+    "cross-frame": "the same person and object recognised across frames and counted (no order needed)",
+    "order": "which object kind comes early and which late: nodes compared across time (needs frame order)",
+}
 
 
-def describe_classes() -> list[dict[str, str]]:
-    """One row per class: name, context (local/global), what defines it, and what a model must see to tell it."""
-    needs = {
-        "local": "the person's and the object's colours in the same frame, jointly",
-        "global": "which object kind comes early and which late: nodes compared across time (needs frame order)",
-    }
-    return [{"name": rule.name, "context": rule.context, "rule": rule.description, "needs": needs[rule.context]}
-            for rule in CLASS_RULES]
+def class_rules(class_set: str = "default") -> tuple[ClassRule, ...]:
+    """The rules of a named class set (``default``: 6 classes, ``sharp``: 9 with the cross-frame ones)."""
+    if class_set not in CLASS_SETS:
+        raise UsageError(f"class_set={class_set!r}: must be one of {', '.join(CLASS_SETS)}")
+    return CLASS_SETS[class_set]
+
+
+def describe_classes(class_set: str = "default") -> list[dict[str, str]]:
+    """One row per class: name, context, what defines it, and what a model must see to tell it."""
+    return [{"name": rule.name, "context": rule.context, "rule": rule.description, "needs": NEEDS[rule.context]}
+            for rule in class_rules(class_set)]
+
+
+# -- the class rules as turns: the one place that says who appears with what, and when --
+RETURN_TURNS = (0, 2, 4)  # of five turns, those of the returning pair (never two in a row)
+
+
+@dataclass(frozen=True)
+class Cast:
+    """The random draws of one scene that the class rules read (shared by every class version of the scene)."""
+
+    turn_order: tuple[int, ...]  # a permutation of 0..2
+    kind_of_colour: tuple[int, ...]  # object colour c is a KINDS[kind_of_colour[c]]
+    reflection: int  # 0..2: which pairing the non-local classes use
+
+
+def turn_plan(rule: ClassRule, cast: Cast) -> list[tuple[int, int]]:
+    """Per turn, in order: (shirt colour, object colour), indices into COLOURS.
+
+    * local: the shirts in ``turn_order``, each holding the colour ``shift`` on;
+    * order: the objects in the rule's kind order; person ``(reflection - object) mod 3``,
+      so the three turns have the shifts same, next and previous once each;
+    * cross-frame: the same three pairs as the order classes; the pair with shift
+      ``returns`` in turns 1, 3 and 5 of five, the two others (in ``turn_order`` of their
+      objects) in turns 2 and 4.
+
+    Every class shows each shirt, object colour and kind; the non-local classes of a scene
+    show the same three pairs, so the set of frames is the same for all six of them.
+    """
+    if rule.shift is not None:
+        return [(int(p), int((p + rule.shift) % 3)) for p in cast.turn_order]
+    if rule.kind_order is not None:
+        colour_of_kind = np.argsort(cast.kind_of_colour)
+        objects = [int(colour_of_kind[KINDS.index(kind)]) for kind in rule.kind_order]
+        return [(int((cast.reflection - o) % 3), o) for o in objects]
+    again = int(2 * (rule.returns + cast.reflection) % 3)  # the object o with shift (2o - reflection) = returns (mod 3)
+    others = iter([o for o in cast.turn_order if o != again])
+    objects = [again if turn in RETURN_TURNS else next(others) for turn in range(rule.turns)]
+    return [(int((cast.reflection - o) % 3), o) for o in objects]
+
+
+def colour_shift(person: int, thing: int) -> int:
+    """0 same, 1 next, 2 previous: the object's colour relative to the shirt on the wheel."""
+    return (thing - person) % 3
 
 
 # -- scene: what one video shows, from the random stream video i shares across classes --
@@ -100,33 +181,33 @@ class Scene:
     background: np.ndarray  # (8, 8) low-frequency brightness texture
 
 
-def turn_bounds(num_frames: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Three turns of random, exchangeable lengths (about a third each, at least one frame).
+def turn_bounds(num_frames: int, rng: np.random.Generator, turns: int = 3) -> list[tuple[int, int]]:
+    """``turns`` turns of random, exchangeable lengths (about equal, at least one frame each).
 
     Equal fixed thirds would let a sampler of T frames (T not a multiple of 3)
     take fewer frames from the middle turn in every video, so the object
     used second would show up less often in every video of a class; with
     exchangeable lengths no turn position is systematically shorter.
     """
-    shares = rng.dirichlet([8.0, 8.0, 8.0]) * (num_frames - 3)
+    shares = rng.dirichlet([8.0] * turns) * (num_frames - turns)
     lengths = np.floor(shares).astype(int)
-    leftover = num_frames - 3 - int(lengths.sum())
-    ties = rng.permutation(3)  # random tie-break keeps the three positions exchangeable
-    order = sorted(range(3), key=lambda turn: (-(shares[turn] - lengths[turn]), ties[turn]))
+    leftover = num_frames - turns - int(lengths.sum())
+    ties = rng.permutation(turns)  # random tie-break keeps the positions exchangeable
+    order = sorted(range(turns), key=lambda turn: (-(shares[turn] - lengths[turn]), ties[turn]))
     lengths[order[:leftover]] += 1
     ends = np.cumsum(lengths + 1)
     return [(int(end - length - 1), int(end)) for end, length in zip(ends, lengths)]
 
 
 def make_scene(rule: ClassRule, rng: np.random.Generator, num_frames: int) -> Scene:
-    """Draw the cast and its looks, then let the class decide who appears with whom, and when.
+    """Draw the cast and its looks, then let the class rule (:func:`turn_plan`) decide who appears with whom, and when.
 
     Everything a single box shows is tied to the entity, not to the turn: each
     shirt colour has its side, place and shade, each object colour its kind and
     shade. ``generate`` draws these from a stream shared by video ``i`` of every
     class, so every class holds exactly the same boxes; the class only pairs
-    shirts with objects (local classes) or orders the turns by object kind
-    (global classes).
+    shirts with objects and orders the turns. Draws a four-turn rule needs come
+    after all the others, so they leave the shared cast unchanged.
     """
     bounds = turn_bounds(num_frames, rng)
     turn_order = rng.permutation(3)  # shirt colour on screen in each turn (local classes)
@@ -137,17 +218,16 @@ def make_scene(rule: ClassRule, rng: np.random.Generator, num_frames: int) -> Sc
     reflection = int(rng.integers(3))
     sway_phase, bob_phase = rng.uniform(0, 2 * np.pi, 2)
     background = rng.uniform(-1, 1, (8, 8))
-    if rule.shift is not None:
-        person_colours = turn_order
-        object_colours = (person_colours + rule.shift) % 3
-    else:
-        colour_of_kind = np.argsort(kind_of_colour)
-        object_colours = np.array([colour_of_kind[KINDS.index(kind)] for kind in rule.kind_order])
-        person_colours = (reflection - object_colours) % 3  # the colour relation differs from turn to turn
+    if rule.turns != 3:
+        bounds = turn_bounds(num_frames, rng, rule.turns)
+    cast = Cast(tuple(int(c) for c in turn_order), tuple(int(k) for k in kind_of_colour), reflection)
+    plan = turn_plan(rule, cast)
+    person_colours = [p for p, _ in plan]
+    object_colours = [o for _, o in plan]
     return Scene(
         bounds=bounds,
-        person_colours=[int(c) for c in person_colours],
-        object_colours=[int(c) for c in object_colours],
+        person_colours=person_colours,
+        object_colours=object_colours,
         object_kinds=[int(kind_of_colour[c]) for c in object_colours],
         positions=[float(position_of_colour[c]) for c in person_colours],
         sides=[int(side_of_colour[c]) for c in person_colours],
@@ -383,11 +463,12 @@ def class_splits(count: int, class_index: int) -> list[str]:
     return ["train"] * count
 
 
-def _check_arguments(videos_per_class: int, num_frames: int, size: int, fps: float) -> None:
+def _check_arguments(videos_per_class: int, num_frames: int, size: int, fps: float, rules=CLASS_RULES) -> None:
     if videos_per_class < 1:
         raise UsageError(f"videos_per_class={videos_per_class}: need at least 1")
-    if num_frames < 3:
-        raise UsageError(f"num_frames={num_frames}: need at least 3 (one per turn)")
+    turns = max(rule.turns for rule in rules)
+    if num_frames < turns:
+        raise UsageError(f"num_frames={num_frames}: need at least {turns} (one per turn)")
     if size < 32 or size % 2:
         raise UsageError(f"size={size}: need an even number of pixels, at least 32")
     if not fps > 0:
@@ -395,22 +476,24 @@ def _check_arguments(videos_per_class: int, num_frames: int, size: int, fps: flo
 
 
 def generate(out_dir: Path | str, videos_per_class: int = 12, num_frames: int = 24, size: int = 128,
-             seed: int = 0, fps: float = 8, codec: str | None = None) -> Manifest:
+             seed: int = 0, fps: float = 8, codec: str | None = None, class_set: str = "default") -> Manifest:
     """Render the synthetic set into ``out_dir`` and return its manifest (see the module docstring).
 
     The same arguments give byte-identical ``manifest.json`` and
     ``annotations.jsonl``, and identical video files with the same encoder build.
-    ``codec`` overrides the encoder choice (``"libx264"`` or ``"mpeg4"``).
+    ``codec`` overrides the encoder choice (``"libx264"`` or ``"mpeg4"``);
+    ``class_set="sharp"`` adds the three cross-frame classes (:data:`CLASS_SETS`).
     """
-    _check_arguments(videos_per_class, num_frames, size, fps)
+    rules = class_rules(class_set)
+    _check_arguments(videos_per_class, num_frames, size, fps, rules)
     out_dir = Path(out_dir)
     codec = codec or choose_codec()
-    total = len(CLASS_RULES) * videos_per_class
+    total = len(rules) * videos_per_class
     width = max(4, len(str(total - 1)))
     numbers = np.random.default_rng([seed, 1]).permutation(total)  # opaque ids: the id says nothing of the class
     (out_dir / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
     videos, boxes, written = [], {}, set()
-    for class_index, rule in enumerate(CLASS_RULES):
+    for class_index, rule in enumerate(rules):
         order = np.random.default_rng([seed, 2]).permutation(videos_per_class)  # the same for every class
         splits = class_splits(videos_per_class, class_index)
         for position, index in enumerate(order):
@@ -435,12 +518,13 @@ def generate(out_dir: Path | str, videos_per_class: int = 12, num_frames: int = 
         if VIDEO_NAME.match(stale.name) and stale.name not in written:
             stale.unlink()
     manifest = Manifest(
-        dataset="synthetic", classes=list(CLASSES), multilabel=False, videos=videos,
+        dataset="synthetic", classes=[rule.name for rule in rules], multilabel=False, videos=videos,
         object_classes=list(OBJECT_CLASSES),
         extra={
             "generator": "hoitool.datasets.synthetic", "generator_version": GENERATOR_VERSION, "codec": codec,
             "seed": seed, "videos_per_class": videos_per_class, "num_frames": num_frames, "size": size, "fps": fps,
-            "class_context": {rule.name: rule.context for rule in CLASS_RULES},
+            "class_context": {rule.name: rule.context for rule in rules},
+            **({"class_set": class_set} if class_set != "default" else {}),
         },
     )
     return write_prepared(manifest, out_dir, SkipLog(), boxes=boxes)
