@@ -3,6 +3,7 @@
 import hashlib
 import importlib.util
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -32,7 +33,9 @@ def no_downloads(monkeypatch, tmp_path):
 
 def zoo_state(arch, seed):
     """A full PyTorchVideo model's state dict (head included), as the zoo's .pyth files hold it."""
-    from pytorchvideo.models import hub
+    with warnings.catch_warnings():  # importing it scripts a module with the deprecated torch.jit
+        warnings.simplefilter("ignore")
+        from pytorchvideo.models import hub
 
     torch.manual_seed(seed)
     return getattr(hub, arch)(pretrained=False).state_dict()
@@ -42,7 +45,7 @@ def clip(count, size=64, seed=0):
     return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("arch", ["i3d_r50", "slowfast_r50"])
+@pytest.mark.parametrize("arch", ["i3d_r50", pytest.param("slowfast_r50", marks=pytest.mark.slow)])
 def test_weights_in_the_model_zoo_layout_load(tmp_path, arch):
     state = zoo_state(arch, 7)
     path = tmp_path / WEIGHTS[arch].url.rsplit("/", 1)[1]  # I3D_8x8_R50.pyth / SLOWFAST_8x8_R50.pyth
@@ -57,8 +60,6 @@ def test_weights_in_the_model_zoo_layout_load(tmp_path, arch):
         source = name if arch == "slowfast_r50" else f"blocks.{name}"
         assert torch.equal(value, state[source]), name
     assert backbone.settings["weights_fingerprint"] == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    random = build_backbone(arch, None, "random")
-    assert not torch.equal(random.network.state_dict()[key], kept[key])
 
 
 def test_default_weights_are_read_from_torch_hub_cache(tmp_path):
@@ -145,7 +146,7 @@ def boxes(root, capsys, frames):
     return path
 
 
-@pytest.mark.parametrize("arch, dim", [("i3d_r50", 2048), ("slowfast_r50", 2304)])
+@pytest.mark.parametrize("arch, dim", [("i3d_r50", 2048), pytest.param("slowfast_r50", 2304, marks=pytest.mark.slow)])
 def test_features_store_end_to_end(boxes_store, capsys, arch, dim):
     out = boxes_store / f"{arch}.h5"
     code, _, err = run_cli(["extract", "features", boxes(boxes_store, capsys, 8), "--out", out, "--backbone", arch,

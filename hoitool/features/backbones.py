@@ -36,7 +36,8 @@ _VIDEO_RESNETS = {"r3d_18", "mc3_18", "r2plus1d_18"}
 # s3d's `features` is one nn.Sequential; a layer name ends it after this many modules.
 _S3D_END = {"mixed_3c": 7, "mixed_4f": 13, "mixed_5c": 16}
 _PYTORCHVIDEO = set(video_models.LAYERS)
-SUPPORTED_BACKBONES = tuple(sorted(_BASIC_2D | _BOTTLENECK_2D | _VIDEO_RESNETS | {"s3d"} | _PYTORCHVIDEO))
+_VIDEO = _VIDEO_RESNETS | {"s3d"} | _PYTORCHVIDEO
+SUPPORTED_BACKBONES = tuple(sorted(_BASIC_2D | _BOTTLENECK_2D | _VIDEO))
 
 
 def _layer_table(arch: str) -> dict[str, LayerSpec]:
@@ -75,9 +76,8 @@ def backbone_table() -> list[dict]:
     for arch in SUPPORTED_BACKBONES:
         table = _layer_table(arch)
         layers = list(table)
-        video = arch in _VIDEO_RESNETS or arch in ("s3d", *_PYTORCHVIDEO)
         rows.append({
-            "arch": arch, "kind": "3d" if video else "2d", "layers": layers, "default": default_layer(arch),
+            "arch": arch, "kind": "3d" if arch in _VIDEO else "2d", "layers": layers, "default": default_layer(arch),
             "dim": {layer: table[layer].dim for layer in layers},
             "stride": {layer: table[layer].stride for layer in layers},
             "temporal_stride": {layer: table[layer].temporal_stride for layer in layers},
@@ -102,7 +102,7 @@ class Backbone:
     def __init__(self, arch: str, layer: str, network: nn.Module, spec: LayerSpec, weights_spec: str,
                  weights_fingerprint: str, mean, std, device: torch.device, amp: bool):
         self.arch, self.layer, self.network, self.spec = arch, layer, network, spec
-        self.kind = "3d" if arch in _VIDEO_RESNETS or arch in ("s3d", *_PYTORCHVIDEO) else "2d"
+        self.kind = "3d" if arch in _VIDEO else "2d"
         self.dim, self.stride, self.temporal_stride = spec.dim, spec.stride, spec.temporal_stride
         self.min_frames = spec.min_frames
         self.mean, self.std = tuple(mean), tuple(std)
