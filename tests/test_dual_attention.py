@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from hoitool.nn.dual_attention import (
     TRNHead,
     dual_attention_loss,
     masked_softmax,
+    nth_combination,
     object_slot_targets,
     object_top1,
     plot_attention_maps,
@@ -55,6 +58,12 @@ def test_trn_tuples_all_or_evenly_spaced():
     assert trn_tuples(3, 2, 3) == [(0, 1), (0, 2), (1, 2)]
     assert trn_tuples(4, 2, 3) == [(0, 1), (0, 3), (2, 3)]  # indices 0, 2, 5 of the 6 pairs
     assert trn_tuples(4, 4, 3) == [(0, 1, 2, 3)]
+    every = list(itertools.combinations(range(7), 3))
+    assert [nth_combination(7, 3, rank) for rank in range(len(every))] == every
+    assert trn_tuples(7, 3, 4) == [every[0], every[11], every[22], every[34]]
+    # 32 sampled frames: C(32, 16) = 601 080 390 tuples are never listed
+    picked = trn_tuples(32, 16, 3)
+    assert picked[0] == tuple(range(16)) and picked[-1] == tuple(range(16, 32)) and len(set(picked)) == 3
 
 
 def test_trn_head_three_frames_by_hand():

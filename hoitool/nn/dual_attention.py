@@ -18,6 +18,7 @@ See docs/method-dual-attention.md.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,22 +66,40 @@ class MeanHead(nn.Module):
         return self.mlp(masked_mean(frames, frame_valid, dim=1))
 
 
+def nth_combination(items: int, order: int, rank: int) -> tuple[int, ...]:
+    """The ``rank``-th (0-based) ``order``-subset of ``range(items)`` in lexicographic order, without listing them."""
+    chosen: list[int] = []
+    start = 0
+    for slot in range(order):
+        while True:
+            with_start = math.comb(items - start - 1, order - slot - 1)  # subsets that take ``start`` next
+            if rank < with_start:
+                chosen.append(start)
+                start += 1
+                break
+            rank -= with_start
+            start += 1
+    return tuple(chosen)
+
+
 def trn_tuples(num_frames: int, order: int, max_tuples: int) -> list[tuple[int, ...]]:
     """The ordered frame tuples ``k_1 < ... < k_n`` one scale sums over (Eq. 3).
 
-    All of them when there are at most ``max_tuples``; otherwise ``max_tuples`` evenly spaced in
-    lexicographic order (deterministic, where TRN draws them at random; the paper: "a small number
-    of tuples uniformly sampled").
+    All of them when there are at most ``max_tuples``; otherwise ``max_tuples`` evenly spaced ranks
+    (``floor(i (C - 1) / (max_tuples - 1))``) in lexicographic order (deterministic, where TRN draws them at random; the paper: "a small number
+    of tuples uniformly sampled"), found by rank so 32 frames never list C(32, 16) tuples.
     """
-    every = list(itertools.combinations(range(num_frames), order))
-    if len(every) <= max_tuples:
-        return every
-    picks = np.round(np.linspace(0, len(every) - 1, max_tuples)).astype(int)
-    return [every[i] for i in picks]
+    total = math.comb(num_frames, order)
+    if total <= max_tuples:
+        return list(itertools.combinations(range(num_frames), order))
+    ranks = [i * (total - 1) // max(max_tuples - 1, 1) for i in range(max_tuples)]  # exact integers, first to last
+    return [nth_combination(num_frames, order, rank) for rank in ranks]
 
 
 class TRNHead(nn.Module):
     """Multi-scale temporal relations: ``v = sum_{n=2..N} h_n(sum_{k_1<..<k_n} g_n(f_k1, .., f_kn))`` (Eq. 3-4).
+
+    ``N`` is ``num_frames``, or ``max_order`` when smaller (``DualAttentionNet`` uses 8, the paper's TRN-8).
 
     ``g_n`` is a two-layer MLP (``hidden`` units, ReLU) over the concatenated frames, ``h_n`` a two-layer
     MLP to the outputs. A tuple with a padding frame is left out; a scale without any valid tuple
@@ -158,6 +177,7 @@ class DualAttentionNet(nn.Module):
         num_frames: int | None = None,
         head_hidden: int = 256,
         trn_max_tuples: int = 3,
+        trn_max_order: int | None = 8,
         dropout: float = 0.5,
         multilabel: bool = False,
     ):
@@ -176,7 +196,8 @@ class DualAttentionNet(nn.Module):
 
         def head(outputs: int) -> nn.Module:
             if num_frames is not None and temporal == "trn":
-                return TRNHead(hidden, outputs, num_frames, hidden=head_hidden, max_tuples=trn_max_tuples)
+                return TRNHead(hidden, outputs, num_frames, hidden=head_hidden, max_order=trn_max_order,
+                               max_tuples=trn_max_tuples)
             return MeanHead(hidden, outputs, hidden=head_hidden)
 
         self.action_first, self.object_first = head(num_actions), head(object_outputs)
