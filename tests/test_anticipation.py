@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from descent import descend
 
 from hoitool.errors import UsageError
+from hoitool.manifest import VideoEntry
 from hoitool.nn.anticipation import (
     AnticipationObjective,
     LeadTime,
@@ -24,6 +25,7 @@ from hoitool.nn.anticipation import (
     observe_until,
     parse_lead_time,
     scores_at_lead_times,
+    unlabelled_videos,
 )
 from hoitool.nn.models import ContextGraphNet
 
@@ -291,3 +293,17 @@ def test_toy_ld_distils_moved_content_where_l_direct_cannot(loss, learns):
     with torch.no_grad():
         distance = _chamfer(student(moved), teacher)
     assert (distance < 0.05) if learns else (distance > 1.0)
+
+
+def test_unlabelled_videos_from_the_manifest_and_a_list(tmp_path):
+    videos = [VideoEntry("a", "a.mp4", [0], "train"), VideoEntry("b", "b.mp4", [1], "train", extra={"unlabelled": True}),
+              VideoEntry("c", "c.mp4", [0], "train")]
+    assert unlabelled_videos(videos) == {"b"}
+    listed = tmp_path / "unlabelled.txt"
+    listed.write_text("# extra clips\nc\n\n")
+    assert unlabelled_videos(videos, listed) == {"b", "c"}
+    listed.write_text("c\nz  # a typo\n")
+    with pytest.raises(UsageError, match=r"unlabelled.txt:2: video 'z' is not in the manifest"):
+        unlabelled_videos(videos, listed)
+    with pytest.raises(UsageError, match="not found"):
+        unlabelled_videos(videos, tmp_path / "missing.txt")

@@ -14,7 +14,8 @@ network A (the student) sees it only up to ``t - tau`` and learns the label at `
   embeddings after the graph layers (the ``A-bar`` / ``R-bar`` of Eq. 2);
 * :func:`parse_lead_time`, :func:`observe_until`, :func:`lead_time_pair`, :func:`label_at` --
   the lead-time truncation as pure functions over the arrays of one features-store view;
-* :func:`scores_at_lead_times` -- a model's scores on the truncated inputs at each lead time asked for.
+* :func:`scores_at_lead_times` -- a model's scores on the truncated inputs at each lead time asked for;
+* :func:`unlabelled_videos` -- the set U of Eq. 1, from the manifest or a list of ids.
 
 Every loss returns one value per sample (``(B,)``), like ``hoitool.train.losses``.
 See docs/method-anticipation.md.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -349,3 +351,29 @@ def scores_at_lead_times(predict, samples, leads: list[LeadTime]) -> dict[str, n
                 for video, view, fps, num_frames, t in samples]
         out[str(lead)] = np.stack(rows) if rows else np.zeros((0, 0))
     return out
+
+
+# -- which videos are unlabelled (the set U of Eq. 1) ---------------------------------------------
+
+def unlabelled_videos(videos, listed: Path | str | None = None) -> set[str]:
+    """Ids of the videos trained on the teacher's soft predictions only.
+
+    A manifest video is unlabelled when its ``extra`` says ``"unlabelled": true`` or when its id is
+    in ``listed``, a text file of video ids (one per line; blank lines and ``#`` comments skipped).
+    An id in the list that the manifest lacks is a UsageError naming the file and the line.
+    """
+    known = {video.id for video in videos}
+    found = {video.id for video in videos if (video.extra or {}).get("unlabelled") is True}
+    if listed is None:
+        return found
+    path = Path(listed)
+    if not path.is_file():
+        raise UsageError(f"{path}: list of unlabelled videos not found")
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        video = line.split("#", 1)[0].strip()
+        if not video:
+            continue
+        if video not in known:
+            raise UsageError(f"{path}:{number}: video {video!r} is not in the manifest")
+        found.add(video)
+    return found
