@@ -7,7 +7,6 @@ is evaluated now by the same code as ``hoitool eval`` (and its metrics written).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List
 
@@ -17,43 +16,11 @@ from rich.table import Table
 
 from hoitool.cli import console
 from hoitool.cli.app import app
-from hoitool.cli.evaluate import EVAL_DIR, evaluate_runs, metrics_filename
 from hoitool.errors import UsageError
+from hoitool.eval.evaluate import metrics_for_run
 from hoitool.eval.report import REPORT_METRICS, build_rows, numeric_columns, render_csv, render_markdown, table_cells
-from hoitool.eval.runs import OUTPUTS_NPZ, load_run, read_run_info
-from hoitool.io.digest import file_sha256
+from hoitool.eval.runs import read_run_info
 from hoitool.io.atomic import write_text
-
-
-def _read_record(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-        raise UsageError(f"{path}: not an eval metrics file (no 'metrics' object)")
-    return record
-
-
-def metrics_for_run(run_dir: Path, split: str) -> dict:
-    """The run's metrics record for ``split``: the stored one if still current, else freshly evaluated."""
-    metrics_path = run_dir / EVAL_DIR / metrics_filename(split)
-    outputs = run_dir / OUTPUTS_NPZ
-    fusion, map_variant = "max", "official"
-    if metrics_path.is_file():
-        record = _read_record(metrics_path)
-        if not outputs.is_file():
-            console.info(f"{run_dir}: {OUTPUTS_NPZ} is gone; using {metrics_path} as recorded")
-            return record
-        if record.get("outputs_sha256") == file_sha256(outputs):
-            return record
-        fusion = record.get("fusion", {}).get("views", fusion)
-        map_variant = "sklearn" if record.get("main_metric") == "map_sklearn" else map_variant
-        console.info(f"{run_dir}: outputs changed since {metrics_path} was written; evaluating again")
-    else:
-        console.info(f"{run_dir}: not evaluated on {split!r} yet; evaluating (views fused by {fusion})")
-    run = load_run(run_dir)
-    return evaluate_runs([run], split=split, fusion=fusion, map_variant=map_variant, out_dir=run_dir / EVAL_DIR)
 
 
 @app.command("report")
