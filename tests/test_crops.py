@@ -101,3 +101,36 @@ def test_box_clipped_by_a_spatial_crop_is_cut_from_the_source_where_the_view_end
     assert torch.allclose(crops[0][0], expected, atol=1e-4)
     full = hand_crop(frame, straddling)
     assert torch.allclose(crops[1][0][:, 2:-2, 2:-2], full[:, 2:-2, 2:-2], atol=1e-5)  # the centre view holds it all
+
+
+@pytest.mark.slow
+def test_a_store_made_by_the_earlier_method_is_not_resumed(tmp_path, capsys, monkeypatch):
+    """Features cut the old way (or with other weights) must not be mixed with new ones in one store."""
+    from helpers import run_cli
+
+    import hoitool.extract.features as features
+    from hoitool.datasets.synthetic import generate
+
+    generate(tmp_path / "data", videos_per_class=1, num_frames=4, size=48, seed=1)
+    boxes = tmp_path / "boxes.h5"
+    args = ["--workers", 0, "--device", "cpu"]
+    assert run_cli(["extract", "boxes", tmp_path / "data", "--out", boxes, "--source", "dataset", "--frames", 2,
+                    "--top-k", 2, *args], capsys)[0] == 0
+    command = ["extract", "features", boxes, "--out", tmp_path / "f.h5", "--backbone", "resnet18", "--weights",
+               "random", "--mode", "crop", "--set", "short_side=48", "--set", "crop_size=32", *args]
+    monkeypatch.setattr(features, "METHOD", "crops from frames resized to short_side")
+    assert run_cli(command, capsys)[0] == 0
+    monkeypatch.undo()
+    code, _, err = run_cli(command, capsys)
+    assert code == 1 and "refusing to resume" in err and "method" in err
+    # Other bytes at the same weights path: the config is the same, the backbone's fingerprint is not.
+    import torchvision
+
+    weights = tmp_path / "w.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    command[command.index("random")] = str(weights)
+    assert run_cli([*command, "--force"], capsys)[0] == 0
+    assert run_cli(command, capsys)[0] == 0  # the same again: nothing to do
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    code, _, err = run_cli(command, capsys)
+    assert code == 1 and "refusing to resume" in err and "backbone_fingerprint" in err
