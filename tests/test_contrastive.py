@@ -200,10 +200,11 @@ def test_pair_head_equals_the_concatenated_mlp_and_masks_pairs():
     assert pairs.shape == (1, 2 * 3 * 3, 4)
     first = torch.cat([head.human.weight, head.object.weight, head.geometry.weight], dim=1)
     geometry = pair_geometry(boxes)
-    for t, i, j in [(0, 0, 1), (1, 1, 0), (0, 2, 2)]:
+    for t, i, j in [(0, 0, 1), (0, 0, 2), (1, 1, 0)]:
         x = torch.cat([nodes[0, t, i], nodes[0, t, j], geometry[0, t, i, j]])
         reference = head.out(first @ x + head.geometry.bias)
         assert torch.allclose(pairs[0, t * 9 + i * 3 + j], reference, atol=1e-5)
+    assert not pairs[0, 2 * 3 + 2].any()  # not a pair: node 2 of frame 0 is no person
     # frame 0: person 0 with objects 1, 2; frame 1: person 1 with object 0 (slot 2 is padding)
     assert torch.nonzero(pair_valid[0]).flatten().tolist() == [1, 2, 9 + 3]
     scores = video_scores(pairs, pair_valid, torch.randn(2, 4))

@@ -245,7 +245,7 @@ class PairHead(nn.Module):
 
     The first layer on the concatenation is computed as ``W_h h_i + W_o h_j + W_g g_ij`` (the same map,
     without building the concatenation). Pairs are ordered ``(t, i, j)``; a pair is valid when node ``i``
-    is a valid person, node ``j`` a valid non-person, in the same frame.
+    is a valid person, node ``j`` a valid non-person, in the same frame; invalid pairs are zero vectors.
     """
 
     def __init__(self, node_dim: int, embed_dim: int, hidden: int = 256):
@@ -262,8 +262,12 @@ class PairHead(nn.Module):
         hidden = (self.human(x)[:, :, :, None] + self.object(x)[:, :, None, :]
                   + self.geometry(pair_geometry(boxes).to(x.dtype)))
         valid, is_person = valid.bool(), is_person.bool()
-        pair_valid = (valid & is_person)[..., :, None] & (valid & ~is_person)[..., None, :]
-        return self.out(hidden).flatten(1, 3), pair_valid.flatten(1)
+        pair_valid = ((valid & is_person)[..., :, None] & (valid & ~is_person)[..., None, :]).flatten(1)
+        hidden = hidden.flatten(1, 3)
+        # The output layer only for valid pairs (a frame has few persons: most of the K*K are not pairs).
+        pairs = hidden.new_zeros(*pair_valid.shape, self.out[-1].out_features)
+        pairs[pair_valid] = self.out(hidden[pair_valid])
+        return pairs, pair_valid
 
 
 def video_scores(pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, temperature: float = 0.07
