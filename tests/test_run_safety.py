@@ -367,3 +367,23 @@ def test_kill_9_of_the_main_process_leaves_no_worker_and_the_rerun_is_identical(
     a = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["members"]["main"]["model"]
     b = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["members"]["main"]["model"]
     assert state_dicts_equal(a, b)
+
+
+def test_a_released_run_lock_is_free_while_a_forked_worker_still_lives(tmp_path):
+    import os
+    import time
+
+    from hoitool.io.lock import release
+
+    held = artifacts.lock_run_dir(tmp_path / "run")
+    child = os.fork()  # shares the lock's open file, as a DataLoader worker does
+    if child == 0:
+        time.sleep(2)
+        os._exit(0)
+    try:
+        with pytest.raises(UsageError, match="another hoitool process"):
+            artifacts.lock_run_dir(tmp_path / "run")
+        release(held)
+        release(artifacts.lock_run_dir(tmp_path / "run"))  # free although the child still shares it
+    finally:
+        os.waitpid(child, 0)

@@ -26,3 +26,11 @@ def exclusive_lock(lock_file: Path | str, busy: str) -> IO:
         handle.close()
         raise UsageError(busy) from None
     return handle
+
+
+def release(handle: IO) -> None:
+    """Unlock and close: ``LOCK_UN`` frees the lock even while forked children still share the open file."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()

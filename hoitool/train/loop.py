@@ -38,6 +38,7 @@ from hoitool.errors import HoitoolError, Interrupted, StaleArtifactError, UsageE
 from hoitool.eval.metrics import accuracy, sklearn_style_map
 from hoitool.eval.runs import write_outputs
 from hoitool.io.atomic import append_jsonl
+from hoitool.io.lock import release
 from hoitool.manifest import Manifest
 from hoitool.nn.models import build_model
 from hoitool.store import open_store
@@ -572,7 +573,7 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
         return TrainResult(training.out, training.epochs, trained, _best(training))
     finally:
         if training is not None and training.lock is not None:
-            training.lock.close()
+            release(training.lock)  # also for DataLoader workers that may outlive this call for a moment
         ctx.shutdown()
 
 
