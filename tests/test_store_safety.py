@@ -57,11 +57,14 @@ def synthetic(tmp_path_factory):
     """A synthetic dataset, its boxes store and both halves of a 2-way shard split of it."""
     from hoitool.datasets.synthetic import generate
 
+    from hoitool.config import resolve_config
+    from hoitool.extract.boxes import BOXES_DEFAULTS, extract_boxes
+
     root = tmp_path_factory.mktemp("safety")
     generate(root / "data", videos_per_class=1, num_frames=8, size=64, seed=3)
-    hoitool("extract", "boxes", root / "data", "--out", root / "boxes.h5", *BOXES_ARGS, check=0)
-    for index in range(2):
-        hoitool("extract", "boxes", root / "data", "--out", root / "b.h5", *BOXES_ARGS, "--shard", f"{index}/2", check=0)
+    config = resolve_config(BOXES_DEFAULTS, None, {"source": "dataset", "frames": 4, "top_k": 4, "runtime.workers": 0}, [])
+    for shard in (None, (0, 2), (1, 2)):  # in-process: three CLI start-ups would take most of this file's time
+        extract_boxes(root / "data", root / ("boxes.h5" if shard is None else "b.h5"), config, shard=shard)
     return root
 
 
@@ -226,6 +229,7 @@ def test_growing_a_store_does_not_launder_a_damaged_video(tmp_path):
     assert open_store(path).video_ids == ["v1", "v2"]  # the old store is left as it was
 
 
+@pytest.mark.slow
 def test_features_from_a_damaged_boxes_store_record_that_video_as_failed(synthetic, tmp_path):
     boxes = tmp_path / "boxes.h5"
     shutil.copy(synthetic / "boxes.h5", boxes)
@@ -478,6 +482,7 @@ def test_each_array_is_hashed_once_per_process_and_a_fresh_reader_checks_again(t
         reader.read("v1", ["nodes", "valid"])  # already verified, but a missing array is still seen
 
 
+@pytest.mark.slow
 def test_extract_features_from_a_partial_boxes_store_warns(synthetic, tmp_path):
     partial = tmp_path / "partial-boxes.h5"
     hoitool("cache", "merge", synthetic / "b.shard0-of-2.h5", "--out", partial, "--allow-partial", check=0)

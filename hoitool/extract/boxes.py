@@ -178,7 +178,11 @@ def extract_boxes(manifest_path: Path, out: Path, config: dict, shard=None, forc
     out = shard_path(Path(out), shard)
     header = {"config": content_config(config), "upstream": file_sha256(manifest_file)[:16]}
     staged = StagedStore(out, "boxes", header, force=force, what="boxes store")
-    model = BoxesModel(config)
+    try:
+        model = BoxesModel(config)
+    except BaseException:  # e.g. missing weights: release the writer lock at once
+        staged.close()
+        raise
     videos = [video.id for video in select_shard(manifest.videos, shard)]
     prov = provenance("boxes", config, manifest_file, {"manifest": header["upstream"]}, model.weights, shard)
     return run_video_stage(

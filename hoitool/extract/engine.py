@@ -96,7 +96,11 @@ def run_video_stage(
             )
         summary.meta = staged.finalize(provenance, extra_meta)
     except OSError as exc:  # a full disk, a folder turned read-only: say what is kept and how to go on
+        staged.close()
         raise _write_fault(staged, exc) from None
+    except BaseException:
+        staged.close()  # release the writer lock now, not when the garbage collector finds the store (in-process callers)
+        raise
     summary.failed = summary.meta["failed"]
     return summary
 
