@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from hoitool import log
 from hoitool.errors import HoitoolError, UsageError
 from hoitool.store.backends import open_backend
 from hoitool.store.fingerprint import array_digests, video_digest
@@ -195,8 +195,7 @@ def warn_partial(path: Path, partial: dict) -> None:
     if str(path) in _warned:
         return
     _warned.add(str(path))
-    print(f"warning: {path} is a partial store ({describe_partial(partial)}); "
-          "results from it do not cover the whole dataset", file=sys.stderr, flush=True)
+    log.warning(f"{path} is a partial store ({describe_partial(partial)}); results from it do not cover the whole dataset")
 
 
 def describe_partial(partial: dict) -> str:
