@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hoitool.cli import console
+from hoitool import log
 from hoitool.config import save_config
 from hoitool.errors import HoitoolError, Interrupted, SomeVideosFailed
 from hoitool.io.process import worker_init
@@ -86,7 +86,7 @@ def run_video_stage(
     todo = [video_id for video_id in sorted(video_ids) if video_id not in done_before]
     summary = StageSummary(path=staged.path, skipped=len(video_ids) - len(todo))
     if summary.skipped:
-        console.info(f"{staged.path.name}: {summary.skipped} videos already done, {len(todo)} to go")
+        log.info(f"{staged.path.name}: {summary.skipped} videos already done, {len(todo)} to go")
     try:
         _process(staged, todo, load, compute, workers, description, summary)
         if not staged.done_ids() and not staged.path.exists():
@@ -107,7 +107,7 @@ def run_video_stage(
 
 def _process(staged, todo, load, compute, workers, description, summary) -> None:
     """Load, compute and stage every video of ``todo``; a video's failure is recorded, the run goes on."""
-    with console.progress(description, len(todo)) as bar, staged.writer() as write, torch.inference_mode():
+    with log.progress(description, len(todo)) as bar, staged.writer() as write, torch.inference_mode():
         for item in iterate_loaded(todo, load, workers):
             video_id = item["video"]
             error = item.get("error")
@@ -120,7 +120,7 @@ def _process(staged, todo, load, compute, workers, description, summary) -> None
                     error = str(exc)
             if error is not None:
                 staged.fail(video_id, error)
-                console.debug(f"failed: {error}")
+                log.debug(f"failed: {error}")
             bar.advance(1, note=video_id)
 
 
@@ -140,8 +140,8 @@ def _write_fault(staged: StagedStore, exc: OSError) -> HoitoolError:
 def finish(summary: StageSummary) -> None:
     """Print the outcome; exit code 3 (SomeVideosFailed) when videos failed."""
     meta = summary.meta
-    console.info(
-        f"[green]wrote[/green] {summary.path} ({meta['num_videos']} videos, fingerprint {meta['fingerprint']}; "
+    log.info(
+        f"wrote {summary.path} ({meta['num_videos']} videos, fingerprint {meta['fingerprint']}; "
         f"{summary.done} new, {summary.skipped} reused)"
     )
     if summary.failed:

@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from hoitool import __version__
-from hoitool.cli import console
+from hoitool import __version__, log
 from hoitool.errors import HoitoolError, StaleArtifactError, UsageError
 from hoitool.eval.runs import OUTPUTS_JSON, OUTPUTS_NPZ, RUN_INFO, load_run, read_run_info
 from hoitool.io.atomic import read_jsonl, write_json, write_text
@@ -160,7 +159,7 @@ def replace_run_dir(out: Path) -> None:
     kept = delete_run_files(out)
     note = f" (kept {len(kept)} file(s) hoitool did not write: {', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''})" if kept else ""
     why = "--force: deleting the files of the previous run" if saved else "no epoch was saved yet: starting over"
-    console.info(f"{out}: {why}{note}")
+    log.info(f"{out}: {why}{note}")
 
 
 def check_teacher_run(teacher_dir: Path) -> dict:
@@ -279,4 +278,4 @@ def _check_teacher_provenance(teacher_dir: Path, outputs_json: Path, provenance:
     message = f"{outputs_json}: stale teacher outputs ({'; '.join(problems)})"
     if not force:
         raise StaleArtifactError(message + "; refresh the teacher (train-teacher --resume, or retrain it on this store) or use --force")
-    console.info(f"warning: {message}; used anyway (--force)")
+    log.warning(f"{message}; used anyway (--force)")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hoitool.cli import console
+from hoitool import log
 from hoitool.errors import UsageError
 from hoitool.io.process import worker_init
 from hoitool.manifest import Manifest
@@ -59,7 +59,7 @@ def split_videos(manifest: Manifest, store_ids: list[str], split: str) -> SplitV
     entries = [video for video in manifest.split(split) if video.id in present]
     missing = len(manifest.split(split)) - len(entries)
     if missing:
-        console.info(f"{split}: {missing} video(s) of the manifest are not in the features store (failed extraction?); skipped")
+        log.info(f"{split}: {missing} video(s) of the manifest are not in the features store (failed extraction?); skipped")
     if manifest.multilabel:
         targets = np.zeros((len(entries), manifest.num_classes), dtype=np.float32)
         for row, video in enumerate(entries):
@@ -111,7 +111,7 @@ class _StoreBacked(Dataset):
 
     def preload(self, show_progress: bool = True) -> None:
         cache = []
-        progress = console.progress(f"loading {self.videos.split} into RAM", len(self)) if show_progress else contextlib.nullcontext()
+        progress = log.progress(f"loading {self.videos.split} into RAM", len(self)) if show_progress else contextlib.nullcontext()
         with progress as bar:
             for index in range(len(self)):
                 cache.append(self._read(index))
@@ -244,7 +244,7 @@ def decide_preload(setting, dataset: _StoreBacked, budget_gb: float | None) -> b
     budget = budget_gb * 2**30 if budget_gb is not None else 0.25 * _physical_memory()
     needed = dataset.estimated_bytes()
     dataset.release()
-    console.debug(f"{dataset.videos.split}: {needed / 2**20:.1f} MiB when preloaded, budget {budget / 2**20:.0f} MiB")
+    log.debug(f"{dataset.videos.split}: {needed / 2**20:.1f} MiB when preloaded, budget {budget / 2**20:.0f} MiB")
     return needed <= budget
 
 

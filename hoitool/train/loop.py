@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hoitool.cli import console
+from hoitool import log
 from hoitool.errors import HoitoolError, Interrupted, StaleArtifactError, UsageError
 from hoitool.eval.metrics import accuracy, sklearn_style_map
 from hoitool.eval.runs import write_outputs
@@ -254,7 +254,7 @@ class Training:
         message = f"{path}: the {what} changed since {self.out} started ({recorded} -> {current})"
         if not self.request.force:
             raise StaleArtifactError(message + "; --resume --force continues anyway, --force without --resume starts over")
-        console.info(f"warning: {message}; resuming anyway (--force)")
+        log.warning(f"{message}; resuming anyway (--force)")
 
     def _build_member(self, name: str, view: str, run_dir: Path) -> Member:
         model_config = dict(self.config["model"], view=view)
@@ -382,7 +382,7 @@ class Training:
         seen_logits: list[list[torch.Tensor]] = [[] for _ in self.members]
         seen_index: list[torch.Tensor] = []
         steps = len(self.sampler)
-        progress = console.progress(f"epoch {epoch}/{self.epochs}", steps) if self.ctx.is_main else contextlib.nullcontext()
+        progress = log.progress(f"epoch {epoch}/{self.epochs}", steps) if self.ctx.is_main else contextlib.nullcontext()
         with progress as bar:
             for batch in batches(self.train_loader):
                 batch = self._to_device(batch)
@@ -485,12 +485,12 @@ class Training:
         self.saved_epoch = epoch
         summary = "  ".join(f"{key} {value:.4f}" for key, value in record.items()
                             if isinstance(value, float) and key not in ("lr", "time"))
-        console.info(f"epoch {epoch}/{self.epochs}  {summary}  ({record['time']:.1f}s){'  *best' if record.get('best') else ''}")
+        log.info(f"epoch {epoch}/{self.epochs}  {summary}  ({record['time']:.1f}s){'  *best' if record.get('best') else ''}")
 
     # -- the whole run ------------------------------------------------------------------
     def fit(self, start_epoch: int, on_epoch_end: Callable[[int, dict], None] | None = None) -> int:
         if self.ctx.is_main and self.val_loader is None:
-            console.info("no val videos: best.pt follows the last epoch (the test split is never used for selection)")
+            log.info("no val videos: best.pt follows the last epoch (the test split is never used for selection)")
         trained = 0
         for epoch in range(start_epoch + 1, self.epochs + 1):
             started = time.monotonic()
@@ -522,7 +522,7 @@ class Training:
             loader = make_loader(dataset, self.config["data"]["workers"], self.ctx.device.type == "cuda",
                                  self.config["train"]["seed"], batch_size=self.config["train"]["batch_size"], persistent=False)
             one_hot = videos.one_hot()
-            with console.progress(f"outputs {member.view} {split}", len(loader)) as bar:
+            with log.progress(f"outputs {member.view} {split}", len(loader)) as bar:
                 for batch in batches(loader):
                     index = batch["index"].numpy()
                     with self._autocast():
@@ -542,7 +542,7 @@ class Training:
             provenance = artifacts.outputs_provenance(member.run_dir, self.request.features, self.reader.fingerprint,
                                                       best["epoch"], self.teacher_record)
             write_outputs(member.run_dir, provenance=provenance, **arrays)
-            console.info(f"{member.run_dir}: outputs of {len(set(arrays['video_ids']))} videos "
+            log.info(f"{member.run_dir}: outputs of {len(set(arrays['video_ids']))} videos "
                          f"({len(arrays['video_ids'])} views) from best.pt (epoch {best['epoch']})")
 
 
@@ -557,13 +557,13 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
         start = state["epoch"] if state is not None else 0
         if training.finished(state):
             if ctx.is_main:
-                console.info(f"{request.out}: already finished ({start} epochs, outputs written); nothing to do")
+                log.info(f"{request.out}: already finished ({start} epochs, outputs written); nothing to do")
             best = {name: {"epoch": saved["best_epoch"], "score": saved["best_score"]} for name, saved in state["members"].items()}
             return TrainResult(training.out, start, 0, best, already_finished=True)
         training.setup(state)
         if ctx.is_main:
             if state is not None:
-                console.info(f"{request.out}: resuming after epoch {start}/{training.epochs}")
+                log.info(f"{request.out}: resuming after epoch {start}/{training.epochs}")
             artifacts.truncate_metrics(training.out, start)  # every start: no epoch is ever logged twice
         with _kept_on_failure(training):
             trained = training.fit(start, on_epoch_end)
