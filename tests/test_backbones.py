@@ -112,7 +112,7 @@ def test_amp_on_cuda_is_close_to_float32():
 
 
 def _rerandomise_norms(network):
-    """BatchNorm scales away from zero: PyTorchVideo zero-initialises each block's last one, which would hide its branch."""
+    """BatchNorm scales away from zero (PyTorchVideo zero-initialises each block's last one, hiding its branch)."""
     generator = torch.Generator().manual_seed(0)
     for module in network.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -157,7 +157,7 @@ def test_slice_centres_are_receptive_field_centres(arch, layer, count):
 @needs_pytorchvideo
 @pytest.mark.parametrize("pathway", [0, 1])
 def test_slowfast_slice_centres_are_its_pathways_frames(pathway):
-    """Slow slice j is computed from slow input frames around frame linspace(0, T-1, T/4)[j]; fast slice j from frame j."""
+    """Slow slice j is computed from slow frames around linspace(0, T-1, T/4)[j]; fast slice j from frame j."""
     backbone = build_backbone("slowfast_r50", None, "random")
     _rerandomise_norms(backbone.network)
     for module in backbone.network.modules():  # lateral fast->slow fusions off: the slow pathway's own frames

@@ -3,10 +3,14 @@
 import numpy as np
 import pytest
 import torch
+import torchvision
+from helpers import run_cli
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
 from hoitool.config import resolve_config
+from hoitool.datasets.synthetic import generate
+from hoitool.extract import features
 from hoitool.extract.features import FEATURES_DEFAULTS, NodeFeatures
 from hoitool.features.transforms import prepare_frames
 
@@ -106,11 +110,6 @@ def test_box_clipped_by_a_spatial_crop_is_cut_from_the_source_where_the_view_end
 @pytest.mark.slow
 def test_a_store_made_by_the_earlier_method_is_not_resumed(tmp_path, capsys, monkeypatch):
     """Features cut the old way (or with other weights) must not be mixed with new ones in one store."""
-    from helpers import run_cli
-
-    import hoitool.extract.features as features
-    from hoitool.datasets.synthetic import generate
-
     generate(tmp_path / "data", videos_per_class=1, num_frames=4, size=48, seed=1)
     boxes = tmp_path / "boxes.h5"
     args = ["--workers", 0, "--device", "cpu"]
@@ -124,8 +123,6 @@ def test_a_store_made_by_the_earlier_method_is_not_resumed(tmp_path, capsys, mon
     code, _, err = run_cli(command, capsys)
     assert code == 1 and "refusing to resume" in err and "method" in err
     # Other bytes at the same weights path: the config is the same, the backbone's fingerprint is not.
-    import torchvision
-
     weights = tmp_path / "w.pt"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     command[command.index("random")] = str(weights)

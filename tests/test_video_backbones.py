@@ -1,4 +1,4 @@
-"""I3D-R50 and SlowFast-R50 (PyTorchVideo's definitions): zoo-layout weights, pathways, the features stage end to end."""
+"""I3D-R50 and SlowFast-R50 (PyTorchVideo's definitions): zoo-layout weights, pathways, the features stage."""
 
 import hashlib
 import importlib.util
@@ -101,7 +101,8 @@ def test_i3d_maps_and_settings():
     maps = backbone.feature_map(clip(8))
     assert maps.shape == (8, 2048, 2, 2)
     for pair in range(4):  # 4 slices centred between frames 2j and 2j+1: each pair shares one
-        assert torch.equal(maps[2 * pair], maps[2 * pair + 1]) and not torch.equal(maps[2 * pair], maps[(2 * pair + 2) % 8])
+        assert torch.equal(maps[2 * pair], maps[2 * pair + 1])
+        assert not torch.equal(maps[2 * pair], maps[(2 * pair + 2) % 8])
     with pytest.raises(UsageError, match="at least 2 frames"):
         backbone.feature_map(clip(1))
 

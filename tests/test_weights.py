@@ -7,7 +7,14 @@ import torch
 import torchvision
 
 from hoitool.errors import HoitoolError, UsageError
-from hoitool.weights import ZooWeights, cache_path, default_weights_enum, fetch_instruction, load_model, resolve_weights
+from hoitool.weights import (
+    ZooWeights,
+    cache_path,
+    default_weights_enum,
+    fetch_instruction,
+    load_model,
+    resolve_weights,
+)
 
 
 @pytest.fixture(autouse=True)
