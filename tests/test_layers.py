@@ -1,0 +1,51 @@
+"""The house's floors: the library never imports the CLI, and importing it pulls in no CLI toolkit."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hoitool"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_no_library_module_imports_the_cli():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE.parent)
+        if relative.parts[1] == "cli" or relative.name == "__main__.py":
+            continue
+        bad = sorted(name for name in _imports(path) if name == "hoitool.cli" or name.startswith("hoitool.cli."))
+        if bad:
+            offenders.append(f"{relative}: {', '.join(bad)}")
+    assert not offenders, "library modules importing the CLI:\n" + "\n".join(offenders)
+
+
+def test_importing_the_library_does_not_set_up_a_cli():
+    """Every library module imported (a notebook's view): no typer, no rich console, no hoitool.cli."""
+    modules = sorted(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+                     for path in PACKAGE.rglob("*.py") if "cli" not in path.parts and path.name != "__main__.py")
+    code = (f"import importlib, sys\nfor name in {modules!r}: importlib.import_module(name)\n"
+            "print(sorted(m for m in ('typer', 'rich.console', 'hoitool.cli') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_help_imports_neither_torch_nor_matplotlib():
+    code = ("import sys; from hoitool.cli.app import app; "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'h5py', 'zarr') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
