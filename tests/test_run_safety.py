@@ -268,7 +268,8 @@ def test_disk_full_is_one_line_and_the_rerun_logs_each_epoch_once(world, tmp_pat
 
 
 # -- one writer per run directory ---------------------------------------------------------------------------------------
-def test_a_second_writer_is_refused_and_a_released_lock_never_blocks(world, tmp_path, capsys):
+def test_a_second_writer_is_refused_and_a_released_lock_never_blocks(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(artifacts, "LOCK_GRACE_S", 0.2)
     out = tmp_path / "run"
     with pytest.raises(Interrupted):
         train(request(world["features"], out, train__epochs=2), on_epoch_end=stop_after(1))
@@ -369,7 +370,8 @@ def test_kill_9_of_the_main_process_leaves_no_worker_and_the_rerun_is_identical(
     assert state_dicts_equal(a, b)
 
 
-def test_a_released_run_lock_is_free_while_a_forked_worker_still_lives(tmp_path):
+def test_a_released_run_lock_is_free_while_a_forked_worker_still_lives(tmp_path, monkeypatch):
+    monkeypatch.setattr(artifacts, "LOCK_GRACE_S", 0.2)
     import os
     import time
 

@@ -39,6 +39,7 @@ KINDS = ("teacher", "student", "dml")
 CONFIG_FILE = "config.resolved.yaml"
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".hoitool.lock"
+LOCK_GRACE_S = 3.0  # workers of a just-killed run may need a moment to die (and drop the lock)
 PEER_DIR = "peer"
 EVAL_DIR = "eval"  # hoitool.cli.evaluate.EVAL_DIR (the library does not import the CLI)
 DATASET_MARKER = "manifest.json"  # a prepared dataset (hoitool prepare) is never taken for a run
@@ -132,7 +133,7 @@ def lock_run_dir(out: Path):
     """Create ``out`` if needed and hold its lock: one training process per run directory."""
     out = Path(out)
     return exclusive_lock(out / LOCK_FILE, f"{out}: another hoitool process is training into this run directory; "
-                                           "wait for it to finish (or stop it) first")
+                                           "wait for it to finish (or stop it) first", grace_s=LOCK_GRACE_S)
 
 
 def delete_run_files(out: Path) -> list[str]:
