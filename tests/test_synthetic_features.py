@@ -43,6 +43,11 @@ def splits():
     return {split: generate_split(split, VIDEOS, seed=7, dim=16) for split in ("train", "test")}
 
 
+@pytest.fixture(scope="module")
+def small():
+    return generate_split("test", 20, seed=7, dim=16)
+
+
 def fit_score(train_x, train_y, test_x, test_y) -> float:
     """Test accuracy of a standardised logistic regression (the linear readout a no-relation model has)."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
@@ -79,8 +84,8 @@ def test_default_class_set_needs_only_thirds():
     assert len(data.classes) == 6 and set(data.contexts) == {"local", "order"}
 
 
-def test_class_rules_hold(splits):
-    data = splits["test"]
+def test_class_rules_hold(small):
+    data = small
     rules = CLASS_SETS["sharp"]
     for video in range(0, len(data), 7):
         rule, pairs = rules[data.labels[video]], [tuple(p) for p in data.frame_pairs[video]]
@@ -96,9 +101,9 @@ def test_class_rules_hold(splits):
             assert shifts[0] == rule.returns and sorted(shifts[1:4]) == [0, 1, 2]
 
 
-def test_ceilings_by_construction(splits):
-    ceilings = view_ceilings(splits["test"])
-    contexts = splits["test"].contexts
+def test_ceilings_by_construction(small):
+    ceilings = view_ceilings(small)
+    contexts = small.contexts
     assert context_means(ceilings["baseline"], contexts) == pytest.approx(
         {"local": CHANCE, "cross-frame": CHANCE, "order": CHANCE})
     assert context_means(ceilings["local"], contexts) == pytest.approx({"local": 1, "cross-frame": 1 / 6, "order": 1 / 6})
@@ -167,6 +172,7 @@ def test_single_boxes_and_box_with_time_are_at_chance(splits):
     assert score < 1 / 6 + 0.03, score
 
 
+@pytest.mark.slow
 def test_box_with_time_tells_the_order_classes(splits):
     """The positive control of the check above: the same features do tell the order classes."""
     train, test = (split.subset(split.context_of() == "order") for split in (splits["train"], splits["test"]))
@@ -174,6 +180,7 @@ def test_box_with_time_tells_the_order_classes(splits):
     assert score > 0.9, score
 
 
+@pytest.mark.slow
 def test_the_box_set_is_at_chance(splits):
     train, test = splits["train"], splits["test"]
     score = fit_score(per_video(train, pooled), train.labels, per_video(test, pooled), test.labels)
@@ -190,6 +197,7 @@ def test_descriptor_x_time_tells_no_order_free_class(splits, context):
     assert score < 1 / 3 + 0.05, score
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features, context", [(same_frame_pairs, "local"), (cross_frame_pairs, "cross-frame"),
                                                (ordered_pairs, "order")])
 def test_each_context_is_solved_by_its_relation(splits, features, context):
@@ -202,13 +210,17 @@ def test_each_context_is_solved_by_its_relation(splits, features, context):
         assert local < 1 / 3 + 0.06, local
 
 
+@pytest.mark.slow
 def test_cross_frame_classes_need_the_counts(splits):
-    """The box set cannot tell the cross-frame classes apart, and the set of distinct boxes is literally the same
-    in every class version of a scene (so max pooling reads nothing of the counts)."""
+    """The box set (pooled descriptors) cannot tell the cross-frame classes apart."""
     train, test = (split.subset(split.context_of() == "cross-frame") for split in (splits["train"], splits["test"]))
     score = fit_score(per_video(train, pooled), train.labels, per_video(test, pooled), test.labels)
     assert score < 1 / 3 + 0.06, score
-    data = splits["test"]
+
+
+def test_the_set_of_boxes_and_of_frames_is_the_same_in_every_class_version(small):
+    """What max pooling reads is literally identical across a scene's class versions, whatever the counts."""
+    data = small
     for scene in range(5):
         versions = np.flatnonzero(data.scenes == scene)
         box_sets = {frozenset(map(tuple, data.nodes[v, :, :2].reshape(-1, data.nodes.shape[-1]).round(6))) for v in versions}
@@ -218,6 +230,7 @@ def test_cross_frame_classes_need_the_counts(splits):
         assert len(frame_sets) == 1  # the local view's input, too, is the same for all six non-local classes
 
 
+@pytest.mark.slow
 def test_kinds_and_colours_are_in_the_descriptors(splits):
     """The descriptors carry what the rules read: object kind is decodable from single object boxes."""
     data = splits["train"]
