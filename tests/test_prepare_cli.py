@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_prepare import charades_row, write_cad120_root, write_charades_root
 
 from hoitool.cli.prepare import run_prepare
 from hoitool.datasets.folder import prepare_folder
 from hoitool.errors import UsageError
-from test_prepare import charades_row, write_cad120_root, write_charades_root
 
 
 def prepare(*args: str | Path) -> subprocess.CompletedProcess:

@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_cli, run_cli_raw
+from test_train import make_features, request, state_dicts_equal
+
 from hoitool.cli.prepare import run_prepare
 from hoitool.datasets.folder import prepare_folder
 from hoitool.errors import HoitoolError, Interrupted, UsageError
 from hoitool.train import artifacts, loop
 from hoitool.train.loop import train
-
-from test_train import make_features, request, state_dicts_equal
 
 TINY = ["--epochs", "3", "--batch-size", "4", "--device", "cpu", "--workers", "0", "--lr", "0.01",
         "--set", "model.hidden=16", "--set", "model.heads=2"]

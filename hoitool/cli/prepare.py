@@ -28,7 +28,13 @@ from hoitool.config import changed_keys, save_config
 from hoitool.datasets.cad120 import KINECT, Intrinsics, prepare_cad120
 from hoitool.datasets.charades import prepare_charades
 from hoitool.datasets.folder import (
-    ANNOTATIONS_FILE, DATASET_FORMAT, DATASET_MARKER, MANIFEST_FILE, VIDEO_EXTENSIONS, WARNINGS_FILE, prepare_folder,
+    ANNOTATIONS_FILE,
+    DATASET_FORMAT,
+    DATASET_MARKER,
+    MANIFEST_FILE,
+    VIDEO_EXTENSIONS,
+    WARNINGS_FILE,
+    prepare_folder,
 )
 from hoitool.datasets.ssv2 import prepare_ssv2
 from hoitool.errors import UsageError

@@ -45,7 +45,14 @@ from hoitool.store import open_store
 from hoitool.train import artifacts
 from hoitool.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from hoitool.train.data import (
-    EpochBatchSampler, SplitVideos, VideoDataset, ViewDataset, batches, decide_preload, make_loader, split_videos,
+    EpochBatchSampler,
+    SplitVideos,
+    VideoDataset,
+    ViewDataset,
+    batches,
+    decide_preload,
+    make_loader,
+    split_videos,
 )
 from hoitool.train.distributed import DistContext, init_distributed, unwrap
 from hoitool.train.losses import Objective, supervised_loss, weighted_sum
