@@ -126,7 +126,8 @@ def test_a_store_made_by_the_earlier_method_is_not_resumed(tmp_path, capsys, mon
     weights = tmp_path / "w.pt"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     command[command.index("random")] = str(weights)
-    assert run_cli([*command, "--force"], capsys)[0] == 0
+    code, _, err = run_cli([*command, "--force"], capsys)
+    assert code == 0, err
     assert run_cli(command, capsys)[0] == 0  # the same again: nothing to do
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     code, _, err = run_cli(command, capsys)
