@@ -388,3 +388,12 @@ def test_a_released_run_lock_is_free_while_a_forked_worker_still_lives(tmp_path,
         release(artifacts.lock_run_dir(tmp_path / "run"))  # free although the child still shares it
     finally:
         os.waitpid(child, 0)
+
+
+def test_a_run_killed_while_writing_its_first_file_is_not_blocked(world, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / artifacts.LOCK_FILE).write_text("")
+    (out / ".run.json.k3j4.tmp").write_text('{"form')  # torn atomic write of the marker
+    assert artifacts.inspect_run_dir(out, "teacher") == "empty"
+    assert train(request(world["features"], out, train__epochs=1)).trained_epochs == 1

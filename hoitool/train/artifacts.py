@@ -82,8 +82,10 @@ def run_marker(path: Path) -> dict | None:
 
 
 def _entries(path: Path) -> list[str]:
-    """What a directory holds, apart from a lock file left by an earlier hoitool run."""
-    return sorted(entry.name for entry in path.iterdir() if entry.name != LOCK_FILE)
+    """What a directory holds, apart from the lock file and a torn first ``run.json`` write of an earlier run."""
+    def leftover(name: str) -> bool:
+        return name == LOCK_FILE or (name.startswith(f".{RUN_INFO}.") and name.endswith(".tmp"))
+    return sorted(entry.name for entry in path.iterdir() if not leftover(entry.name))
 
 
 def inspect_run_dir(out: Path, kind: str) -> str:
