@@ -287,16 +287,16 @@ def distill_table(per_seed: list[dict], tests: list[FeatureSet], resamples: int)
     for direction in per_seed[0]:
         names = list(per_seed[0][direction])
         rows = []
+        plain = [next(iter(seed_result[direction].values())) for seed_result in per_seed]
         for position, name in enumerate(names):
-            def runs_of(seed_result):
-                return list(seed_result[direction].values())[position]
+            runs = [list(seed_result[direction].values())[position] for seed_result in per_seed]
             cells = []
             for context in ["all", *contexts]:
-                values = np.stack([runs_of(s).test_correct[masks[context]] for s in per_seed])
-                base = np.stack([list(s[direction].values())[0].test_correct[masks[context]] for s in per_seed])
+                values = np.stack([run.test_correct[masks[context]] for run in runs])
+                base = np.stack([run.test_correct[masks[context]] for run in plain])
                 cells.append(accuracy_cell(values, resamples) if position == 0 else interval(values - base.astype(float), resamples))
-            train_acc = np.mean([runs_of(s).train_accuracy for s in per_seed])
-            flags = sum(bool(flag(runs_of(s), len(tests[0].classes))) for s in per_seed)
+            train_acc = np.mean([run.train_accuracy for run in runs])
+            flags = sum(bool(flag(run, len(tests[0].classes))) for run in runs)
             rows.append([name, *cells, f"{train_acc:.3f}", str(flags) if flags else ""])
         print_table(f"{direction[0]} teacher -> {direction[1]} student: first row accuracy, then difference to it "
                     "(same videos and seeds) [95% bootstrap interval]",

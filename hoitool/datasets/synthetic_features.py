@@ -63,7 +63,7 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index) -> "FeatureSet":
+    def subset(self, index) -> FeatureSet:
         """The videos at ``index`` (array of positions or a boolean mask)."""
         per_video = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name not in ("classes", "contexts")}
         return FeatureSet(**per_video, classes=self.classes, contexts=self.contexts)
@@ -201,7 +201,7 @@ def view_ceilings(data: FeatureSet, views=CEILING_VIEWS) -> dict[str, np.ndarray
             members = np.flatnonzero(data.scenes == scene)
             signatures = [_signature(view, data.frame_pairs[m]) for m in members]
             sizes = Counter(signatures)
-            for m, signature in zip(members, signatures):
+            for m, signature in zip(members, signatures, strict=True):
                 scores[data.labels[m]] += 1.0 / sizes[signature]
                 counts[data.labels[m]] += 1
         result[view] = scores / np.maximum(counts, 1)
