@@ -385,7 +385,7 @@ def test_disk_full_while_finalizing_leaves_no_half_store(tmp_path, monkeypatch):
 def test_unwritable_output_folder_is_one_line_and_writes_nothing(synthetic, tmp_path, monkeypatch, capsys):
     from hoitool.store import staging
 
-    def denied(lock_file, busy):
+    def denied(lock_file, busy, **options):
         raise PermissionError(errno.EACCES, "Permission denied", str(lock_file))
 
     monkeypatch.setattr(staging, "exclusive_lock", denied)

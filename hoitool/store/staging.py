@@ -29,7 +29,7 @@ import numpy as np
 from hoitool import __version__
 from hoitool.config import changed_keys
 from hoitool.errors import StaleArtifactError
-from hoitool.io.lock import exclusive_lock
+from hoitool.io.lock import exclusive_lock, release
 from hoitool.io.atomic import append_jsonl, atomic_path, fsync_dir, read_jsonl, recover_dir, replace_dir, write_json, write_text
 from hoitool.store.backends import backend_name, open_backend
 from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
@@ -222,7 +222,7 @@ class StagedStore:
     def close(self) -> None:
         """Release the writer lock (also released when the process ends, however it ends)."""
         if self._lock is not None:
-            self._lock.close()
+            release(self._lock)  # LOCK_UN: free even if a DataLoader worker still shares the file for a moment
             self._lock = None
 
 
@@ -287,9 +287,14 @@ def clean_temporaries(path: Path) -> None:
 
 
 def writer_lock(path: Path):
-    """One writer per store: a second process on the same output is refused, not interleaved."""
+    """One writer per store: a second process on the same output is refused, not interleaved.
+
+    The short grace covers a DataLoader worker forked an instant before its parent was killed:
+    it dies (with its parent) before it can have done anything, but still holds the lock a moment.
+    """
     return exclusive_lock(path.with_name(f".{path.name}.lock"),
-                          f"{path}: another process is writing this store (use --shard i/n for parallel jobs)")
+                          f"{path}: another process is writing this store (use --shard i/n for parallel jobs)",
+                          grace_s=3.0)
 
 
 def fsync_file(path: Path) -> None:

@@ -11,6 +11,7 @@ from hoitool.errors import UsageError
 from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
 from hoitool.store.reader import open_store
 from hoitool.store.schema import ARRAYS, OPTIONAL_ARRAYS
+from hoitool.io.lock import release
 from hoitool.store.ownership import check_ours
 from hoitool.store.staging import clean_temporaries, sidecar, write_failures, write_store, writer_lock
 
@@ -177,7 +178,7 @@ def merge_stores(shards: list[Path], out: Path, force: bool = False, allow_parti
         clean_temporaries(out)
         return _merge(readers, out, force, allow_partial)
     finally:
-        lock.close()
+        release(lock)
 
 
 def _merge(readers: list, out: Path, force: bool, allow_partial: bool) -> dict:
