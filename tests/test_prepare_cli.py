@@ -188,3 +188,16 @@ def test_prepare_into_a_run_directory_is_refused(tmp_path):
     result = prepare("folder", out, "--root", root, "--force")
     assert result.returncode == 2 and "not prepared by hoitool" in _one_error_line(result.stderr)
     assert sorted(path.name for path in out.iterdir()) == ["run.json"]
+
+
+def test_the_dataset_marker_exists_before_the_preparer_writes_anything(tmp_path):
+    root, out = class_folders(tmp_path / "raw"), tmp_path / "out"
+    seen = []
+
+    def build(out):
+        seen.append(sorted(path.name for path in out.iterdir()))
+        return prepare_folder(root, out)
+
+    run_prepare("folder", out, {"root": str(root)}, False, build)
+    assert seen == [[".hoitool-dataset.json", "config.resolved.yaml"]]  # claimed (marker and config) before any data
+    assert (out / ".hoitool-dataset.json").stat().st_mtime_ns <= (out / "config.resolved.yaml").stat().st_mtime_ns
