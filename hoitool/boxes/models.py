@@ -32,7 +32,6 @@ BOX_ARCHS = (
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
 )
-SOURCES = ("rpn", "detector")
 DEFAULT_NMS_IOU = {"rpn": 0.7, "detector": 0.5}  # torchvision's own RPN and box-head values
 # For source "rpn" (torchvision's test-time defaults for the R50 models): candidates per FPN level before the
 # RPN's per-level NMS, and proposals kept after it -- far more than K, so the cross-level NMS still leaves K.
@@ -128,8 +127,8 @@ def build_box_model(
     longer side; None = the arch's torchvision default, 800/1333 or 320/640),
     which boxes are mapped back from.
     """
-    if source not in SOURCES:
-        raise UsageError(f"box source must be one of {', '.join(SOURCES)}, not {source!r}")
+    if source not in DEFAULT_NMS_IOU:
+        raise UsageError(f"box model source must be one of {', '.join(DEFAULT_NMS_IOU)}, not {source!r}")
     if arch not in BOX_ARCHS:
         raise UsageError(f"unsupported box model {arch!r}; choose one of {', '.join(BOX_ARCHS)}")
     if top_k < 1:

@@ -25,9 +25,10 @@ def stage_config(
     overrides: List[str],
     print_config: bool,
     options: dict | None = None,
+    schema: type | None = None,
 ) -> dict:
     """Resolve a stage's config (validated when ``defaults`` is its settings class); ``--print-config`` prints it and exits 0."""
-    config = resolve_config(defaults, config_file, options, overrides)
+    config = resolve_config(defaults, config_file, options, overrides, schema=schema)
     if print_config:
         console.stdout.print(dump_config(config), end="", markup=False)
         raise typer.Exit(0)
@@ -36,7 +37,8 @@ def stage_config(
 
 def setting(schema: type, key: str, *flags: str, **extra: Any) -> Any:
     """A stage option that sets config ``key``: its help and default come from the schema (declared once)."""
-    info = typer.Option(None, *flags, help=option_help(schema, key), **extra)
+    help_text = option_help(schema, key).replace("[", "\\[")  # rich markup would swallow "[config: ...]"
+    info = typer.Option(None, *flags, help=help_text, **extra)
     info.config_key = key  # type: ignore[attr-defined]  # read back by setting_values
     return info
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -25,14 +24,13 @@ from hoitool.cli import console
 from hoitool.cli.app import prepare_app
 from hoitool.cli.options import ConfigOption, ForceOption, PrintConfigOption, SetOption, stage_config
 from hoitool.config import changed_keys, save_config
-from hoitool.datasets.cad120 import KINECT, Intrinsics, prepare_cad120
+from hoitool.datasets.cad120 import Intrinsics, prepare_cad120
 from hoitool.datasets.charades import prepare_charades
 from hoitool.datasets.folder import (
     ANNOTATIONS_FILE,
     DATASET_FORMAT,
     DATASET_MARKER,
     MANIFEST_FILE,
-    VIDEO_EXTENSIONS,
     WARNINGS_FILE,
     prepare_folder,
 )
@@ -40,28 +38,13 @@ from hoitool.datasets.ssv2 import prepare_ssv2
 from hoitool.errors import UsageError
 from hoitool.io.atomic import write_json
 from hoitool.manifest import SPLITS, Manifest
+from hoitool.settings.prepare import PREPARE_SETTINGS
 
 CONFIG_FILE = "config.resolved.yaml"
 # What --force replaces (the manifest first, so an interrupted redo leaves no stale one); the synthetic
 # videos are rewritten in place by the generator. Nothing else in OUT is ever deleted.
 OWNED_FILES = (MANIFEST_FILE, ANNOTATIONS_FILE, WARNINGS_FILE, CONFIG_FILE)
 
-DEFAULTS: dict[str, dict] = {
-    "synthetic": {"videos_per_class": 12, "frames": 24, "size": 128, "seed": 0, "fps": 8},
-    "charades": {
-        "root": None, "frames": False, "video_dir": "Charades_v1_480", "frames_dir": "Charades_v1_rgb",
-        "val_fraction": 0.1, "seed": 0, "strict": False,
-    },
-    "cad120": {
-        "root": None, "fold": None, "val": 0.2, "seed": 0, "strict": False, "person_margin": 0.1,
-        "intrinsics": asdict(KINECT),
-    },
-    "ssv2": {"root": None, "video_dir": ".", "strict": False, "boxes": []},
-    "folder": {
-        "root": None, "labels": None, "extensions": [ext[1:] for ext in VIDEO_EXTENSIONS],
-        "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "strict": False, "frame_pattern": None,
-    },
-}
 
 OutArgument = typer.Argument(..., help="Output folder for manifest.json (and annotations.jsonl where the dataset has boxes).")
 RootOption = typer.Option(None, "--root", help="The dataset's raw folder, in its official layout.")
@@ -232,7 +215,7 @@ def synthetic(
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Generate a small synthetic HOI video set with ground-truth boxes (needs no download)."""
-    config = stage_config(DEFAULTS["synthetic"], config_file, overrides, print_config, {
+    config = stage_config(PREPARE_SETTINGS["synthetic"], config_file, overrides, print_config, {
         "videos_per_class": videos_per_class, "frames": frames, "size": size, "seed": seed, "fps": fps,
     })
     arguments = {
@@ -264,7 +247,7 @@ def charades(
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Charades v1 (multi-label): train CSV -> train + val (held out by subject), test CSV -> test."""
-    config = stage_config(DEFAULTS["charades"], config_file, overrides, print_config, {
+    config = stage_config(PREPARE_SETTINGS["charades"], config_file, overrides, print_config, {
         "root": _absolute(root), "frames": frames, "video_dir": video_dir, "frames_dir": frames_dir,
         "val_fraction": val_fraction, "seed": seed, "strict": strict,
     })
@@ -291,7 +274,7 @@ def cad120(
     print_config: bool = PrintConfigOption,
 ) -> None:
     """CAD-120: frames, activity labels, object and person boxes, sub-activity segments."""
-    config = stage_config(DEFAULTS["cad120"], config_file, overrides, print_config, {
+    config = stage_config(PREPARE_SETTINGS["cad120"], config_file, overrides, print_config, {
         "root": _absolute(root), "fold": fold, "val": _subject_or_fraction(val), "seed": seed, "strict": strict,
     })
     raw = _root(config)
@@ -322,7 +305,7 @@ def ssv2(
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Something-Something v2: train -> train, validation -> val; the unlabelled test list is left out."""
-    config = stage_config(DEFAULTS["ssv2"], config_file, overrides, print_config, {
+    config = stage_config(PREPARE_SETTINGS["ssv2"], config_file, overrides, print_config, {
         "root": _absolute(root), "video_dir": video_dir, "strict": strict,
         "boxes": [_absolute(path) for path in boxes] or None,
     })
@@ -350,7 +333,7 @@ def folder(
     print_config: bool = PrintConfigOption,
 ) -> None:
     """A folder of videos or frame folders: ROOT/<class>/<video>, or flat with --labels; stratified split."""
-    config = stage_config(DEFAULTS["folder"], config_file, overrides, print_config, {
+    config = stage_config(PREPARE_SETTINGS["folder"], config_file, overrides, print_config, {
         "root": _absolute(root), "labels": _absolute(labels), "val_fraction": val_fraction,
         "test_fraction": test_fraction, "seed": seed, "strict": strict, "frame_pattern": frame_pattern,
     })

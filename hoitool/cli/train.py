@@ -3,37 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
 from hoitool.cli.app import app
-from hoitool.cli.options import ConfigOption, ForceOption, PrintConfigOption, SetOption, stage_config
+from hoitool.cli.options import (
+    ConfigOption,
+    ForceOption,
+    PrintConfigOption,
+    SetOption,
+    setting,
+    setting_values,
+    stage_config,
+)
 from hoitool.errors import UsageError
+from hoitool.settings.training import DistillStageSettings, TeacherSettings
 
 FeaturesArgument = typer.Argument(..., help="Features store (.h5 or .zarr) from `hoitool extract features`.")
 OutOption = typer.Option(..., "--out", "-o", help="Run directory: new, empty, or a hoitool run of this kind (the same command again resumes it).")
 PresetOption = typer.Option(None, "--preset", help="Named recipe: cad120, charades-i3d or demo (docs/training.md).")
-SeedOption = typer.Option(None, "--seed", help="Seed of initialisation, batch order and dropout.")
-EpochsOption = typer.Option(None, "--epochs", help="Number of epochs.")
-LrOption = typer.Option(None, "--lr", help="Initial learning rate.")
-BatchOption = typer.Option(None, "--batch-size", help="Global batch size in videos (split across DDP ranks).")
 ResumeOption = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (a finished run: nothing to do); the same command without it resumes too when the config matches.")
-DeviceOption = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N.")
-AmpOption = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA only; refused on CPU).")
-WorkersOption = typer.Option(None, "--workers", help="DataLoader worker processes reading the store.")
-ManifestOption = typer.Option(None, "--manifest", help="Manifest to take labels and splits from (default: the one the store was built from).")
 LabelOption = typer.Option(None, "--label", help="Name of the run in reports (default: e.g. 'global-context', 'global-teacher').")
-
-_VIEWS = ("global", "local", "baseline")
-
-
-def _common_options(seed, epochs, lr, batch_size, device, amp, workers, manifest, view) -> dict:
-    return {
-        "train.seed": seed, "train.epochs": epochs, "optim.lr": lr, "train.batch_size": batch_size,
-        "runtime.device": device, "train.amp": amp, "data.workers": workers,
-        "data.manifest": str(Path(manifest).resolve()) if manifest else None, "model.view": view,
-    }
+S = DistillStageSettings  # every training option sets a key of this schema (train-teacher uses its teacher part)
+View = Literal["global", "local", "baseline"]
 
 
 def _check_view(view: str, allowed: tuple[str, ...]) -> None:
@@ -44,18 +37,18 @@ def _check_view(view: str, allowed: tuple[str, ...]) -> None:
 @app.command("train-teacher")
 def train_teacher_command(
     features: Path = FeaturesArgument,
-    view: str = typer.Option(..., "--view", help="Context graph: global (whole video), local (per frame) or baseline (no graph)."),
+    view: View = typer.Option(..., "--view", help="Context graph: global (whole video), local (per frame) or baseline (no graph)."),
     out: Path = OutOption,
     preset: Optional[str] = PresetOption,
-    seed: Optional[int] = SeedOption,
-    epochs: Optional[int] = EpochsOption,
-    lr: Optional[float] = LrOption,
-    batch_size: Optional[int] = BatchOption,
+    seed: Optional[int] = setting(S, "train.seed", "--seed"),
+    epochs: Optional[int] = setting(S, "train.epochs", "--epochs"),
+    lr: Optional[float] = setting(S, "optim.lr", "--lr"),
+    batch_size: Optional[int] = setting(S, "train.batch_size", "--batch-size"),
     resume: bool = ResumeOption,
-    device: Optional[str] = DeviceOption,
-    amp: Optional[bool] = AmpOption,
-    workers: Optional[int] = WorkersOption,
-    manifest: Optional[Path] = ManifestOption,
+    device: Optional[str] = setting(S, "runtime.device", "--device"),
+    amp: Optional[bool] = setting(S, "train.amp", "--amp/--no-amp"),
+    workers: Optional[int] = setting(S, "data.workers", "--workers"),
+    manifest: Optional[Path] = setting(S, "data.manifest", "--manifest"),
     label: Optional[str] = LabelOption,
     force: bool = ForceOption,
     config: Optional[Path] = ConfigOption,
@@ -66,35 +59,34 @@ def train_teacher_command(
     from hoitool.train.loop import TrainRequest, train
     from hoitool.train.presets import apply_preset, preset_name, training_defaults
 
-    _check_view(view, _VIEWS)
-    options = _common_options(seed, epochs, lr, batch_size, device, amp, workers, manifest, view)
+    options = dict(setting_values(train_teacher_command, locals()), **{"model.view": view})
     defaults = apply_preset(training_defaults(distill=False), preset_name(preset, config))
-    resolved = stage_config(defaults, config, overrides, print_config, options)
+    resolved = stage_config(defaults, config, overrides, print_config, options, schema=TeacherSettings)
     train(TrainRequest("teacher", features, out, resolved, resume=resume, force=force, label=label))
 
 
 @app.command("distill")
 def distill_command(
     features: Path = FeaturesArgument,
-    view: str = typer.Option(..., "--view", help="The student's context graph: local or global."),
+    view: View = typer.Option(..., "--view", help="The student's context graph (global or local with --dml; baseline too with --teacher)."),
     out: Path = OutOption,
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher run directory (from train-teacher); its outputs are checked for staleness."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="kd (softmax KL, single-label default), l2 (GLIDN Eq. 3, multi-label default) or bce."),
-    temperature: Optional[float] = typer.Option(None, "--T", help="Distillation temperature."),
-    lambda1: Optional[float] = typer.Option(None, "--lambda1", help="Weight of the CE/BCE term."),
-    lambda2: Optional[float] = typer.Option(None, "--lambda2", help="Weight of the distillation term."),
+    loss: Optional[Literal["auto", "kd", "l2", "bce"]] = setting(S, "distill.loss", "--loss"),
+    temperature: Optional[float] = setting(S, "distill.T", "--T"),
+    lambda1: Optional[float] = setting(S, "distill.lambda1", "--lambda1"),
+    lambda2: Optional[float] = setting(S, "distill.lambda2", "--lambda2"),
     generalized: Optional[float] = typer.Option(None, "--generalized", help="Generalized distillation: lambda2 = this, lambda1 = 1 - this."),
     dml: bool = typer.Option(False, "--dml", help="Deep Mutual Learning: train --view and the other view jointly from scratch."),
     preset: Optional[str] = PresetOption,
-    seed: Optional[int] = SeedOption,
-    epochs: Optional[int] = EpochsOption,
-    lr: Optional[float] = LrOption,
-    batch_size: Optional[int] = BatchOption,
+    seed: Optional[int] = setting(S, "train.seed", "--seed"),
+    epochs: Optional[int] = setting(S, "train.epochs", "--epochs"),
+    lr: Optional[float] = setting(S, "optim.lr", "--lr"),
+    batch_size: Optional[int] = setting(S, "train.batch_size", "--batch-size"),
     resume: bool = ResumeOption,
-    device: Optional[str] = DeviceOption,
-    amp: Optional[bool] = AmpOption,
-    workers: Optional[int] = WorkersOption,
-    manifest: Optional[Path] = ManifestOption,
+    device: Optional[str] = setting(S, "runtime.device", "--device"),
+    amp: Optional[bool] = setting(S, "train.amp", "--amp/--no-amp"),
+    workers: Optional[int] = setting(S, "data.workers", "--workers"),
+    manifest: Optional[Path] = setting(S, "data.manifest", "--manifest"),
     label: Optional[str] = LabelOption,
     force: bool = ForceOption,
     config: Optional[Path] = ConfigOption,
@@ -106,7 +98,7 @@ def distill_command(
     from hoitool.train.loop import PEER_VIEW, TrainRequest, train
     from hoitool.train.presets import apply_preset, preset_name, training_defaults
 
-    _check_view(view, ("global", "local") if dml else _VIEWS)
+    _check_view(view, ("global", "local") if dml else ("global", "local", "baseline"))
     if dml and teacher is not None:
         raise UsageError("--dml trains both views from scratch; drop --teacher")
     if not dml and teacher is None:
@@ -117,12 +109,10 @@ def distill_command(
         raise UsageError(f"--generalized must be in [0, 1] (lambda2 = L, lambda1 = 1 - L), got {generalized}")
     if generalized is not None:
         lambda1, lambda2 = 1.0 - generalized, generalized
-    options = _common_options(seed, epochs, lr, batch_size, device, amp, workers, manifest, view)
-    options.update({"distill.loss": loss, "distill.T": temperature, "distill.lambda1": lambda1,
-                    "distill.lambda2": lambda2, "distill.dml": True if dml else None})
+    options = dict(setting_values(distill_command, locals()), **{"model.view": view, "distill.dml": True if dml else None})
     teacher_view = PEER_VIEW[view] if dml else check_teacher_run(teacher).get("view")
     defaults = apply_preset(training_defaults(distill=True), preset_name(preset, config), teacher_view)
-    resolved = stage_config(defaults, config, overrides, print_config, options)
+    resolved = stage_config(defaults, config, overrides, print_config, options, schema=DistillStageSettings)
     kind = "dml" if resolved["distill"]["dml"] else "student"
     if kind == "dml" and teacher is not None:
         raise UsageError("the config sets distill.dml: true, which trains from scratch; drop --teacher")

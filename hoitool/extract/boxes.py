@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -16,30 +17,16 @@ import torch
 from hoitool.boxes.jsonl import FrameBoxes, read_boxes_jsonl
 from hoitool.errors import UsageError
 from hoitool.extract.common import content_config, provenance
-from hoitool.io.digest import file_sha256
 from hoitool.extract.engine import StageSummary, VideoFailure, run_video_stage
+from hoitool.io.digest import file_sha256
 from hoitool.manifest import Manifest, select_shard
+from hoitool.settings import resolved
+from hoitool.settings.boxes import BoxesSettings, BoxSourceName
 from hoitool.store.staging import StagedStore, shard_path
 
-SOURCES = ("rpn", "detector", "dataset", "import")
+SOURCES = get_args(BoxSourceName)  # rpn, detector (box models: hoitool.boxes.models), dataset, import
 
-BOXES_DEFAULTS = {
-    "source": "rpn",
-    "frames": 32,  # T sampled frames per clip
-    "clips": 1,  # temporal clips per video (multi-view testing uses 10)
-    "top_k": 15,
-    "import_file": None,  # boxes JSON-lines file for source=import
-    "model": {
-        "arch": "fasterrcnn_resnet50_fpn",
-        "weights": None,  # None: torchvision cache under TORCH_HOME; a path; or "random" (tests only)
-        "seed": 0,
-        "nms_iou": 0.7,
-        "score_threshold": 0.0,
-        "min_size": 800,
-        "max_size": 1333,
-    },
-    "runtime": {"device": "auto", "workers": 2, "batch_frames": 8},
-}
+BOXES_DEFAULTS = BoxesSettings().model_dump()  # the defaults live, described, in hoitool.settings.boxes
 
 
 @functools.lru_cache(maxsize=4)
@@ -172,7 +159,8 @@ class BoxesModel:
         return arrays, {"empty_frames": empty}
 
 
-def extract_boxes(manifest_path: Path, out: Path, config: dict, shard=None, force: bool = False) -> StageSummary:
+def extract_boxes(manifest_path: Path, out: Path, config: dict | BoxesSettings, shard=None, force: bool = False) -> StageSummary:
+    config = resolved(BoxesSettings, config)
     manifest = Manifest.load(manifest_path)
     manifest_file = manifest.root / "manifest.json"
     out = shard_path(Path(out), shard)

@@ -18,21 +18,12 @@ from hoitool.errors import UsageError
 from hoitool.extract.common import content_config, provenance
 from hoitool.extract.engine import StageSummary, run_video_stage
 from hoitool.manifest import Manifest, select_shard
+from hoitool.settings import resolved
+from hoitool.settings.features import FeaturesSettings
 from hoitool.store import open_store
 from hoitool.store.staging import StagedStore, shard_path
 
-FEATURES_DEFAULTS = {
-    "backbone": {"arch": "resnet50", "layer": None, "weights": None, "seed": 0},
-    "mode": "roi",  # roi | crop
-    "pool": "max",  # max | avg over the RoIAlign bins
-    "roi_size": 7,
-    "sampling_ratio": 2,
-    "short_side": 224,  # frames resized so the short side is this many pixels
-    "crops": 1,  # 1: the whole resized frame; 3: left/centre/right square crops (multi-view testing)
-    "crop_size": 224,  # mode=crop: each box is cut from the source-resolution frame and resized to this
-    "frame_features": True,  # also store whole-frame features (baselines, context)
-    "runtime": {"device": "auto", "workers": 2, "amp": False},
-}
+FEATURES_DEFAULTS = FeaturesSettings().model_dump()  # the defaults live, described, in hoitool.settings.features
 
 
 # What the code does beyond the config; a store made by an earlier method is not resumed with this one.
@@ -131,7 +122,8 @@ class NodeFeatures:
         return arrays, {"views": len(views["nodes"])}
 
 
-def extract_features(boxes_path: Path, out: Path, config: dict, shard=None, force: bool = False) -> StageSummary:
+def extract_features(boxes_path: Path, out: Path, config: dict | FeaturesSettings, shard=None, force: bool = False) -> StageSummary:
+    config = resolved(FeaturesSettings, config)
     boxes = open_store(boxes_path)
     if boxes.kind != "boxes":
         raise UsageError(f"{boxes_path}: is a {boxes.kind} store, expected a boxes store")

@@ -16,23 +16,13 @@ from hoitool.errors import UsageError
 from hoitool.nn.encodings import GeometryEncoding, TimeEncoding
 from hoitool.nn.gat import GATLayer
 from hoitool.nn.graphs import frame_adjacency, global_adjacency
+from hoitool.settings.training import ModelSettings
 
 VIEWS = ("global", "local", "baseline")
 POOLINGS = ("max", "mean")
 
 # The paper's recipe (Sec. 4.2): 512-d nodes, one GAT layer, one head, max pooling, appearance only.
-MODEL_DEFAULTS: dict = {
-    "view": "global",
-    "hidden": 512,
-    "layers": 1,
-    "heads": 1,
-    "pooling": "max",
-    "dropout": 0.0,
-    "residual": False,
-    "geometry_encoding": False,
-    "time_encoding": False,
-    "input_norm": False,  # LayerNorm on the input features (beyond the paper; helps unnormalised features)
-}
+MODEL_DEFAULTS: dict = ModelSettings().model_dump()  # described in hoitool.settings.training.ModelSettings
 
 
 def masked_pool(h: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:

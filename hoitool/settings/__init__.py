@@ -10,6 +10,6 @@ types, ranges and ``Literal`` choices with readable errors, and its field descri
 feed the CLI's ``--help`` so an option is described once (docs/configuration.md).
 """
 
-from hoitool.settings.base import Section, describe, option_help, validate
+from hoitool.settings.base import Section, describe, option_help, resolved, validate
 
-__all__ = ["Section", "describe", "option_help", "validate"]
+__all__ = ["Section", "describe", "option_help", "resolved", "validate"]

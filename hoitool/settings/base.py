@@ -94,6 +94,17 @@ def validate(schema: type[M], data: dict, where: str = "") -> M:
         raise UsageError(message if where else message[len("config: "):]) from None
 
 
+def resolved(schema: type[M], config: dict | BaseModel) -> dict:
+    """A stage's config as the library uses it: validated against ``schema``, as a plain nested dict.
+
+    Library entry points call this, so a notebook may pass a settings instance, a full dict or
+    a partial one (missing keys take their defaults); a bad value is refused before any work.
+    """
+    if isinstance(config, BaseModel):
+        config = config.model_dump()
+    return validate(schema, config).model_dump()
+
+
 def field_info(schema: type[BaseModel], key: str) -> FieldInfo:
     """The field at a dotted key (``"optim.lr"``) of a nested schema."""
     node: type[BaseModel] | None = schema

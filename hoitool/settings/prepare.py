@@ -45,6 +45,7 @@ class Ssv2Settings(Section):
     root: str | None = Field(None, description="the dataset's raw folder, in its official layout")
     video_dir: str = Field(".", description="folder of the videos under the root")
     strict: bool = Field(False, description="fail on a missing video instead of skipping it")
+    boxes: list[str] = Field([], description="Something-Else box annotation files (parts) used as dataset boxes")
 
 
 class FolderSettings(Section):
@@ -55,6 +56,7 @@ class FolderSettings(Section):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the videos held out for testing")
     seed: int = Field(0, description="seed of the split")
     strict: bool = Field(False, description="fail on an unreadable video instead of skipping it")
+    frame_pattern: str | None = Field(None, description="frames of a frame folder, e.g. RGB_%d.png (others in it are ignored)")
 
 
 PREPARE_SETTINGS: dict[str, type[Section]] = {

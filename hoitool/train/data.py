@@ -281,3 +281,19 @@ def batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
     if loader.num_workers:
         loader.dataset.release()
     yield from loader
+
+
+def features_dataset(features, split: str = "train", manifest=None) -> VideoDataset:
+    """A ``torch.utils.data.Dataset`` over one split of a features store (docs/python-api.md).
+
+    Item ``i`` is a list with one dict per stored view (``nodes`` (T, K, D), ``valid``,
+    ``boxes``, ``frame_size``, ``target``); ``collate`` batches them. Labels and splits come
+    from ``manifest`` (a path), else from the manifest the store was built from.
+    """
+    from hoitool.store import open_store
+
+    reader = open_store(features)
+    path = manifest or reader.manifest_path
+    if not path:
+        raise UsageError(f"{features}: the store does not say which manifest it was built from; pass manifest=PATH")
+    return VideoDataset(reader, split_videos(Manifest.load(path), reader.video_ids, split))

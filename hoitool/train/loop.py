@@ -41,6 +41,8 @@ from hoitool.io.atomic import append_jsonl
 from hoitool.io.lock import release
 from hoitool.manifest import Manifest
 from hoitool.nn.models import build_model
+from hoitool.settings import resolved
+from hoitool.settings.training import DistillStageSettings, TeacherSettings
 from hoitool.store import open_store
 from hoitool.train import artifacts
 from hoitool.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -554,7 +556,13 @@ class Training:
 
 
 def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Run (or resume, or finish) one training run; see the module docstring."""
+    """Run (or resume, or finish) one training run; see the module docstring.
+
+    ``request.config`` is validated against the stage's schema first (hoitool.settings.training),
+    so a library caller gets the same one-line refusal as the CLI before anything is written.
+    """
+    schema = TeacherSettings if request.kind == "teacher" else DistillStageSettings
+    request.config = resolved(schema, request.config)
     check_config(request.config)
     ctx = init_distributed(request.config["runtime"]["device"])
     training = None

@@ -13,28 +13,15 @@ from dataclasses import dataclass, field
 
 from hoitool.config import changed_keys, load_config_file, lookup, resolve_config, set_dotted
 from hoitool.errors import UsageError
-from hoitool.nn.models import MODEL_DEFAULTS
+from hoitool.settings.training import DistillStageSettings, TeacherSettings
 
 # Keys that only say *how* to run, not *what* is trained; they may change when a run is resumed.
 RUNTIME_KEYS = ("data.workers", "data.preload", "data.memory_budget_gb", "data.manifest", "runtime.device")
 
 
 def training_defaults(distill: bool) -> dict:
-    """Defaults of ``train-teacher`` (and, with the ``distill`` section, of ``distill``)."""
-    config = {
-        "preset": None,
-        "model": dict(MODEL_DEFAULTS),
-        "optim": {"name": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0},
-        # step decay: lr *= gamma every step_size epochs (0 = constant lr)
-        "schedule": {"step_size": 0, "gamma": 0.1},
-        "train": {"epochs": 30, "batch_size": 16, "seed": 0, "amp": False, "amp_dtype": "bf16"},
-        "data": {"preload": "auto", "memory_budget_gb": None, "random_view": False, "workers": 2, "manifest": None},
-        "runtime": {"device": "auto"},
-    }
-    if distill:
-        # loss "auto": kd for single-label, l2 (Eq. 3) for multi-label; total = lambda1 * CE + lambda2 * distill
-        config["distill"] = {"loss": "auto", "T": 10.0, "lambda1": 1.0, "lambda2": 4.0, "dml": False}
-    return config
+    """Defaults of ``train-teacher`` (and, with the ``distill`` section, of ``distill``): hoitool.settings.training."""
+    return (DistillStageSettings if distill else TeacherSettings)().model_dump()
 
 
 @dataclass(frozen=True)
