@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import sys
 import tempfile
@@ -132,20 +133,26 @@ def training_throughput(path: Path, device: torch.device, workers: int, batch: i
         for enabled in (True, False):
             with checking(enabled):
                 sampler = EpochBatchSampler(len(videos), batch, seed=round_index)
-                loader = make_loader(ViewDataset(reader, videos), workers, device.type == "cuda", seed=0,
-                                     batch_sampler=sampler, persistent=False)
+                loader = make_loader(
+                    ViewDataset(reader, videos),
+                    workers,
+                    device.type == "cuda",
+                    seed=0,
+                    batch_sampler=sampler,
+                    persistent=False,
+                )
 
-                def epoch_batches():
-                    return batches(loader)
-
-                speed = _videos_per_second(epoch_batches, *trainers[enabled], device, 1)
+                speed = _videos_per_second(functools.partial(batches, loader), *trainers[enabled], device, 1)
                 del loader
             if round_index:
                 timings[enabled].append(speed)
     reader.close()
     checked, unchecked = np.array(timings[True]), np.array(timings[False])
-    return {"checked": float(np.median(checked)), "unchecked": float(np.median(unchecked)),
-            "overhead": float(np.median(1 - checked / unchecked))}
+    return {
+        "checked": float(np.median(checked)),
+        "unchecked": float(np.median(unchecked)),
+        "overhead": float(np.median(1 - checked / unchecked)),
+    }
 
 
 def main() -> None:
@@ -168,21 +175,29 @@ def main() -> None:
                 costs = read_costs(path, args.rounds)
                 if train_ms is None:
                     train_ms = train_ms_per_video(path, device, size["batch"], steps=3 * args.rounds)
-                print(f"{size_name}: T={size['frames']} K={size['boxes']} D={size['dim']} float16, {suffix}, "
-                      f"{costs['bytes'] / 1e6:.2f} MB read per video (nodes, valid, boxes, frame_size)")
-                print(f"  read per video: unchecked {costs['unchecked']:.2f} ms; checked, first read in a process "
-                      f"{costs['checked']:.2f} ms (+{costs['extra']:.2f} ms; sha256 alone {costs['hash_only']:.2f} ms), "
-                      f"again {costs['again']:.2f} ms (+{costs['extra_again']:.2f} ms)")
+                print(
+                    f"{size_name}: T={size['frames']} K={size['boxes']} D={size['dim']} float16, {suffix}, "
+                    f"{costs['bytes'] / 1e6:.2f} MB read per video (nodes, valid, boxes, frame_size)"
+                )
+                print(
+                    f"  read per video: unchecked {costs['unchecked']:.2f} ms; checked, first read in a process "
+                    f"{costs['checked']:.2f} ms (+{costs['extra']:.2f} ms; sha256 alone {costs['hash_only']:.2f} ms), "
+                    f"again {costs['again']:.2f} ms (+{costs['extra_again']:.2f} ms)"
+                )
                 serial = costs["extra"] / (costs["unchecked"] + train_ms)
-                print(f"  training step on {device}: {train_ms:.2f} ms per video; hashing costs at most "
-                      f"{100 * serial:.1f}% of an epoch's throughput when reads do not overlap compute "
-                      f"(workers=0), and only in the first epoch a process reads a video; "
-                      f"read-bound (a device faster than the reads): {100 * costs['extra'] / costs['checked']:.1f}%")
+                print(
+                    f"  training step on {device}: {train_ms:.2f} ms per video; hashing costs at most "
+                    f"{100 * serial:.1f}% of an epoch's throughput when reads do not overlap compute "
+                    f"(workers=0), and only in the first epoch a process reads a video; "
+                    f"read-bound (a device faster than the reads): {100 * costs['extra'] / costs['checked']:.1f}%"
+                )
                 if args.end_to_end:
                     speed = training_throughput(path, device, args.workers, size["batch"], args.rounds)
-                    print(f"  end to end, {args.workers} workers: checked {speed['checked']:.1f} videos/s, unchecked "
-                          f"{speed['unchecked']:.1f} videos/s, overhead {100 * speed['overhead']:.1f}% "
-                          f"(median of {args.rounds} alternating rounds; noisy on a shared machine)")
+                    print(
+                        f"  end to end, {args.workers} workers: checked {speed['checked']:.1f} videos/s, unchecked "
+                        f"{speed['unchecked']:.1f} videos/s, overhead {100 * speed['overhead']:.1f}% "
+                        f"(median of {args.rounds} alternating rounds; noisy on a shared machine)"
+                    )
 
 
 if __name__ == "__main__":

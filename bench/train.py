@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from train_throughput import store_vs_ram_benchmark
 
 from hoitool.nn import GATLayer, frame_adjacency, global_adjacency, local_adjacency
-from train_throughput import store_vs_ram_benchmark
 
 # --------------------------------------------------------------------------- timing helpers
 
@@ -114,6 +114,7 @@ def sparse_candidates(dense: GATLayer, x: torch.Tensor, adj: torch.Tensor, devic
 
 def compare(candidates: list[Candidate], device: torch.device, repeats: int) -> None:
     """Time each candidate; check its output against the first one's; print speed-ups of the first."""
+
     def flat_output(call):
         output = forward_step(call)()
         return output.reshape(-1, output.shape[-1])
@@ -126,11 +127,15 @@ def compare(candidates: list[Candidate], device: torch.device, repeats: int) -> 
             median_seconds(forward_step(call), device, repeats),
             median_seconds(forward_backward_step(call, module), device, repeats),
         )
-        print(f"  {name:<22} forward {results[name][0] * 1e3:9.1f} ms   forward+backward "
-              f"{results[name][1] * 1e3:9.1f} ms   max|diff| vs {candidates[0][0]} {difference:.2e}")
+        print(
+            f"  {name:<22} forward {results[name][0] * 1e3:9.1f} ms   forward+backward "
+            f"{results[name][1] * 1e3:9.1f} ms   max|diff| vs {candidates[0][0]} {difference:.2e}"
+        )
     (first, (first_fwd, first_both)), *others = results.items()
     for name, (fwd, both) in others:
-        print(f"  {first} speed-up over {name}: forward {fwd / first_fwd:.1f}x, forward+backward {both / first_both:.1f}x")
+        print(
+            f"  {first} speed-up over {name}: forward {fwd / first_fwd:.1f}x, forward+backward {both / first_both:.1f}x"
+        )
 
 
 def gat_benchmark(args) -> None:
@@ -142,18 +147,25 @@ def gat_benchmark(args) -> None:
     x = torch.randn(batch, nodes, dim, device=device)
     valid = torch.rand(batch, frames, boxes, device=device) < args.valid_fraction
     dense = GATLayer(dim, dim).to(device)
-    print(f"{batch} videos x {frames} frames x {boxes} boxes = {nodes} nodes/video, {dim} dims; "
-          f"{int(valid.sum()):,} valid; device={device}, threads={torch.get_num_threads()}, median of {args.repeats} repeats")
+    print(
+        f"{batch} videos x {frames} frames x {boxes} boxes = {nodes} nodes/video, {dim} dims; "
+        f"{int(valid.sum()):,} valid; device={device}, threads={torch.get_num_threads()}, median of {args.repeats} repeats"
+    )
 
     adj = global_adjacency(valid)
     print(f"GAT layer, global view ({int(adj.sum()):,} edges):")
-    compare([("dense GATLayer", dense, lambda: dense(x, adj))] + sparse_candidates(dense, x, adj, device),
-            device, args.repeats)
+    compare(
+        [("dense GATLayer", dense, lambda: dense(x, adj))] + sparse_candidates(dense, x, adj, device),
+        device,
+        args.repeats,
+    )
 
     local_adj, per_frame_adj = local_adjacency(valid), frame_adjacency(valid)
     per_frame_x = x.reshape(batch * frames, boxes, dim)
-    print(f"GAT layer, local view ({int(local_adj.sum()):,} edges): per-frame (B*T, K, K) graphs (the model's path) "
-          "vs one (B, N, N) block-diagonal mask vs edge lists:")
+    print(
+        f"GAT layer, local view ({int(local_adj.sum()):,} edges): per-frame (B*T, K, K) graphs (the model's path) "
+        "vs one (B, N, N) block-diagonal mask vs edge lists:"
+    )
     compare(
         [
             ("per-frame graphs", dense, lambda: dense(per_frame_x, per_frame_adj).reshape(batch, nodes, -1)),
@@ -175,8 +187,12 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--small", action="store_true", help="small sizes for a quick run")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
-    parser.add_argument("--valid-fraction", type=float, default=1.0,
-                        help="fraction of box slots that hold a box (the rest is padding); 1.0 = fully connected")
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=1.0,
+        help="fraction of box slots that hold a box (the rest is padding); 1.0 = fully connected",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
     parser.add_argument("--workers", type=int, default=2, help="store section: DataLoader workers reading the store")

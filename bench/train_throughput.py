@@ -32,29 +32,39 @@ from hoitool.train.data import EpochBatchSampler, ViewDataset, batches, collate,
 from hoitool.train.losses import supervised_loss
 
 # Charades-like graphs (T=32 frames x K=15 boxes of 512-d, GLIDN's I3D setting) and a small variant
-SIZES = {"full": {"videos": 256, "frames": 32, "boxes": 15, "dim": 512, "batch": 8},
-         "small": {"videos": 64, "frames": 16, "boxes": 10, "dim": 256, "batch": 8}}
+SIZES = {
+    "full": {"videos": 256, "frames": 32, "boxes": 15, "dim": 512, "batch": 8},
+    "small": {"videos": 64, "frames": 16, "boxes": 10, "dim": 256, "batch": 8},
+}
 CLASSES = 10
 
 
 def make_store(root: Path, size: dict, suffix: str) -> Path:
     """A synthetic features store (random float16 nodes; gzip compresses them about as badly as real features)."""
     rng = np.random.default_rng(0)
-    videos = [VideoEntry(id=f"v{i:05d}", source=f"v{i:05d}.mp4", labels=[int(rng.integers(CLASSES))], split="train")
-              for i in range(size["videos"])]
-    Manifest(dataset="bench", classes=[f"c{c}" for c in range(CLASSES)], multilabel=False, videos=videos).save(root / "manifest.json")
+    videos = [
+        VideoEntry(id=f"v{i:05d}", source=f"v{i:05d}.mp4", labels=[int(rng.integers(CLASSES))], split="train")
+        for i in range(size["videos"])
+    ]
+    Manifest(dataset="bench", classes=[f"c{c}" for c in range(CLASSES)], multilabel=False, videos=videos).save(
+        root / "manifest.json"
+    )
     path = root / f"features{suffix}"
     staged = StagedStore(path, "features", {"config": {}, "upstream": None})
     frames, boxes, dim = size["frames"], size["boxes"], size["dim"]
     for video in videos:
         corner = rng.uniform(0, 200, size=(1, frames, boxes, 2))
-        staged.save(video.id, {
-            "nodes": rng.normal(size=(1, frames, boxes, dim)).astype(np.float16),
-            "valid": rng.random((1, frames, boxes)) > 0.1,
-            "boxes": np.concatenate([corner, corner + 30], axis=-1).astype(np.float32),
-            "frame_size": np.array([240, 320]), "frame_valid": np.ones((1, frames), dtype=bool),
-            "frame_indices": np.arange(frames)[None],
-        })
+        staged.save(
+            video.id,
+            {
+                "nodes": rng.normal(size=(1, frames, boxes, dim)).astype(np.float16),
+                "valid": rng.random((1, frames, boxes)) > 0.1,
+                "boxes": np.concatenate([corner, corner + 30], axis=-1).astype(np.float32),
+                "frame_size": np.array([240, 320]),
+                "frame_valid": np.ones((1, frames), dtype=bool),
+                "frame_indices": np.arange(frames)[None],
+            },
+        )
     staged.finalize({"manifest": str((root / "manifest.json").resolve())}, {"views": 1, "dim": dim})
     return path
 
@@ -95,7 +105,9 @@ def store_vs_ram_benchmark(args) -> dict:
     epochs = getattr(args, "epochs", None) or 1
     rounds = getattr(args, "rounds", None) or 3
     with tempfile.TemporaryDirectory() as tmp:
-        features = getattr(args, "features", None) or make_store(Path(tmp), size, getattr(args, "suffix", None) or ".h5")
+        features = getattr(args, "features", None) or make_store(
+            Path(tmp), size, getattr(args, "suffix", None) or ".h5"
+        )
         reader = open_store(features)
         videos = split_videos(Manifest.load(reader.manifest_path), reader.video_ids, "train")
         dim = int(reader.attrs.get("dim") or reader.read(videos.video_ids[0], ["nodes"])["nodes"].shape[-1])
@@ -140,15 +152,23 @@ def store_vs_ram_benchmark(args) -> dict:
         for _ in range(epochs):
             read += sum(len(batch["index"]) for batch in store_batches())
         results["read_only"] = read / (time.perf_counter() - started)
-        del loader
+        del store_batches  # the loader (and its workers) end with this scope
         reader.close()
-    print(f"training throughput on {device} ({len(videos)} videos, T={size['frames']} K={size['boxes']} D={size['dim']}, "
-          f"batch {size['batch']}, {workers} workers; median of {rounds} alternating rounds of {epochs} epoch(s)):")
+    print(
+        f"training throughput on {device} ({len(videos)} videos, T={size['frames']} K={size['boxes']} D={size['dim']}, "
+        f"batch {size['batch']}, {workers} workers; median of {rounds} alternating rounds of {epochs} epoch(s)):"
+    )
     print(f"  {'from the store (lazy, ' + Path(str(features)).suffix + ')':28s} {results['store']:8.1f} videos/s")
     print(f"  {'from RAM tensors':28s} {results['ram']:8.1f} videos/s")
     print(f"  ratio store/RAM (median of rounds): {100 * ratio:.0f}% (target >= 50%)")
-    print(f"  {'store reads alone (no model)':28s} {results['read_only']:8.1f} videos/s  (the most the store can feed a faster device)")
+    print(
+        f"  {'store reads alone (no model)':28s} {results['read_only']:8.1f} videos/s  (the most the store can feed a faster device)"
+    )
     serial = 1.0 / (1.0 + results["ram"] / results["read_only"])
     print(f"  expected ratio if reads never overlap compute (workers=0): {100 * serial:.0f}%")
-    return {"store_videos_per_s": results["store"], "ram_videos_per_s": results["ram"], "ratio": ratio,
-            "read_only_videos_per_s": results["read_only"]}
+    return {
+        "store_videos_per_s": results["store"],
+        "ram_videos_per_s": results["ram"],
+        "ratio": ratio,
+        "read_only_videos_per_s": results["read_only"],
+    }

@@ -31,8 +31,12 @@ def main(root: Path) -> None:
 
     boxes = BoxesSettings(source="dataset", frames=4, top_k=3, runtime={"workers": 0})
     extract_boxes(data / "manifest.json", root / "boxes.h5", boxes)
-    features = FeaturesSettings(backbone={"arch": "resnet18", "weights": "random"}, mode="crop", crop_size=32,
-                                runtime={"device": "cpu", "workers": 0})
+    features = FeaturesSettings(
+        backbone={"arch": "resnet18", "weights": "random"},
+        mode="crop",
+        crop_size=32,
+        runtime={"device": "cpu", "workers": 0},
+    )
     extract_features(root / "boxes.h5", root / "features.h5", features)
 
     # Read a store: one video's arrays, as numpy.
@@ -47,8 +51,12 @@ def main(root: Path) -> None:
     print("batch:", {name: tuple(value.shape) for name, value in batch.items() if hasattr(value, "shape")})
 
     # Train a teacher with a typed config, then evaluate its run directory.
-    config = TeacherSettings(model={"view": "global", "hidden": 16, "heads": 1}, train={"epochs": 2, "batch_size": 4},
-                             data={"workers": 0}, runtime={"device": "cpu"})
+    config = TeacherSettings(
+        model={"view": "global", "hidden": 16, "heads": 1},
+        train={"epochs": 2, "batch_size": 4},
+        data={"workers": 0},
+        runtime={"device": "cpu"},
+    )
     train(TrainRequest("teacher", root / "features.h5", root / "runs" / "global", config.model_dump()))
     run = load_run(root / "runs" / "global")
     record = evaluate_runs([run], split="test")

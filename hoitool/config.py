@@ -8,12 +8,12 @@ output (``config.resolved.yaml``) and inside store provenance.
 from __future__ import annotations
 
 import copy
-import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+import tomllib
 import yaml
-
 from pydantic import BaseModel
 
 from hoitool.errors import UsageError

@@ -13,7 +13,9 @@ def resolve_device(name: str | None) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} requested but CUDA is not available on this machine (use --set runtime.device=cpu)")
+        raise UsageError(
+            f"device {name!r} requested but CUDA is not available on this machine (use --set runtime.device=cpu)"
+        )
     try:
         return torch.device(name)
     except RuntimeError:

@@ -55,8 +55,10 @@ def os_error_message(exc: OSError) -> HoitoolError:
     """
     where = exc.filename or "output"
     if exc.errno in _NO_SPACE:
-        return HoitoolError(f"{where}: no space left on the device ({exc.strerror}); finished work is kept: "
-                            "free some space (or pick another output) and run the same command again to resume")
+        return HoitoolError(
+            f"{where}: no space left on the device ({exc.strerror}); finished work is kept: "
+            "free some space (or pick another output) and run the same command again to resume"
+        )
     if exc.errno in _READ_ONLY:
         return UsageError(f"{where}: cannot write here ({exc.strerror}); choose an output folder you can write to")
     first_line = (str(exc).splitlines() or [type(exc).__name__])[0]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 logger = logging.getLogger("hoitool")
 

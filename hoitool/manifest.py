@@ -84,7 +84,7 @@ class Manifest:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: Path | str) -> "Manifest":
+    def load(cls, path: Path | str) -> Manifest:
         path = Path(path)
         if path.is_dir():
             path = path / "manifest.json"

@@ -16,7 +16,7 @@ def descend(params, loss_fn, steps: int, lr: float, momentum: float = 0.9) -> to
         loss = loss_fn()
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
-            for p, v, grad in zip(params, velocity, grads):
+            for p, v, grad in zip(params, velocity, grads, strict=False):
                 v.mul_(momentum).add_(grad)
                 p.sub_(lr * v)
     return loss

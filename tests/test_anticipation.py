@@ -38,7 +38,7 @@ def _phi_reference(q: np.ndarray, R: np.ndarray, alpha: float) -> np.ndarray:
     """phi(q, R) = sum_k w_k r_k, w_k = exp(alpha r_k.q) / Z, written out as in the paper's Sec. 2.2."""
     w = np.array([math.exp(alpha * float(r @ q)) for r in R])
     w /= w.sum()
-    return sum(wk * r for wk, r in zip(w, R))
+    return sum(wk * r for wk, r in zip(w, R, strict=False))
 
 
 def _ld_reference(A: np.ndarray, R: np.ndarray, alpha: float) -> float:
@@ -49,6 +49,7 @@ def _ld_reference(A: np.ndarray, R: np.ndarray, alpha: float) -> float:
 
 
 # -- phi ------------------------------------------------------------------------------------------
+
 
 def test_phi_small_alpha_is_the_average_of_the_valid_vectors():
     keys = _t([[1.0, 2.0], [3.0, -1.0], [100.0, 100.0]])  # the last one is padding
@@ -88,6 +89,7 @@ def test_default_alpha_is_one_over_root_d():
 
 # -- L_d ------------------------------------------------------------------------------------------
 
+
 def test_ld_one_vector_each_by_hand():
     A, R = _t([[1.0, 0.0]]), _t([[0.0, 1.0]])
     ones = torch.ones(1, 1, dtype=torch.bool)
@@ -111,8 +113,14 @@ def test_ld_equals_the_written_out_equation():
     rng = np.random.default_rng(0)
     A, R = rng.normal(size=(3, 4)), rng.normal(size=(5, 4))
     for alpha in (0.5, default_alpha(4), 2.0):
-        got = attentional_distill_loss(torch.tensor(A)[None], torch.ones(1, 3, dtype=torch.bool),
-                                       torch.tensor(R)[None], torch.ones(1, 5, dtype=torch.bool), alpha=alpha, penalty="l2")
+        got = attentional_distill_loss(
+            torch.tensor(A)[None],
+            torch.ones(1, 3, dtype=torch.bool),
+            torch.tensor(R)[None],
+            torch.ones(1, 5, dtype=torch.bool),
+            alpha=alpha,
+            penalty="l2",
+        )
         assert got.item() == pytest.approx(_ld_reference(A, R, alpha), rel=1e-10)
 
 
@@ -126,8 +134,12 @@ def test_ld_ignores_padding_and_is_per_sample():
     r_valid = torch.tensor([[True, True, False, False, False]])
     padded = attentional_distill_loss(A_pad, a_valid, R_pad, r_valid)
     assert padded.item() == pytest.approx(reference.item(), rel=1e-12)
-    batch = attentional_distill_loss(torch.cat([A_pad, A_pad]), torch.cat([a_valid, a_valid]),
-                                     torch.cat([R_pad, R_pad]), torch.cat([r_valid, r_valid]))
+    batch = attentional_distill_loss(
+        torch.cat([A_pad, A_pad]),
+        torch.cat([a_valid, a_valid]),
+        torch.cat([R_pad, R_pad]),
+        torch.cat([r_valid, r_valid]),
+    )
     assert batch.shape == (2,) and torch.allclose(batch, reference.expand(2))
     mean = attentional_distill_loss(A_pad, a_valid, R_pad, r_valid, reduction="mean", direction="student")
     total = attentional_distill_loss(A_pad, a_valid, R_pad, r_valid, reduction="sum", direction="student")
@@ -161,6 +173,7 @@ def test_teacher_gets_no_gradient_student_does():
 
 # -- Eq. 1-2 --------------------------------------------------------------------------------------
 
+
 def test_objective_labels_where_labelled_teacher_soft_predictions_elsewhere():
     torch.manual_seed(0)
     logits, teacher = torch.randn(3, 4), torch.randn(3, 4)
@@ -184,14 +197,16 @@ def test_objective_multilabel_and_direct():
     targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     emb = torch.randn(2, 4, 5)
     valid = torch.ones(2, 4, dtype=torch.bool)
-    terms = AnticipationObjective(multilabel=True, loss="direct")(logits, targets, torch.tensor([True, False]),
-                                                                  teacher, emb, valid, emb, valid)
+    terms = AnticipationObjective(multilabel=True, loss="direct")(
+        logits, targets, torch.tensor([True, False]), teacher, emb, valid, emb, valid
+    )
     bce = F.binary_cross_entropy_with_logits(logits[0], targets[0])
     assert terms["ce"][0].item() == pytest.approx(bce.item(), rel=1e-6)
     assert terms["distill"].abs().sum() == 0 and terms["soft"][1] > 0
 
 
 # -- node embeddings after the graph layers -------------------------------------------------------
+
 
 @pytest.mark.parametrize("view", ["global", "local", "baseline"])
 def test_forward_with_embeddings_has_the_models_logits(view):
@@ -206,11 +221,16 @@ def test_forward_with_embeddings_has_the_models_logits(view):
 
 # -- lead time ------------------------------------------------------------------------------------
 
+
 def _view(frame_indices, k=2, d=3):
     t = len(frame_indices)
-    return {"frame_indices": np.array(frame_indices), "frame_valid": np.ones(t, dtype=bool),
-            "valid": np.ones((t, k), dtype=bool), "nodes": np.ones((t, k, d), dtype=np.float16),
-            "boxes": np.full((t, k, 4), 5, dtype=np.float32)}
+    return {
+        "frame_indices": np.array(frame_indices),
+        "frame_valid": np.ones(t, dtype=bool),
+        "valid": np.ones((t, k), dtype=bool),
+        "nodes": np.ones((t, k, d), dtype=np.float16),
+        "boxes": np.full((t, k, 4), 5, dtype=np.float32),
+    }
 
 
 def test_parse_lead_time():
@@ -264,8 +284,11 @@ def test_label_at_segments():
 def test_scores_at_lead_times_truncate_each_sample():
     view = _view(list(range(0, 100, 10)))
     samples = [("a", view, 10.0, 100, None), ("b", view, 10.0, 100, 50)]
-    scores = scores_at_lead_times(lambda v: [v["frame_valid"].sum(), v["valid"].sum()], samples,
-                                  [LeadTime(seconds=0.0), LeadTime(seconds=3.0), LeadTime(fraction=0.5)])
+    scores = scores_at_lead_times(
+        lambda v: [v["frame_valid"].sum(), v["valid"].sum()],
+        samples,
+        [LeadTime(seconds=0.0), LeadTime(seconds=3.0), LeadTime(fraction=0.5)],
+    )
     assert list(scores) == ["0s", "3s", "50%"]
     assert scores["0s"].tolist() == [[10, 20], [6, 12]]  # a: every frame; b: frames <= 50
     assert scores["3s"].tolist() == [[7, 14], [3, 6]]  # a: frames <= 69; b: frames <= 20
@@ -296,8 +319,11 @@ def test_toy_ld_distils_moved_content_where_l_direct_cannot(loss, learns):
 
 
 def test_unlabelled_videos_from_the_manifest_and_a_list(tmp_path):
-    videos = [VideoEntry("a", "a.mp4", [0], "train"), VideoEntry("b", "b.mp4", [1], "train", extra={"unlabelled": True}),
-              VideoEntry("c", "c.mp4", [0], "train")]
+    videos = [
+        VideoEntry("a", "a.mp4", [0], "train"),
+        VideoEntry("b", "b.mp4", [1], "train", extra={"unlabelled": True}),
+        VideoEntry("c", "c.mp4", [0], "train"),
+    ]
     assert unlabelled_videos(videos) == {"b"}
     listed = tmp_path / "unlabelled.txt"
     listed.write_text("# extra clips\nc\n\n")

@@ -13,10 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli_raw
-from hoitool.train.loop import train
 from test_train import make_features, request
+
+from hoitool.train.loop import train
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -46,8 +46,20 @@ def features(tmp_path_factory) -> Path:
     return make_features(tmp_path_factory.mktemp("bad-input"))
 
 
-TINY = ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--workers", "0", "--set", "model.hidden=8",
-        "--set", "model.heads=1"]
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--set",
+    "model.hidden=8",
+    "--set",
+    "model.heads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +108,9 @@ def test_training_never_touches_foreign_files(features, tmp_path, flag, capsys):
 def test_distill_never_touches_foreign_files(features, teacher, tmp_path, flag, capsys):
     folder = foreign_folder(tmp_path)
     before = snapshot(folder, teacher)
-    code, _, err = run_cli_raw(["distill", features, "--view", "local", "--teacher", teacher, "--out", folder, flag, *TINY],
-                               capsys)
+    code, _, err = run_cli_raw(
+        ["distill", features, "--view", "local", "--teacher", teacher, "--out", folder, flag, *TINY], capsys
+    )
     assert_one_line_error(code, err, 2, str(folder))
     assert snapshot(folder, teacher) == before
 
@@ -113,19 +126,37 @@ def test_cache_merge_force_never_deletes_a_foreign_folder(features, tmp_path, ca
 def test_extract_force_never_deletes_a_foreign_folder(dataset, tmp_path, capsys):
     folder = foreign_folder(tmp_path, "boxes.zarr")
     before = snapshot(folder, dataset)
-    code, _, err = run_cli_raw(["extract", "boxes", dataset, "--out", folder, "--source", "dataset", "--frames", "2",
-                                "--workers", "0", "--force"], capsys)
+    code, _, err = run_cli_raw(
+        [
+            "extract",
+            "boxes",
+            dataset,
+            "--out",
+            folder,
+            "--source",
+            "dataset",
+            "--frames",
+            "2",
+            "--workers",
+            "0",
+            "--force",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, 2, str(folder))
     assert snapshot(folder, dataset) == before
 
 
 # -- bad values: refused before any work, nothing written ---------------------------------------------------------------
-@pytest.mark.parametrize("args, needle", [
-    (["--lr", "-1"], "lr"),
-    (["--set", "optim.lr=abc"], "optim.lr"),
-    (["--epochs", "0"], "epochs"),
-    (["--set", "optim.weight_decay=-0.1"], "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--lr", "-1"], "lr"),
+        (["--set", "optim.lr=abc"], "optim.lr"),
+        (["--epochs", "0"], "epochs"),
+        (["--set", "optim.weight_decay=-0.1"], "weight_decay"),
+    ],
+)
 def test_bad_training_values_write_nothing(features, tmp_path, args, needle, capsys):
     out = tmp_path / "run"
     code, _, err = run_cli_raw(["train-teacher", features, "--view", "global", "--out", out, *TINY, *args], capsys)
@@ -133,12 +164,14 @@ def test_bad_training_values_write_nothing(features, tmp_path, args, needle, cap
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, needle", [(["--generalized", "1.5"], "generalized"), (["--lambda2", "-1"], "lambda2"),
-                                          (["--T", "0"], "T")])
+@pytest.mark.parametrize(
+    "args, needle", [(["--generalized", "1.5"], "generalized"), (["--lambda2", "-1"], "lambda2"), (["--T", "0"], "T")]
+)
 def test_bad_distillation_values_write_nothing(features, teacher, tmp_path, args, needle, capsys):
     out = tmp_path / "student"
-    code, _, err = run_cli_raw(["distill", features, "--view", "local", "--teacher", teacher, "--out", out, *TINY, *args],
-                               capsys)
+    code, _, err = run_cli_raw(
+        ["distill", features, "--view", "local", "--teacher", teacher, "--out", out, *TINY, *args], capsys
+    )
     assert_one_line_error(code, err, 2, needle)
     assert not out.exists()
 
@@ -149,17 +182,22 @@ def test_unfinished_teacher_is_one_line(features, tmp_path, capsys):
     assert code == 0, err
     (unfinished / "outputs.json").unlink()
     out = tmp_path / "student"
-    code, _, err = run_cli_raw(["distill", features, "--view", "local", "--teacher", unfinished, "--out", out, *TINY], capsys)
+    code, _, err = run_cli_raw(
+        ["distill", features, "--view", "local", "--teacher", unfinished, "--out", out, *TINY], capsys
+    )
     assert_one_line_error(code, err, 2, str(unfinished))
     assert not out.exists()
 
 
-@pytest.mark.parametrize("command", [
-    ["train-teacher", "{features}", "--view", "global", "--out", "{out}"],
-    ["extract", "boxes", "{dataset}", "--out", "{out}.h5"],
-    ["extract", "features", "{features}", "--out", "{out}.h5"],
-    ["prepare", "synthetic", "{out}"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train-teacher", "{features}", "--view", "global", "--out", "{out}"],
+        ["extract", "boxes", "{dataset}", "--out", "{out}.h5"],
+        ["extract", "features", "{features}", "--out", "{out}.h5"],
+        ["prepare", "synthetic", "{out}"],
+    ],
+)
 def test_config_naming_a_folder_is_one_line(features, dataset, tmp_path, command, capsys):
     folder = tmp_path / "configs"
     folder.mkdir()
@@ -218,12 +256,27 @@ def read_only_folder(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-@pytest.mark.parametrize("command", [
-    ["train-teacher", "{features}", "--view", "global", "--out", "{out}", *TINY],
-    ["extract", "boxes", "{dataset}", "--out", "{out}.h5", "--source", "dataset", "--frames", "2", "--workers", "0"],
-    ["prepare", "synthetic", "{out}", "--videos-per-class", "1"],
-    ["cache", "merge", "{features}", "--out", "{out}.h5"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train-teacher", "{features}", "--view", "global", "--out", "{out}", *TINY],
+        [
+            "extract",
+            "boxes",
+            "{dataset}",
+            "--out",
+            "{out}.h5",
+            "--source",
+            "dataset",
+            "--frames",
+            "2",
+            "--workers",
+            "0",
+        ],
+        ["prepare", "synthetic", "{out}", "--videos-per-class", "1"],
+        ["cache", "merge", "{features}", "--out", "{out}.h5"],
+    ],
+)
 def test_read_only_output_is_one_line(features, dataset, read_only_folder, command, capsys):
     out = read_only_folder / "out"
     argv = [part.format(features=features, dataset=dataset, out=out) for part in command]
@@ -246,7 +299,8 @@ def tiny_disk(tmp_path):
 
 def test_disk_full_in_training_is_one_line_and_resumable(features, tiny_disk, tmp_path, capsys):
     out = tiny_disk / "run"
-    code, _, err = run_cli_raw(["train-teacher", features, "--view", "global", "--out", out, *TINY,
-                                "--set", "model.hidden=256"], capsys)
+    code, _, err = run_cli_raw(
+        ["train-teacher", features, "--view", "global", "--out", out, *TINY, "--set", "model.hidden=256"], capsys
+    )
     assert_one_line_error(code, err, 1, "space")
     assert "resume" in err or "again" in err

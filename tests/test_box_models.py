@@ -5,8 +5,8 @@ import pytest
 import torch
 import torchvision
 
-from hoitool.errors import UsageError
 from hoitool.boxes.models import build_box_model
+from hoitool.errors import UsageError
 
 TINY = {"min_size": 64, "max_size": 128}
 
@@ -57,7 +57,7 @@ def test_rpn_proposals_do_not_overlap_beyond_nms_iou(rpn_out, rpn):
 
 def test_batched_equals_one_frame_at_a_time(rpn, rpn_out, frames):
     for index, item in enumerate(rpn_out):
-        alone = rpn(frames[index:index + 1])[0]
+        alone = rpn(frames[index : index + 1])[0]
         np.testing.assert_allclose(alone.boxes, item.boxes, atol=1e-2)
         np.testing.assert_allclose(alone.scores, item.scores, atol=1e-4)
 
@@ -65,7 +65,7 @@ def test_batched_equals_one_frame_at_a_time(rpn, rpn_out, frames):
 def test_seed_determinism_and_fingerprint(rpn, rpn_out, frames):
     again = build_box_model("rpn", top_k=5, weights="random", seed=0, **TINY)
     assert again.fingerprint == rpn.fingerprint and again.settings == rpn.settings
-    for a, b in zip(again(frames), rpn_out):
+    for a, b in zip(again(frames), rpn_out, strict=False):
         np.testing.assert_array_equal(a.boxes, b.boxes)
     other = build_box_model("rpn", top_k=5, weights="random", seed=1, **TINY)
     assert other.fingerprint != rpn.fingerprint
@@ -86,7 +86,7 @@ def test_weights_file_gives_the_same_model(tmp_path, rpn, rpn_out, frames):
     path = tmp_path / "frcnn.pth"
     torch.save({"model": rpn.network.state_dict()}, path)
     loaded = build_box_model("rpn", top_k=5, weights=str(path), seed=123, **TINY)
-    for a, b in zip(loaded(frames), rpn_out):
+    for a, b in zip(loaded(frames), rpn_out, strict=False):
         np.testing.assert_array_equal(a.boxes, b.boxes)
     assert loaded.fingerprint != rpn.fingerprint and loaded.settings["weights"] == str(path)
 
@@ -108,7 +108,9 @@ def test_detector_detections_with_classes_and_person_flag(frames):
 
 def test_detector_with_other_class_count_loads(tmp_path, frames):
     torch.manual_seed(0)
-    fine_tuned = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4)
+    fine_tuned = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=4
+    )
     torch.save(fine_tuned.state_dict(), tmp_path / "four_classes.pth")
     model = build_box_model("detector", top_k=3, weights=str(tmp_path / "four_classes.pth"), **TINY)
     item = model(frames[:1])[0]
@@ -131,5 +133,5 @@ def test_bad_arguments():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(rpn_out, frames):
     model = build_box_model("rpn", top_k=5, weights="random", seed=0, device="cuda", **TINY)
-    for a, b in zip(model(frames), rpn_out):
+    for a, b in zip(model(frames), rpn_out, strict=False):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)

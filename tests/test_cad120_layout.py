@@ -55,11 +55,14 @@ def write_cad120(root: Path, frames: int = FRAMES) -> Path:
                 labels.append(f"{video},{activity},{subject}," + "".join(f"{k}:{v}," for k, v in objects.items()))
                 segments.append(f"{video},1,{frames},reaching,movable")
                 for key in objects:
-                    rows = [",".join(map(str, [n, key, *object_box(video, key, n), 0, 0, 0, 0, 0, 0])) + ","
-                            for n in range(1, frames + 1)]
+                    rows = [
+                        ",".join(map(str, [n, key, *object_box(video, key, n), 0, 0, 0, 0, 0, 0])) + ","
+                        for n in range(1, frames + 1)
+                    ]
                     (annotations / f"{video}_obj{key}.txt").write_text("\n".join(rows) + "\n")
                 (annotations / f"{video}.txt").write_text(
-                    "\n".join(skeleton_line(n, JOINTS) for n in range(1, frames + 1)) + "\nEND\n")
+                    "\n".join(skeleton_line(n, JOINTS) for n in range(1, frames + 1)) + "\nEND\n"
+                )
                 write_frames(root / f"{subject}_rgbd_images" / activity / video, frames)
             (annotations / "activityLabel.txt").write_text("\n".join(labels) + "\n")
             (annotations / "labeling.txt").write_text("\n".join(segments) + "\n")
@@ -76,15 +79,19 @@ def prepared(tmp_path_factory):
 def test_prepare_and_extract_boxes_give_the_rgb_frames_and_their_boxes(prepared, capsys):
     root, base = prepared
     out = base / "data"
-    code, stdout, err = run_cli(["prepare", "cad120", out, "--root", root, "--fold", "Subject1", "--val", "0.5"], capsys)
+    code, stdout, err = run_cli(
+        ["prepare", "cad120", out, "--root", root, "--fold", "Subject1", "--val", "0.5"], capsys
+    )
     assert code == 0, err
     assert f"{FRAMES} / {FRAMES} / {FRAMES} (min / median / max)" in stdout  # a doubled count would show 24
     manifest = Manifest.load(out)
     assert {video.num_frames for video in manifest.videos} == {FRAMES}
     assert manifest.by_id()["0510175411"].objects == ["bowl", "cup"]
 
-    code, _, err = run_cli(["extract", "boxes", out, "--out", base / "boxes.h5", "--source", "dataset",
-                            "--frames", 5, "--top-k", 4], capsys)
+    code, _, err = run_cli(
+        ["extract", "boxes", out, "--out", base / "boxes.h5", "--source", "dataset", "--frames", 5, "--top-k", 4],
+        capsys,
+    )
     assert code == 0, err
     store = open_store(base / "boxes.h5")
     assert sorted(store.video_ids) == sorted(manifest.by_id())
@@ -96,8 +103,14 @@ def test_prepare_and_extract_boxes_give_the_rgb_frames_and_their_boxes(prepared,
         frames = read_frames(manifest.source_path(video), "frames", indices)
         assert frames.shape == (5, 480, 640, 3)
         assert frames[:, 0, 0, 0].tolist() == [20 * (int(i) + 1) for i in indices] and (frames[..., 1] == 255).all()
-        objects = {k: v for activities in VIDEOS.values() for videos in activities.values() for vid, o in videos
-                   if vid == video_id for k, v in o.items()}
+        objects = {
+            k: v
+            for activities in VIDEOS.values()
+            for videos in activities.values()
+            for vid, o in videos
+            if vid == video_id
+            for k, v in o.items()
+        }
         for t, index in enumerate(indices):
             valid = arrays["valid"][0, t]
             assert arrays["is_person"][0, t][valid].sum() == 1  # the skeleton's person box
@@ -126,7 +139,9 @@ def test_folder_dataset_refuses_mixed_series_unless_given_a_pattern(prepared, tm
     with pytest.raises(UsageError, match=r"holds 2 image series .*--frame-pattern") as error:
         prepare_folder(tmp_path / "raw", tmp_path / "out")
     assert "\n" not in str(error.value) and not (tmp_path / "out" / "manifest.json").exists()
-    manifest = prepare_folder(tmp_path / "raw", tmp_path / "out", frame_pattern="RGB_%d.png", val_fraction=0, test_fraction=0)
+    manifest = prepare_folder(
+        tmp_path / "raw", tmp_path / "out", frame_pattern="RGB_%d.png", val_fraction=0, test_fraction=0
+    )
     assert manifest.videos[0].num_frames == FRAMES and manifest.videos[0].source.endswith("clip/RGB_%d.png")
 
 

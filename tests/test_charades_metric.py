@@ -13,8 +13,8 @@ from hoitool.eval.charades import (
     align_submission,
     charades_map,
     official_order,
-    read_charades_gt,
     official_scores,
+    read_charades_gt,
     read_submission,
     write_submission,
 )
@@ -37,9 +37,7 @@ def test_ties_keep_file_order_and_label_less_videos_sink():
 
 def test_missing_videos_score_minus_inf_and_tie_in_ground_truth_order():
     gt = CharadesGT(ids=["a", "d", "b"], labels=np.array([[1, 0], [0, 0], [0, 1]], dtype=np.uint8))
-    aligned = align_submission(
-        ["zz", "d", "a"], np.array([[5.0, 5.0], [0.95, 0.99], [0.9, 0.8]]), gt
-    )
+    aligned = align_submission(["zz", "d", "a"], np.array([[5.0, 5.0], [0.95, 0.99], [0.9, 0.8]]), gt)
     assert (aligned.matched, aligned.missing, aligned.ignored) == (1, 1, 1)
     assert aligned.scores.tolist() == [[0.9, 0.8], [-np.inf, -np.inf], [-np.inf, -np.inf]]
     mean_ap, weighted_ap, ap = charades_map(aligned.scores, gt.labels)
@@ -161,7 +159,7 @@ def test_real_submission_needs_the_stable_sort_and_the_label_less_rule(fixture_r
     ids, scores = read_submission(CHARADES / "eval_results.txt")
     all_rows = np.full(gt.labels.shape, -np.inf)
     row_of = {video: row for row, video in enumerate(gt.ids)}
-    for video, values in zip(ids, scores):
+    for video, values in zip(ids, scores, strict=False):
         all_rows[row_of[video]] = values
     no_forcing = [
         (np.cumsum(h) / np.arange(1, h.size + 1))[h].mean()

@@ -22,12 +22,15 @@ def test_toml_file(tmp_path):
     assert resolve_config(DEFAULTS, path)["model"]["layers"] == 2
 
 
-@pytest.mark.parametrize("text, message", [
-    ("framez: 1\n", "unknown config key 'framez'"),
-    ("model:\n  layerz: 1\n", "unknown config key 'model.layerz'"),
-    ("- a\n", "must be a mapping"),
-    ("a: [\n", "cannot parse"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("framez: 1\n", "unknown config key 'framez'"),
+        ("model:\n  layerz: 1\n", "unknown config key 'model.layerz'"),
+        ("- a\n", "must be a mapping"),
+        ("a: [\n", "cannot parse"),
+    ],
+)
 def test_bad_files_are_one_line_usage_errors(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)

@@ -41,13 +41,16 @@ def _nll(logit, others):
 
 # -- InfoNCE --------------------------------------------------------------------------------------
 
+
 def test_info_nce_2x2_by_hand():
     video = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     text = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
     tau = 0.5
     s = _unit(video.numpy()) @ _unit(text.numpy()).T / tau  # [[1, .707], [0, .707]] / tau
-    expected = [0.5 * (_nll(s[0, 0], [s[0, 1]]) + _nll(s[0, 0], [s[1, 0]])),
-                0.5 * (_nll(s[1, 1], [s[1, 0]]) + _nll(s[1, 1], [s[0, 1]]))]
+    expected = [
+        0.5 * (_nll(s[0, 0], [s[0, 1]]) + _nll(s[0, 0], [s[1, 0]])),
+        0.5 * (_nll(s[1, 1], [s[1, 0]]) + _nll(s[1, 1], [s[0, 1]])),
+    ]
     got = symmetric_info_nce(video, text, temperature=tau)
     assert np.allclose(got.numpy(), expected, atol=1e-6)
 
@@ -73,6 +76,7 @@ def test_info_nce_without_a_caption_is_neither_anchor_nor_negative():
 
 # -- I2T / T2I ------------------------------------------------------------------------------------
 
+
 def test_i2t_by_hand():
     video = torch.tensor([[1.0, 0.0]])
     bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -89,8 +93,12 @@ def test_i2t_by_hand():
 
 
 def test_t2i_by_hand_with_padding_pairs():
-    pairs = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 9.0]],  # video 0, its last pair is padding
-                          [[0.0, 1.0], [-1.0, 1.0], [5.0, 0.0]]])  # video 1, its last pair is padding
+    pairs = torch.tensor(
+        [
+            [[1.0, 0.0], [1.0, 1.0], [0.0, 9.0]],  # video 0, its last pair is padding
+            [[0.0, 1.0], [-1.0, 1.0], [5.0, 0.0]],
+        ]
+    )  # video 1, its last pair is padding
     pair_valid = torch.tensor([[True, True, False], [True, True, False]])
     bank = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     positive = torch.tensor([[True, False], [False, True]])
@@ -105,6 +113,7 @@ def test_t2i_by_hand_with_padding_pairs():
 
 
 # -- soft relation --------------------------------------------------------------------------------
+
 
 def test_soft_relation_targets_by_hand():
     pair_valid = torch.tensor([[True, True, False]])
@@ -129,13 +138,14 @@ def test_soft_relation_loss_by_hand():
     columns = torch.tensor([[True, False]])  # only interaction 0 is scored
     tau = 2.0
     logits = [1.0 / tau, 0.0 / tau]  # cos(pair_m, bank_0) / tau
-    bce = lambda z, y: -(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))
+    bce = lambda z, y: -(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))  # noqa: E731
     expected = 0.5 * (bce(logits[0], 1.0) + bce(logits[1], 0.25))
     got = soft_relation_loss(pairs, torch.ones(1, 2, dtype=torch.bool), bank, targets, columns, tau)
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
 # -- the objective --------------------------------------------------------------------------------
+
 
 def test_objective_is_the_weighted_sum_and_survives_empty_inputs():
     torch.manual_seed(2)
@@ -149,25 +159,32 @@ def test_objective_is_the_weighted_sum_and_survives_empty_inputs():
     negative = torch.zeros(3, 6, dtype=torch.bool)
     negative[0, 4] = True  # video 1 has no negatives
     objective = ContrastiveObjective(w_context=0.5, w_i2t=2.0, w_t2i=1.0, w_sr=0.25)
-    terms = objective(video, torch.randn(3, 4), torch.tensor([True, True, False]), pairs, pair_valid, bank,
-                      positive, negative)
+    terms = objective(
+        video, torch.randn(3, 4), torch.tensor([True, True, False]), pairs, pair_valid, bank, positive, negative
+    )
     expected = 0.5 * terms["context"] + 2.0 * terms["i2t"] + terms["t2i"] + 0.25 * terms["sr"]
     assert torch.allclose(terms["total"], expected)
     assert torch.allclose(terms["i2t"], i2t_loss(masked_mean(pairs, pair_valid), bank, positive, negative))
     terms["total"].sum().backward()
     assert torch.isfinite(video.grad).all() and torch.isfinite(pairs.grad).all()
-    off = ContrastiveObjective(w_context=0.0, w_sr=0.0)(video, torch.randn(3, 4), torch.ones(3, dtype=torch.bool),
-                                                        pairs, pair_valid, bank, positive, negative)
+    off = ContrastiveObjective(w_context=0.0, w_sr=0.0)(
+        video, torch.randn(3, 4), torch.ones(3, dtype=torch.bool), pairs, pair_valid, bank, positive, negative
+    )
     assert off["context"].abs().sum() == 0 and off["sr"].abs().sum() == 0
 
 
 # -- label-free targets ---------------------------------------------------------------------------
 
+
 def test_label_free_targets_from_the_teacher_only():
     classes = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    teacher = torch.tensor([[[0.0, 1.0, 0.0], [0.9, 0.0, 0.1]],  # class 1 exactly, then near class 0
-                            [[0.0, 0.0, 1.0], [5.0, 5.0, 0.0]],  # class 2 exactly, then between 0 and 1 (cos .71)
-                            [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]])  # nothing close; the second is padding
+    teacher = torch.tensor(
+        [
+            [[0.0, 1.0, 0.0], [0.9, 0.0, 0.1]],  # class 1 exactly, then near class 0
+            [[0.0, 0.0, 1.0], [5.0, 5.0, 0.0]],  # class 2 exactly, then between 0 and 1 (cos .71)
+            [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]],
+        ]
+    )  # nothing close; the second is padding
     valid = torch.tensor([[True, True], [True, True], [True, False]])
     single, labelled = label_free_targets(teacher, valid, classes, threshold=0.8)
     assert single.tolist() == [1, 2, -1] and labelled.tolist() == [True, True, False]
@@ -178,6 +195,7 @@ def test_label_free_targets_from_the_teacher_only():
 
 
 # -- the instance-level head ----------------------------------------------------------------------
+
 
 def test_pair_geometry_by_hand():
     boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0], [5.0, 10.0, 25.0, 20.0]])  # human 10x20, object 20x10
@@ -222,14 +240,16 @@ def test_toy_label_free_training_beats_its_teacher_on_held_out_videos(tmp_path):
     teacher = labels.clone()
     wrong = torch.rand(b, generator=g) < 0.1
     teacher[wrong] = (labels[wrong] + 1) % 3  # the teacher is wrong on ~10 % of the videos
-    (tmp_path / "vlm.jsonl").write_text("".join(
-        json.dumps({"video": f"v{i}", "triplets": [triplets[teacher[i]]]}) + "\n" for i in range(b)))
+    (tmp_path / "vlm.jsonl").write_text(
+        "".join(json.dumps({"video": f"v{i}", "triplets": [triplets[teacher[i]]]}) + "\n" for i in range(b))
+    )
     encoder = TinyTextEncoder(dim=16)
     build_text_embeddings(tmp_path / "text.npz", tmp_path / "vlm.jsonl", encoder, class_names=classes)
     embeddings = load_text_embeddings(tmp_path / "text.npz", encoder.identity())
     texts = read_vlm_import(tmp_path / "vlm.jsonl")
-    said = torch.from_numpy(np.stack([embeddings.lookup([pair_text(*texts[f"v{i}"].triplets[0])], "pair")
-                                      for i in range(b)]))
+    said = torch.from_numpy(
+        np.stack([embeddings.lookup([pair_text(*texts[f"v{i}"].triplets[0])], "pair") for i in range(b)])
+    )
     class_emb = torch.from_numpy(embeddings.lookup(classes, "class"))
     targets, labelled = label_free_targets(said, torch.ones(b, 1, dtype=torch.bool), class_emb, threshold=0.99)
     agreement = (targets == labels).float().mean().item()
@@ -253,12 +273,15 @@ def test_toy_label_free_training_beats_its_teacher_on_held_out_videos(tmp_path):
 
     def loss():
         pairs, pair_valid = head(train_nodes, valid, is_person, boxes)
-        return objective(no_text, no_text, torch.zeros(b, dtype=torch.bool), pairs, pair_valid, class_emb,
-                         positive, ~positive)["total"].mean()
+        return objective(
+            no_text, no_text, torch.zeros(b, dtype=torch.bool), pairs, pair_valid, class_emb, positive, ~positive
+        )["total"].mean()
 
     descend(head.parameters(), loss, 100, 0.05)
     test_labels = torch.randint(0, 3, (4 * b,), generator=g)
     with torch.no_grad():
-        pairs, pair_valid = head(videos(test_labels), valid.repeat(4, 1, 1), is_person.repeat(4, 1, 1), boxes.repeat(4, 1, 1, 1))
+        pairs, pair_valid = head(
+            videos(test_labels), valid.repeat(4, 1, 1), is_person.repeat(4, 1, 1), boxes.repeat(4, 1, 1, 1)
+        )
         accuracy = (video_scores(pairs, pair_valid, class_emb).argmax(1) == test_labels).float().mean().item()
     assert accuracy > agreement

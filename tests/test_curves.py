@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 from helpers import run_cli
+from test_train import make_features, request
+
 from hoitool.eval.curves import read_curves
 from hoitool.train.loop import train
-from test_train import make_features, request
 
 
 def test_plot_writes_png_and_pdf_from_metrics(tmp_path, capsys):

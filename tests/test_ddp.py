@@ -22,12 +22,18 @@ import sys
 
 import pytest
 import torch
+from test_train import make_features, request
 
 from hoitool.train.loop import train
 
-from test_train import make_features, request
-
-SETTINGS = {"train__epochs": 3, "train__batch_size": 4, "model__hidden": 16, "model__heads": 2, "optim__lr": 0.05, "optim__name": "sgd"}
+SETTINGS = {
+    "train__epochs": 3,
+    "train__batch_size": 4,
+    "model__hidden": 16,
+    "model__heads": 2,
+    "optim__lr": 0.05,
+    "optim__name": "sgd",
+}
 
 
 @pytest.mark.slow
@@ -35,10 +41,36 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     features = make_features(tmp_path, split_sizes={"train": 9, "val": 3, "test": 2})
     train(request(features, tmp_path / "single", **SETTINGS))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hoitool",
-        "train-teacher", str(features), "--view", "global", "--out", str(tmp_path / "ddp"), "--device", "cpu",
-        "--workers", "0", "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--set", "optim.name=sgd",
-        "--set", "model.hidden=16", "--set", "model.heads=2",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "hoitool",
+        "train-teacher",
+        str(features),
+        "--view",
+        "global",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.05",
+        "--set",
+        "optim.name=sgd",
+        "--set",
+        "model.hidden=16",
+        "--set",
+        "model.heads=2",
     ]
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
@@ -51,6 +83,6 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     reference = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3]  # rank 0 alone writes
-    for ours, theirs in zip(lines, reference):
+    for ours, theirs in zip(lines, reference, strict=False):
         assert ours["loss_ce"] == pytest.approx(theirs["loss_ce"], abs=1e-5)
         assert ours["train_accuracy"] == theirs["train_accuracy"]

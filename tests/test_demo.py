@@ -14,8 +14,11 @@ import pytest
 @pytest.mark.slow
 def test_demo_relation_models_beat_the_baselines(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "hoitool", "--quiet", "demo", "--out", str(out), "--device", "cpu"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "hoitool", "--quiet", "demo", "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| Method |" in result.stdout
     with open(out / "report" / "report.csv", newline="") as handle:
@@ -28,6 +31,7 @@ def test_demo_relation_models_beat_the_baselines(tmp_path):
     assert accuracy["global-context"] > baselines
     # every stage left its artifact, and a second run resumes everything without retraining
     assert (out / "features.h5").exists() and (out / "runs" / "seed2" / "dml" / "peer" / "outputs.npz").exists()
-    again = subprocess.run([sys.executable, "-m", "hoitool", "demo", "--out", str(out), "--device", "cpu"],
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "hoitool", "demo", "--out", str(out), "--device", "cpu"], capture_output=True, text=True
+    )
     assert again.returncode == 0 and "already finished" in again.stderr

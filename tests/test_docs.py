@@ -52,8 +52,11 @@ def _invocations(text: str, shell: bool = False) -> list[str]:
 
 
 def _documented() -> list[tuple[str, str]]:
-    return [(path.name, line) for path in DOCS
-            for line in _invocations(path.read_text(encoding="utf-8"), shell=path.suffix == ".sh")]
+    return [
+        (path.name, line)
+        for path in DOCS
+        for line in _invocations(path.read_text(encoding="utf-8"), shell=path.suffix == ".sh")
+    ]
 
 
 COMMANDS = _commands()
@@ -79,7 +82,9 @@ def test_documented_command_and_options_exist(where, line):
     known = {opt for param in COMMANDS[name].params for opt in (*param.opts, *param.secondary_opts)} | {"--help"}
     for word in words:
         if re.fullmatch(r"--[a-z][a-z0-9-]*(=.*)?", word):
-            assert word.split("=")[0] in known, f"{where}: 'hoitool {name}' has no option {word.split('=')[0]} (line: hoitool {line})"
+            assert word.split("=")[0] in known, (
+                f"{where}: 'hoitool {name}' has no option {word.split('=')[0]} (line: hoitool {line})"
+            )
 
 
 def test_the_docs_mention_every_command():

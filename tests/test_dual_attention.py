@@ -71,7 +71,7 @@ def test_trn_head_three_frames_by_hand():
     head = TRNHead(in_dim=2, num_outputs=3, num_frames=3, hidden=4, max_tuples=3).double()
     f = torch.randn(1, 3, 2, dtype=torch.float64)
     g2, g3, h2, h3 = head.g[0], head.g[1], head.h[0], head.h[1]
-    pair = lambda i, j: g2(torch.cat([f[:, i], f[:, j]], dim=-1))
+    pair = lambda i, j: g2(torch.cat([f[:, i], f[:, j]], dim=-1))  # noqa: E731
     r2 = h2(pair(0, 1) + pair(0, 2) + pair(1, 2))
     r3 = h3(g3(torch.cat([f[:, 0], f[:, 1], f[:, 2]], dim=-1)))
     assert torch.allclose(head(f, torch.ones(1, 3, dtype=torch.bool)), r2 + r3)
@@ -90,8 +90,19 @@ def test_mean_head_is_the_mean_over_valid_frames():
 
 def _model(temporal="trn", **kw):
     torch.manual_seed(0)
-    return DualAttentionNet(in_dim=6, num_actions=4, num_objects=3, hidden=8, prior_hidden=5, attention_dim=7,
-                            temporal=temporal, num_frames=3, head_hidden=6, dropout=0.0, **kw).eval()
+    return DualAttentionNet(
+        in_dim=6,
+        num_actions=4,
+        num_objects=3,
+        hidden=8,
+        prior_hidden=5,
+        attention_dim=7,
+        temporal=temporal,
+        num_frames=3,
+        head_hidden=6,
+        dropout=0.0,
+        **kw,
+    ).eval()
 
 
 @pytest.mark.parametrize("temporal", ["trn", "mean"])
@@ -147,10 +158,14 @@ def test_loss_terms_by_hand():
     objects = torch.tensor([[0, 3], [2, IGNORE]])
     terms = dual_attention_loss(out, actions, objects, first_weight=0.5, object_weight=2.0)
     assert torch.allclose(terms["action"], F.cross_entropy(out.action, actions, reduction="none"))
-    hand = torch.stack([F.cross_entropy(out.object[0], objects[0], reduction="sum"),
-                        F.cross_entropy(out.object[1, :1], objects[1, :1], reduction="sum")])
+    hand = torch.stack(
+        [
+            F.cross_entropy(out.object[0], objects[0], reduction="sum"),
+            F.cross_entropy(out.object[1, :1], objects[1, :1], reduction="sum"),
+        ]
+    )
     assert torch.allclose(terms["object"], hand)
-    expected = (terms["action"] + 0.5 * terms["action_first"] + 2.0 * (terms["object"] + 0.5 * terms["object_first"]))
+    expected = terms["action"] + 0.5 * terms["action_first"] + 2.0 * (terms["object"] + 0.5 * terms["object_first"])
     assert torch.allclose(terms["total"], expected)
 
 
@@ -159,7 +174,14 @@ def test_end_to_end_gradients_reach_the_first_stage_and_the_priors():
     model.train()
     out = model(torch.randn(2, 3, 4, 6), torch.ones(2, 3, 4, dtype=torch.bool))
     dual_attention_loss(out, torch.tensor([0, 1]), torch.tensor([[0, 3], [1, 2]]))["total"].sum().backward()
-    for name in ("action_first", "object_first", "action_prior", "object_prior", "action_attention", "object_attention"):
+    for name in (
+        "action_first",
+        "object_first",
+        "action_prior",
+        "object_prior",
+        "action_attention",
+        "object_attention",
+    ):
         grads = [p.grad for p in getattr(model, name).parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), name
     assert any(g.abs().sum() > 0 for g in (p.grad for p in model.action_prior.parameters()))
@@ -177,8 +199,16 @@ def test_attention_maps_png_for_boxes_and_grids(tmp_path):
     rng = np.random.default_rng(0)
     alpha, beta = rng.dirichlet(np.ones(3), size=2), rng.dirichlet(np.ones(3), size=2)
     boxes = np.array([[[0, 0, 10, 10], [5, 5, 20, 30], [30, 10, 40, 40]]] * 2, dtype=np.float32)
-    plot_attention_maps(tmp_path / "boxes.png", alpha, beta, (48, 64), boxes=boxes,
-                        frames=[np.zeros((48, 64, 3), dtype=np.uint8)] * 2, frame_indices=np.array([0, 8]), title="v1")
+    plot_attention_maps(
+        tmp_path / "boxes.png",
+        alpha,
+        beta,
+        (48, 64),
+        boxes=boxes,
+        frames=[np.zeros((48, 64, 3), dtype=np.uint8)] * 2,
+        frame_indices=np.array([0, 8]),
+        title="v1",
+    )
     alpha, beta = rng.dirichlet(np.ones(6), size=2), rng.dirichlet(np.ones(6), size=2)
     plot_attention_maps(tmp_path / "grid.png", alpha, beta, (48, 64), grid=(2, 3))
     for name in ("boxes.png", "grid.png"):
@@ -211,10 +241,24 @@ def test_toy_attention_learns_to_localise_from_video_labels_only():
     regions[rows, frames, where] = signal[:, None, :] + 0.1 * torch.randn(b, t, d, generator=g)
     valid = torch.ones(b, t, n, dtype=torch.bool)
     torch.manual_seed(0)
-    model = DualAttentionNet(d, 3, 3, object_slots=1, hidden=16, prior_hidden=8, attention_dim=8, temporal="mean",
-                             head_hidden=16, dropout=0.0)
-    descend(model.parameters(), lambda: dual_attention_loss(model(regions, valid), actions, objects[:, None])["total"].mean(),
-            150, 0.1)
+    model = DualAttentionNet(
+        d,
+        3,
+        3,
+        object_slots=1,
+        hidden=16,
+        prior_hidden=8,
+        attention_dim=8,
+        temporal="mean",
+        head_hidden=16,
+        dropout=0.0,
+    )
+    descend(
+        model.parameters(),
+        lambda: dual_attention_loss(model(regions, valid), actions, objects[:, None])["total"].mean(),
+        150,
+        0.1,
+    )
     with torch.no_grad():
         out = model.eval()(regions, valid)
     assert (out.action.argmax(1) == actions).float().mean() > 0.9

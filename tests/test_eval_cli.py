@@ -7,17 +7,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from sklearn import metrics as skm
 
-from helpers import run_cli
 from hoitool.eval.charades import charades_map, read_charades_gt, read_submission
 from hoitool.eval.runs import OUTPUTS_JSON, load_run, write_outputs
 
 CHARADES = Path(__file__).resolve().parents[2] / "shared" / "data" / "charades"
 
 
-def make_run(path: Path, multilabel: bool, seed: int = 0, classes: int = 6, videos: int = 16, views: int = 3,
-             shift: float = 0.0, **info):
+def make_run(
+    path: Path,
+    multilabel: bool,
+    seed: int = 0,
+    classes: int = 6,
+    videos: int = 16,
+    views: int = 3,
+    shift: float = 0.0,
+    **info,
+):
     """A run directory as the trainers write it; targets depend on ``videos`` only, logits on ``seed`` too."""
     path.mkdir(parents=True, exist_ok=True)
     target_rng = np.random.default_rng(1000 + videos)
@@ -32,8 +40,17 @@ def make_run(path: Path, multilabel: bool, seed: int = 0, classes: int = 6, vide
     split = np.where(np.repeat(np.arange(videos), views) % 4 == 3, "val", "test")
     targets = np.repeat(per_video, views, axis=0)
     logits = (2 * targets + rng.normal(size=targets.shape) + shift).astype(np.float32)
-    record = {"kind": "teacher", "view": "global", "teacher_view": None, "seed": seed, "multilabel": multilabel,
-              "classes": [f"action {c}" for c in range(classes)], "dataset": "toy", "features": "f.h5", "distill": None}
+    record = {
+        "kind": "teacher",
+        "view": "global",
+        "teacher_view": None,
+        "seed": seed,
+        "multilabel": multilabel,
+        "classes": [f"action {c}" for c in range(classes)],
+        "dataset": "toy",
+        "features": "f.h5",
+        "distill": None,
+    }
     record.update(info)
     (path / "run.json").write_text(json.dumps(record))
     provenance = {"checkpoint": "best.pt", "seed": seed}
@@ -104,7 +121,7 @@ def test_multi_label_eval_scores_both_maps_and_its_submission_rescores_identical
     assert sub_ids == ids and np.allclose(sub_scores, scores, rtol=0, atol=1e-15)
     gt = tmp_path / "gt.csv"
     lines = ["id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length"]
-    for video, row in zip(ids, targets):
+    for video, row in zip(ids, targets, strict=False):
         actions = ";".join(f"c{c:03d} 0.0 1.0" for c in np.flatnonzero(row))
         lines.append(f"{video},S,Room,5,5,Yes,script,cup,desc,{actions},3.0")
     gt.write_text("\n".join(lines) + "\n")
@@ -187,9 +204,21 @@ def test_real_submission_prints_the_official_numbers(tmp_path):
     if not (CHARADES / "eval_results.txt").is_file():
         pytest.skip(f"Charades fixture not found at {CHARADES} (../shared/data beside the checkout)")
     result = subprocess.run(
-        [sys.executable, "-m", "hoitool", "eval", "--submission", str(CHARADES / "eval_results.txt"),
-         "--gt", str(CHARADES / "Charades_v1_test.csv"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "hoitool",
+            "eval",
+            "--submission",
+            str(CHARADES / "eval_results.txt"),
+            "--gt",
+            str(CHARADES / "Charades_v1_test.csv"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["mAP 0.0928263175514704", "wAP 0.14064232824836287"]
@@ -228,8 +257,15 @@ def _charades_run(path: Path, gt, keep: np.ndarray, rng) -> Path:
     ids = np.repeat(np.asarray(gt.ids)[keep], 2)
     targets = np.repeat(gt.labels[keep].astype(np.float32), 2, axis=0)
     logits = np.round(rng.normal(size=targets.shape) + 1.5 * targets, 1).astype(np.float32)  # rounding makes ties
-    info = {"kind": "teacher", "view": "global", "multilabel": True, "dataset": "charades", "seed": 0,
-            "classes": [f"c{k:03d}" for k in range(gt.labels.shape[1])], "features": str(path / "absent.h5")}
+    info = {
+        "kind": "teacher",
+        "view": "global",
+        "multilabel": True,
+        "dataset": "charades",
+        "seed": 0,
+        "classes": [f"c{k:03d}" for k in range(gt.labels.shape[1])],
+        "features": str(path / "absent.h5"),
+    }
     (path / "run.json").write_text(json.dumps(info))
     write_outputs(path, ids, np.tile([0, 1], int(keep.sum())), ["test"] * len(ids), logits, targets, {})
     return path
@@ -256,7 +292,7 @@ def test_charades_run_is_ranked_against_the_full_test_list(tmp_path, capsys):
     assert sub_out.splitlines()[0] == f"mAP {record['metrics']['map_official']!r}"
     assert sub_out.splitlines()[1] == f"wAP {record['metrics']['wap_official']!r}"
     ids, scores = read_submission(run / "eval" / "submission_test.txt")
-    by_hand = _official_by_hand(gt.ids, gt.labels, dict(zip(ids, scores)))
+    by_hand = _official_by_hand(gt.ids, gt.labels, dict(zip(ids, scores, strict=False)))
     assert abs(record["metrics"]["map_official"] - by_hand) <= 1e-12
     # Dropping the missing videos (the old behaviour) gives another number: the official rule matters here.
     own_only, _, _ = charades_map(scores, gt.labels[keep])

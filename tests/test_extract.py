@@ -11,8 +11,18 @@ import torch
 
 from hoitool.store import open_store
 
-FEATURE_ARGS = ["--backbone", "resnet18", "--weights", "random", "--device", "cpu", "--workers", "0",
-                "--set", "short_side=64"]
+FEATURE_ARGS = [
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "random",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--set",
+    "short_side=64",
+]
 
 
 def hoitool(*args, check=None):
@@ -28,8 +38,22 @@ def dataset(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("synthetic")
     generate(root / "data", videos_per_class=1, num_frames=8, size=64, seed=3)
-    hoitool("extract", "boxes", root / "data", "--out", root / "boxes.h5", "--source", "dataset", "--frames", 4,
-            "--top-k", 4, "--workers", 0, check=0)
+    hoitool(
+        "extract",
+        "boxes",
+        root / "data",
+        "--out",
+        root / "boxes.h5",
+        "--source",
+        "dataset",
+        "--frames",
+        4,
+        "--top-k",
+        4,
+        "--workers",
+        0,
+        check=0,
+    )
     return root
 
 
@@ -53,23 +77,72 @@ def test_dataset_boxes_store(dataset):
 
 
 def test_imported_boxes_equal_dataset_boxes(dataset, tmp_path):
-    hoitool("extract", "boxes", dataset / "data", "--out", tmp_path / "imported.zarr", "--source", "import",
-            "--import", dataset / "data" / "annotations.jsonl", "--frames", 4, "--top-k", 4, "--workers", 0, check=0)
+    hoitool(
+        "extract",
+        "boxes",
+        dataset / "data",
+        "--out",
+        tmp_path / "imported.zarr",
+        "--source",
+        "import",
+        "--import",
+        dataset / "data" / "annotations.jsonl",
+        "--frames",
+        4,
+        "--top-k",
+        4,
+        "--workers",
+        0,
+        check=0,
+    )
     imported, own = open_store(tmp_path / "imported.zarr"), open_store(dataset / "boxes.h5")
     assert imported.video_ids == own.video_ids
     for name in ("boxes", "valid", "is_person", "labels", "frame_indices"):
         np.testing.assert_array_equal(imported.read(own.video_ids[0])[name], own.read(own.video_ids[0])[name])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"video": "x", "frame": 0, "boxes": [[5, 5, 1, 1]]}\n')
-    result = hoitool("extract", "boxes", dataset / "data", "--out", tmp_path / "bad.h5", "--source", "import",
-                     "--import", bad, "--workers", 0, check=3)
+    result = hoitool(
+        "extract",
+        "boxes",
+        dataset / "data",
+        "--out",
+        tmp_path / "bad.h5",
+        "--source",
+        "import",
+        "--import",
+        bad,
+        "--workers",
+        0,
+        check=3,
+    )
     assert "bad.jsonl:1" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_rpn_proposals_with_random_weights(dataset, tmp_path):
-    hoitool("extract", "boxes", dataset / "data", "--out", tmp_path / "rpn.h5", "--source", "rpn", "--weights", "random",
-            "--frames", 2, "--top-k", 5, "--device", "cpu", "--workers", 0,
-            "--set", "model.min_size=64", "--set", "model.max_size=96", check=0)
+    hoitool(
+        "extract",
+        "boxes",
+        dataset / "data",
+        "--out",
+        tmp_path / "rpn.h5",
+        "--source",
+        "rpn",
+        "--weights",
+        "random",
+        "--frames",
+        2,
+        "--top-k",
+        5,
+        "--device",
+        "cpu",
+        "--workers",
+        0,
+        "--set",
+        "model.min_size=64",
+        "--set",
+        "model.max_size=96",
+        check=0,
+    )
     store = open_store(tmp_path / "rpn.h5")
     arrays = store.read(store.video_ids[0])
     assert arrays["boxes"].shape == (1, 2, 5, 4) and (arrays["labels"] == -1).all()
@@ -84,9 +157,25 @@ def test_missing_weights_say_how_to_fetch_them(dataset, tmp_path, monkeypatch):
     import os
 
     env = dict(os.environ, TORCH_HOME=str(tmp_path / "empty-cache"))
-    result = subprocess.run([sys.executable, "-m", "hoitool", "extract", "boxes", str(dataset / "data"), "--out",
-                             str(tmp_path / "b.h5"), "--source", "rpn", "--workers", "0"],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hoitool",
+            "extract",
+            "boxes",
+            str(dataset / "data"),
+            "--out",
+            str(tmp_path / "b.h5"),
+            "--source",
+            "rpn",
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "not found" in result.stderr and "--weights" in result.stderr
 
@@ -114,12 +203,13 @@ def test_features_hdf5_and_zarr_identical_and_equal_to_direct_roi_align(dataset,
     fmap = backbone.feature_map(images)
     image_boxes, _ = transform.to_image(torch.from_numpy(stored["boxes"][0]))
     valid = stored["valid"][0]
-    for t, k in zip(*np.nonzero(valid)):
+    for t, k in zip(*np.nonzero(valid), strict=False):
         roi = torch.cat([torch.tensor([[t]], dtype=torch.float32), image_boxes[t, k][None]], dim=1)
         direct = roi_align(fmap, roi, 7, spatial_scale=1 / backbone.stride, sampling_ratio=2, aligned=True)
         expected = direct.amax(dim=(-2, -1))[0].numpy().astype(np.float16)
-        np.testing.assert_allclose(stored["nodes"][0, t, k].astype(np.float32), expected.astype(np.float32),
-                                   rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(
+            stored["nodes"][0, t, k].astype(np.float32), expected.astype(np.float32), rtol=2e-3, atol=2e-3
+        )
     assert not stored["nodes"][0][~valid].any()
 
 
@@ -143,11 +233,27 @@ def test_bad_videos_are_recorded_and_the_rest_done(dataset, tmp_path):
     (data / "annotations.jsonl").write_text("".join(json.dumps(record) + "\n" for record in kept))
     (data / "manifest.json").write_text(json.dumps(manifest))
 
-    result = hoitool("extract", "boxes", data, "--out", tmp_path / "boxes.h5", "--source", "dataset", "--frames", 4,
-                     "--top-k", 4, "--workers", 0, check=3)
+    result = hoitool(
+        "extract",
+        "boxes",
+        data,
+        "--out",
+        tmp_path / "boxes.h5",
+        "--source",
+        "dataset",
+        "--frames",
+        4,
+        "--top-k",
+        4,
+        "--workers",
+        0,
+        check=3,
+    )
     assert "4 videos failed" in result.stderr and "Traceback" not in result.stderr
-    failures = {json.loads(line)["video"]: json.loads(line)["error"]
-                for line in (tmp_path / "boxes.h5.failures.jsonl").read_text().splitlines()}
+    failures = {
+        json.loads(line)["video"]: json.loads(line)["error"]
+        for line in (tmp_path / "boxes.h5.failures.jsonl").read_text().splitlines()
+    }
     assert set(failures) == {corrupt["id"], truncated["id"], no_boxes["id"], no_annotation["id"]}
     assert "no boxes" in failures[no_boxes["id"]] and "no boxes for video" in failures[no_annotation["id"]]
     assert corrupt["source"].split("/")[-1] in failures[corrupt["id"]]
@@ -162,9 +268,25 @@ def test_bad_videos_are_recorded_and_the_rest_done(dataset, tmp_path):
 
 def test_two_concurrent_shards_merged_equal_one_run(dataset, tmp_path):
     out = tmp_path / "f.zarr"
-    children = [subprocess.Popen([sys.executable, "-m", "hoitool", "--quiet", "extract", "features",
-                                  str(dataset / "boxes.h5"), "--out", str(out), "--shard", f"{i}/2", *FEATURE_ARGS])
-                for i in range(2)]
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hoitool",
+                "--quiet",
+                "extract",
+                "features",
+                str(dataset / "boxes.h5"),
+                "--out",
+                str(out),
+                "--shard",
+                f"{i}/2",
+                *FEATURE_ARGS,
+            ]
+        )
+        for i in range(2)
+    ]
     assert [child.wait() for child in children] == [0, 0]
     shards = [tmp_path / "f.shard0-of-2.zarr", tmp_path / "f.shard1-of-2.zarr"]
     assert all(len(open_store(shard).video_ids) > 0 for shard in shards)
@@ -178,8 +300,23 @@ def test_changed_upstream_store_is_refused(dataset, tmp_path):
     shutil.copy(dataset / "boxes.h5", boxes)
     out = tmp_path / "f.h5"
     hoitool("extract", "features", boxes, "--out", out, *FEATURE_ARGS, check=0)
-    hoitool("extract", "boxes", dataset / "data", "--out", boxes, "--source", "dataset", "--frames", 4,
-            "--top-k", 2, "--workers", 0, "--force", check=0)
+    hoitool(
+        "extract",
+        "boxes",
+        dataset / "data",
+        "--out",
+        boxes,
+        "--source",
+        "dataset",
+        "--frames",
+        4,
+        "--top-k",
+        2,
+        "--workers",
+        0,
+        "--force",
+        check=0,
+    )
     result = hoitool("extract", "features", boxes, "--out", out, *FEATURE_ARGS, check=1)
     assert "upstream artifact changed" in result.stderr and "--force" in result.stderr
     assert result.stderr.count("\n") <= 2
@@ -221,9 +358,21 @@ def test_kill_at_random_points_then_resume_equals_uninterrupted_run(dataset, tmp
         out = tmp_path / f"killed{attempt}.h5"
         parts = tmp_path / f"killed{attempt}.h5.parts"
         for _ in range(2):
-            child = subprocess.Popen([sys.executable, "-m", "hoitool", "--quiet", "extract", "features",
-                                      str(dataset / "boxes.h5"), "--out", str(out), *FEATURE_ARGS],
-                                     stderr=subprocess.DEVNULL)
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hoitool",
+                    "--quiet",
+                    "extract",
+                    "features",
+                    str(dataset / "boxes.h5"),
+                    "--out",
+                    str(out),
+                    *FEATURE_ARGS,
+                ],
+                stderr=subprocess.DEVNULL,
+            )
             graceful = attempt == 0  # SIGTERM (e.g. SLURM pre-emption): exit 130, finished videos kept
             already = len(list(parts.glob("*.npz")))
             wanted = already + 1 if graceful else rng.randint(1, total - 1)

@@ -78,12 +78,8 @@ def test_attention_dropout_only_in_training():
 def test_global_and_local_adjacency_on_a_hand_checked_mask():
     # One video, T=2 frames, K=2 slots; frame 0 has both boxes, frame 1 only its first. Nodes: 0,1 | 2,(3 padded).
     valid = torch.tensor([[[True, True], [True, False]]])
-    expected_global = torch.tensor(
-        [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool
-    )
-    expected_local = torch.tensor(
-        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]], dtype=torch.bool
-    )
+    expected_global = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    expected_local = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
     assert torch.equal(global_adjacency(valid), expected_global.unsqueeze(0))
     assert torch.equal(local_adjacency(valid), expected_local.unsqueeze(0))
     expected_frames = torch.tensor([[[1, 1], [1, 1]], [[1, 0], [0, 0]]], dtype=torch.bool)

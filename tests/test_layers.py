@@ -36,16 +36,23 @@ def test_no_library_module_imports_the_cli():
 
 def test_importing_the_library_does_not_set_up_a_cli():
     """Every library module imported (a notebook's view): no typer, no rich console, no hoitool.cli."""
-    modules = sorted(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
-                     for path in PACKAGE.rglob("*.py") if "cli" not in path.parts and path.name != "__main__.py")
-    code = (f"import importlib, sys\nfor name in {modules!r}: importlib.import_module(name)\n"
-            "print(sorted(m for m in ('typer', 'rich.console', 'hoitool.cli') if m in sys.modules))")
+    modules = sorted(
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        for path in PACKAGE.rglob("*.py")
+        if "cli" not in path.parts and path.name != "__main__.py"
+    )
+    code = (
+        f"import importlib, sys\nfor name in {modules!r}: importlib.import_module(name)\n"
+        "print(sorted(m for m in ('typer', 'rich.console', 'hoitool.cli') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_help_imports_neither_torch_nor_matplotlib():
-    code = ("import sys; from hoitool.cli.app import app; "
-            "print(sorted(m for m in ('torch', 'matplotlib', 'h5py', 'zarr') if m in sys.modules))")
+    code = (
+        "import sys; from hoitool.cli.app import app; "
+        "print(sorted(m for m in ('torch', 'matplotlib', 'h5py', 'zarr') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout

@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hoitool.train.losses import Objective, binary_kd_loss, distill_loss, kd_loss, l2_loss, supervised_loss, weighted_sum
+from hoitool.train.losses import (
+    Objective,
+    binary_kd_loss,
+    distill_loss,
+    kd_loss,
+    l2_loss,
+    supervised_loss,
+    weighted_sum,
+)
 
 
 def test_kd_matches_batchmean_kl_times_t_squared():
@@ -14,7 +22,9 @@ def test_kd_matches_batchmean_kl_times_t_squared():
     student = torch.randn(5, 7, generator=generator)
     teacher = torch.randn(5, 7, generator=generator) * 3
     temperature = 4.0
-    reference = F.kl_div(F.log_softmax(student / temperature, 1), F.softmax(teacher / temperature, 1), reduction="batchmean")
+    reference = F.kl_div(
+        F.log_softmax(student / temperature, 1), F.softmax(teacher / temperature, 1), reduction="batchmean"
+    )
     assert kd_loss(student, teacher, temperature).mean().item() == pytest.approx(reference.item() * 16, rel=1e-6)
 
 
@@ -40,7 +50,9 @@ def test_l2_is_eq3_mean_squared_difference_of_softened_sigmoids():
     ]
     values = l2_loss(student, teacher, temperature)
     assert values.tolist() == pytest.approx(by_hand, rel=1e-6)
-    assert values.mean().item() == pytest.approx(F.mse_loss(torch.sigmoid(student / 2), torch.sigmoid(teacher / 2)).item(), rel=1e-6)
+    assert values.mean().item() == pytest.approx(
+        F.mse_loss(torch.sigmoid(student / 2), torch.sigmoid(teacher / 2)).item(), rel=1e-6
+    )
 
 
 def test_binary_kd_is_per_class_binary_kl_times_t_squared():
@@ -52,14 +64,18 @@ def test_binary_kd_is_per_class_binary_kl_times_t_squared():
     q = torch.sigmoid(student / temperature).double()
     kl = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))
     expected = kl.mean(dim=1) * temperature**2
-    assert binary_kd_loss(student, teacher, temperature).double().tolist() == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-6)
+    assert binary_kd_loss(student, teacher, temperature).double().tolist() == pytest.approx(
+        expected.tolist(), rel=1e-4, abs=1e-6
+    )
     # zero when the student equals the teacher; its gradient equals the soft-target BCE's
     assert binary_kd_loss(teacher, teacher, temperature).abs().max().item() < 1e-6
     student.requires_grad_(True)
     binary_kd_loss(student, teacher, temperature).sum().backward()
     ours = student.grad.clone()
     student.grad = None
-    bce = F.binary_cross_entropy_with_logits(student / temperature, torch.sigmoid(teacher / temperature), reduction="none")
+    bce = F.binary_cross_entropy_with_logits(
+        student / temperature, torch.sigmoid(teacher / temperature), reduction="none"
+    )
     (bce.mean(dim=1) * temperature**2).sum().backward()
     assert torch.allclose(ours, student.grad, atol=1e-6)
 
@@ -68,7 +84,9 @@ def test_supervised_losses_match_torch_means():
     generator = torch.Generator().manual_seed(2)
     logits = torch.randn(6, 5, generator=generator)
     labels = torch.tensor([0, 4, 2, 2, 1, 3])
-    assert supervised_loss(logits, labels, False).mean().item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert supervised_loss(logits, labels, False).mean().item() == pytest.approx(
+        F.cross_entropy(logits, labels).item(), rel=1e-6
+    )
     multi_hot = (torch.rand(6, 5, generator=generator) > 0.5).float()
     reference = F.binary_cross_entropy_with_logits(logits, multi_hot)
     assert supervised_loss(logits, multi_hot, True).mean().item() == pytest.approx(reference.item(), rel=1e-6)

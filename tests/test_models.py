@@ -178,8 +178,15 @@ def test_input_norm_makes_the_model_invariant_to_feature_scale():
 
 def test_build_model_from_config():
     assert MODEL_DEFAULTS == {
-        "view": "global", "hidden": 512, "layers": 1, "heads": 1, "pooling": "max",
-        "dropout": 0.0, "residual": False, "geometry_encoding": False, "time_encoding": False,
+        "view": "global",
+        "hidden": 512,
+        "layers": 1,
+        "heads": 1,
+        "pooling": "max",
+        "dropout": 0.0,
+        "residual": False,
+        "geometry_encoding": False,
+        "time_encoding": False,
         "input_norm": False,
     }
     model = build_model({**MODEL_DEFAULTS, "view": "local", "hidden": 24, "heads": 3, "layers": 2}, IN_DIM, CLASSES)

@@ -65,11 +65,14 @@ def write_cad120_root(root: Path, frames: int = 3) -> Path:
                 label_lines.append(f"{video},{activity},{subject},{objects_text}")
                 segment_lines += [f"{video},1,2,reaching, movable", f"{video}, 3, {frames}, moving,stationary"]
                 for key in objects:
-                    rows = [f"{frame},{key},{10 * key},{20},{10 * key + 30},{60},0,0,0,0,0,0," for frame in range(1, frames)]
+                    rows = [
+                        f"{frame},{key},{10 * key},{20},{10 * key + 30},{60},0,0,0,0,0,0," for frame in range(1, frames)
+                    ]
                     rows.append(f"{frames},{key},0,0,0,0,0,0,0,0,0,0,")  # not visible in the last frame
                     (annotations / f"{video}_obj{key}.txt").write_text("\n".join(rows) + "\n")
                 (annotations / f"{video}.txt").write_text(
-                    "\n".join(skeleton_line(frame, JOINTS) for frame in range(1, frames + 1)) + "\nEND\n")
+                    "\n".join(skeleton_line(frame, JOINTS) for frame in range(1, frames + 1)) + "\nEND\n"
+                )
                 (annotations / f"{video}_globalTransform.txt").write_text("1,0,0\n")
                 images = root / f"{subject}_rgbd_images" / activity / video
                 images.mkdir(parents=True)
@@ -82,11 +85,25 @@ def write_cad120_root(root: Path, frames: int = 3) -> Path:
 
 def write_ssv2_root(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    labels = {"Putting something onto something": "0", "Pushing something from left to right": "1", "Holding something": "2"}
+    labels = {
+        "Putting something onto something": "0",
+        "Pushing something from left to right": "1",
+        "Holding something": "2",
+    }
     train = [
-        {"id": "1", "label": "putting a cup onto a table", "template": "Putting [something] onto [something]", "placeholders": ["cup", "table"]},
+        {
+            "id": "1",
+            "label": "putting a cup onto a table",
+            "template": "Putting [something] onto [something]",
+            "placeholders": ["cup", "table"],
+        },
         {"id": "2", "label": "holding pen", "template": "Holding [something]", "placeholders": ["pen"]},
-        {"id": "3", "label": "pushing box", "template": "Pushing [something] from left to right", "placeholders": ["box"]},
+        {
+            "id": "3",
+            "label": "pushing box",
+            "template": "Pushing [something] from left to right",
+            "placeholders": ["box"],
+        },
     ]
     validation = [{"id": "10", "label": "holding cup", "template": "Holding [something]", "placeholders": ["cup"]}]
     files = {"labels": labels, "train": train, "validation": validation, "test": [{"id": "20"}, {"id": "21"}]}
@@ -153,11 +170,18 @@ def test_charades_real_files(real_charades, tmp_path):
     for video in ("TRN01", "TRN02", "TRN03"):
         (videos / f"{video}.mp4").symlink_to(real_charades / "19UA5.mp4")
     listed = (real_charades / "list_file.csv").read_text().splitlines()[1:]
-    (root / "Charades_v1_train.csv").write_text(CHARADES_HEADER + "\n".join(listed + [
-        charades_row("TRN01", "SUBJ", "c000 0.0 1.0;c000 2.0 3.0;c156 1.0 9.5"),
-        charades_row("TRN02", "SUBJ", ""),
-        charades_row("TRN03", "OTHR", "c010 0.0 1.0", length=""),
-    ]) + "\n")
+    (root / "Charades_v1_train.csv").write_text(
+        CHARADES_HEADER
+        + "\n".join(
+            listed
+            + [
+                charades_row("TRN01", "SUBJ", "c000 0.0 1.0;c000 2.0 3.0;c156 1.0 9.5"),
+                charades_row("TRN02", "SUBJ", ""),
+                charades_row("TRN03", "OTHR", "c010 0.0 1.0", length=""),
+            ]
+        )
+        + "\n"
+    )
 
     manifest = prepare_charades(root, tmp_path / "out", val_fraction=0.3, seed=0)
 
@@ -214,13 +238,16 @@ def test_charades_frames_and_split_determinism(tmp_path):
     assert not (tmp_path / "a" / "prepare_warnings.jsonl").exists()
 
 
-@pytest.mark.parametrize("row, message", [
-    (charades_row("V1", "S", "c001 0.0"), ":2: bad action 'c001 0.0'"),
-    (charades_row("V1", "S", "c003 0 1"), ":2: action class c003 outside c000..c002"),
-    (charades_row("V1", "S", "x001 0 1"), ":2: bad action"),
-    (charades_row("V1", "S", "c001 0 1", length="long"), ":2: bad length 'long'"),
-    ("V1,S", ":2: expected 11 fields"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (charades_row("V1", "S", "c001 0.0"), ":2: bad action 'c001 0.0'"),
+        (charades_row("V1", "S", "c003 0 1"), ":2: action class c003 outside c000..c002"),
+        (charades_row("V1", "S", "x001 0 1"), ":2: bad action"),
+        (charades_row("V1", "S", "c001 0 1", length="long"), ":2: bad length 'long'"),
+        ("V1,S", ":2: expected 11 fields"),
+    ],
+)
 def test_charades_bad_csv_names_file_and_line(tmp_path, row, message):
     root = write_charades_root(tmp_path / "raw", [row], [], num_classes=3)
     with pytest.raises(UsageError, match=r"Charades_v1_train\.csv") as error:
@@ -242,7 +269,12 @@ def test_person_box_projects_confident_joints():
     joints[0, 3] = 0  # an unconfident joint (the widest one) is ignored
     box = person_box(joints, Intrinsics(fx=500, fy=500, cx=320, cy=240), margin=0.0)
     x, y, z = JOINTS[1:, 0], JOINTS[1:, 1], JOINTS[1:, 2]
-    expected = [320 + 500 * (x / z).min(), 240 - 500 * (y / z).max(), 320 + 500 * (x / z).max(), 240 - 500 * (y / z).min()]
+    expected = [
+        320 + 500 * (x / z).min(),
+        240 - 500 * (y / z).max(),
+        320 + 500 * (x / z).max(),
+        240 - 500 * (y / z).min(),
+    ]
     np.testing.assert_allclose(box, expected, rtol=1e-5)
     padded = person_box(joints, Intrinsics(fx=500, fy=500, cx=320, cy=240), margin=0.5)
     assert padded[0] < box[0] and padded[2] > box[2]
@@ -278,7 +310,11 @@ def test_cad120_fold(tmp_path):
     assert sorted(frames) == [0, 1, 2]
     first = frames[0]
     assert first.is_person.tolist() == [True, False, False]
-    assert first.labels.tolist() == [OBJECT_CLASSES.index("person"), OBJECT_CLASSES.index("bowl"), OBJECT_CLASSES.index("cup")]
+    assert first.labels.tolist() == [
+        OBJECT_CLASSES.index("person"),
+        OBJECT_CLASSES.index("bowl"),
+        OBJECT_CLASSES.index("cup"),
+    ]
     np.testing.assert_allclose(first.boxes[1], [10, 20, 40, 60])
     expected_person = person_box(np.concatenate([JOINTS, np.ones((15, 1))], axis=1), KINECT, 0.1)
     np.testing.assert_allclose(first.boxes[0], expected_person, atol=0.01)
@@ -316,8 +352,16 @@ def test_cad120_missing_frames_and_bad_object_file(tmp_path):
 def test_ssv2(tmp_path):
     root = write_ssv2_root(tmp_path / "raw")
     manifest = prepare_ssv2(root, tmp_path / "out")
-    assert manifest.classes == ["Putting something onto something", "Pushing something from left to right", "Holding something"]
-    assert {(v.id, v.split, tuple(v.labels)) for v in manifest.videos} == {("1", "train", (0,)), ("2", "train", (2,)), ("10", "val", (2,))}
+    assert manifest.classes == [
+        "Putting something onto something",
+        "Pushing something from left to right",
+        "Holding something",
+    ]
+    assert {(v.id, v.split, tuple(v.labels)) for v in manifest.videos} == {
+        ("1", "train", (0,)),
+        ("2", "train", (2,)),
+        ("10", "val", (2,)),
+    }
     assert manifest.extra["omitted_test_videos"] == 2 and manifest.extra["skipped_videos"] == 1
     assert "20" not in manifest.by_id()  # test videos have no label: left out, never given a fake one
     assert manifest.by_id()["1"].objects == ["cup", "table"] and manifest.by_id()["10"].objects == ["cup"]
@@ -374,11 +418,14 @@ def test_folder_flat_with_labels_csv(tmp_path):
     assert prepare_folder(root, tmp_path / "num", labels=numeric).classes == ["2", "9", "10"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a,x\nb\n", "labels.csv:2: expected 2 fields"),
-    ("a,x\na,y\n", "labels.csv:2: video 'a' listed twice"),
-    ("a,x\nb, ;\n", "labels.csv:2: video 'b' has no label"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a,x\nb\n", "labels.csv:2: expected 2 fields"),
+        ("a,x\na,y\n", "labels.csv:2: video 'a' listed twice"),
+        ("a,x\nb, ;\n", "labels.csv:2: video 'b' has no label"),
+    ],
+)
 def test_folder_bad_labels_csv(tmp_path, text, message):
     root = tmp_path / "raw"
     root.mkdir()

@@ -126,7 +126,9 @@ def test_synthetic_command(tmp_path):
 
 
 def _snapshot(root: Path) -> dict[str, bytes | str]:
-    return {str(path.relative_to(root)): "dir" if path.is_dir() else path.read_bytes() for path in sorted(root.rglob("*"))}
+    return {
+        str(path.relative_to(root)): "dir" if path.is_dir() else path.read_bytes() for path in sorted(root.rglob("*"))
+    }
 
 
 def _one_error_line(err: str) -> str:
@@ -176,8 +178,13 @@ def test_prepare_force_replaces_only_hoitool_files(tmp_path):
     assert forced.returncode == 0, forced.stderr
     assert (out / "my_notes.txt").read_text() == "kept" and (out / "extra" / "clip.mp4").read_bytes() == b"user video"
     assert yaml.safe_load((out / "config.resolved.yaml").read_text())["seed"] == 1
-    assert sorted(path.name for path in out.iterdir()) == [".hoitool-dataset.json", "config.resolved.yaml", "extra",
-                                                          "manifest.json", "my_notes.txt"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        ".hoitool-dataset.json",
+        "config.resolved.yaml",
+        "extra",
+        "manifest.json",
+        "my_notes.txt",
+    ]
 
 
 def test_prepare_into_a_run_directory_is_refused(tmp_path):

@@ -34,7 +34,9 @@ pytestmark = pytest.mark.slow
 def raw(tmp_path_factory):
     absent = [name for name in NEEDED if not (CHARADES / name).is_file()]
     if absent:
-        pytest.skip(f"real Charades files not found in {CHARADES} ({', '.join(absent)}): ../shared/data beside the checkout")
+        pytest.skip(
+            f"real Charades files not found in {CHARADES} ({', '.join(absent)}): ../shared/data beside the checkout"
+        )
     root = tmp_path_factory.mktemp("charades") / "raw"
     videos = root / "Charades_v1_480"
     videos.mkdir(parents=True)
@@ -61,9 +63,29 @@ def test_real_charades_through_every_stage(raw, capsys):
     assert by_id["YSKX3"].split == by_id["T5ECU"].split == "test"
     assert by_id["19UA5"].objects == ["bag", "book", "bottle"] and by_id["YSKX3"].labels == [75, 76, 77, 79, 80]
 
-    code, _, err = run_cli(["extract", "boxes", work / "data", "--out", work / "boxes.h5", "--source", "rpn",
-                            "--weights", "random", "--frames", 3, "--top-k", 4, *CPU,
-                            "--set", "model.min_size=64", "--set", "model.max_size=128"], capsys)
+    code, _, err = run_cli(
+        [
+            "extract",
+            "boxes",
+            work / "data",
+            "--out",
+            work / "boxes.h5",
+            "--source",
+            "rpn",
+            "--weights",
+            "random",
+            "--frames",
+            3,
+            "--top-k",
+            4,
+            *CPU,
+            "--set",
+            "model.min_size=64",
+            "--set",
+            "model.max_size=128",
+        ],
+        capsys,
+    )
     assert code == 0, err
     boxes = open_store(work / "boxes.h5")
     assert boxes.video_ids == sorted(by_id)
@@ -73,14 +95,47 @@ def test_real_charades_through_every_stage(raw, capsys):
     assert boxes.read("19UA5")["frame_indices"][0].tolist() == [9, 27, 45]
     assert boxes.read("S6MPZ")["frame_indices"][0].tolist() == [192, 577, 962]
 
-    code, _, err = run_cli(["extract", "features", work / "boxes.h5", "--out", work / "feats.h5", "--backbone", "resnet18",
-                            "--weights", "random", *CPU, "--set", "short_side=64"], capsys)
+    code, _, err = run_cli(
+        [
+            "extract",
+            "features",
+            work / "boxes.h5",
+            "--out",
+            work / "feats.h5",
+            "--backbone",
+            "resnet18",
+            "--weights",
+            "random",
+            *CPU,
+            "--set",
+            "short_side=64",
+        ],
+        capsys,
+    )
     assert code == 0, err
     features = open_store(work / "feats.h5")
     assert features.video_ids == boxes.video_ids
 
-    code, _, err = run_cli(["train-teacher", work / "feats.h5", "--view", "global", "--out", work / "run", "--epochs", 1,
-                            "--batch-size", 2, *CPU, "--set", "model.hidden=8", "--set", "model.heads=1"], capsys)
+    code, _, err = run_cli(
+        [
+            "train-teacher",
+            work / "feats.h5",
+            "--view",
+            "global",
+            "--out",
+            work / "run",
+            "--epochs",
+            1,
+            "--batch-size",
+            2,
+            *CPU,
+            "--set",
+            "model.hidden=8",
+            "--set",
+            "model.heads=1",
+        ],
+        capsys,
+    )
     assert code == 0, err
 
     code, _, err = run_cli(["eval", work / "run"], capsys)

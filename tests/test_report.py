@@ -6,13 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import run_cli
+
 from hoitool.eval.report import build_rows, run_label
 from hoitool.eval.runs import write_outputs
 
-STUDENT = {"kind": "student", "view": "local", "teacher_view": "global",
-           "distill": {"loss": "kd", "T": 10, "lambda1": 0.3, "lambda2": 0.7}}
+STUDENT = {
+    "kind": "student",
+    "view": "local",
+    "teacher_view": "global",
+    "distill": {"loss": "kd", "T": 10, "lambda1": 0.3, "lambda2": 0.7},
+}
 
 
 def make_run(path: Path, seed: int, multilabel: bool = False, **info) -> Path:
@@ -25,8 +29,17 @@ def make_run(path: Path, seed: int, multilabel: bool = False, **info) -> Path:
         per_video = np.eye(4, dtype=np.float32)[np.arange(8) % 4]
     targets = np.repeat(per_video, 2, axis=0)
     logits = (targets + rng.normal(scale=0.8, size=targets.shape)).astype(np.float32)
-    record = {"kind": "teacher", "view": "global", "teacher_view": None, "seed": seed, "multilabel": multilabel,
-              "classes": ["a", "b", "c", "d"], "dataset": "toy", "features": "f.h5", "distill": None}
+    record = {
+        "kind": "teacher",
+        "view": "global",
+        "teacher_view": None,
+        "seed": seed,
+        "multilabel": multilabel,
+        "classes": ["a", "b", "c", "d"],
+        "dataset": "toy",
+        "features": "f.h5",
+        "distill": None,
+    }
     record.update(info)
     (path / "run.json").write_text(json.dumps(record))
     ids = np.repeat([f"v{i}" for i in range(8)], 2)
@@ -50,8 +63,13 @@ def test_run_labels_follow_the_paper_naming():
 
 def test_build_rows_groups_by_dataset_and_label_in_order_of_first_appearance():
     def record(value, f1):
-        return {"task": "single-label", "main_metric": "accuracy", "run": "r", "fusion": {"views": "max"},
-                "metrics": {"accuracy": value, "macro_f1": f1}}
+        return {
+            "task": "single-label",
+            "main_metric": "accuracy",
+            "run": "r",
+            "fusion": {"views": "max"},
+            "metrics": {"accuracy": value, "macro_f1": f1},
+        }
 
     entries = [
         ({"kind": "teacher", "view": "global", "dataset": "cad120", "seed": 0}, record(0.8, 0.7)),

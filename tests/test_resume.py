@@ -9,13 +9,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_train import make_features, request, state_dicts_equal
 
 from hoitool.errors import Interrupted, StaleArtifactError, UsageError
 from hoitool.eval.runs import load_run
 from hoitool.io.atomic import append_jsonl
 from hoitool.train.loop import train
-
-from test_train import make_features, request, state_dicts_equal
 
 EPOCHS = 4
 
@@ -24,6 +23,7 @@ def _stop_after(epoch_to_stop: int):
     def hook(epoch, record):
         if epoch == epoch_to_stop:
             raise Interrupted("simulated SIGTERM")
+
     return hook
 
 
@@ -41,7 +41,9 @@ def _assert_same_run(a, b, members=("main",)):
     for name in members:
         left, right = last_a["members"][name], last_b["members"][name]
         assert state_dicts_equal(left["model"], right["model"])
-        for state_a, state_b in zip(left["optimizer"]["state"].values(), right["optimizer"]["state"].values()):
+        for state_a, state_b in zip(
+            left["optimizer"]["state"].values(), right["optimizer"]["state"].values(), strict=False
+        ):
             assert all(torch.equal(state_a[key], state_b[key]) for key in state_a)
         assert left["scheduler"] == right["scheduler"] and left["best_epoch"] == right["best_epoch"]
     assert torch.equal(last_a["rng"][0]["torch"], last_b["rng"][0]["torch"])
@@ -54,8 +56,16 @@ def _assert_same_run(a, b, members=("main",)):
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, kind):
     # dropout (global RNG), random views (sampler) and SGD momentum + step decay (optimizer/scheduler state) all in play
     features = make_features(tmp_path, views=2)
-    settings = dict(kind=kind, view="local", train__epochs=EPOCHS, model__dropout=0.3, data__random_view=True,
-                    optim__name="sgd", optim__lr=0.05, schedule__step_size=2)
+    settings = dict(
+        kind=kind,
+        view="local",
+        train__epochs=EPOCHS,
+        model__dropout=0.3,
+        data__random_view=True,
+        optim__name="sgd",
+        optim__lr=0.05,
+        schedule__step_size=2,
+    )
     train(request(features, tmp_path / "straight", **settings))
     with pytest.raises(Interrupted):
         train(request(features, tmp_path / "resumed", **settings), on_epoch_end=_stop_after(2))
@@ -66,7 +76,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, kind):
     assert result.trained_epochs == EPOCHS - 2
     _assert_same_run(tmp_path / "straight", tmp_path / "resumed", ("main", "peer") if kind == "dml" else ("main",))
     if kind == "dml":
-        assert np.array_equal(load_run(tmp_path / "straight" / "peer").logits, load_run(tmp_path / "resumed" / "peer").logits)
+        assert np.array_equal(
+            load_run(tmp_path / "straight" / "peer").logits, load_run(tmp_path / "resumed" / "peer").logits
+        )
 
 
 def test_resume_of_a_finished_run_is_a_no_op(tmp_path, capsys):
@@ -114,7 +126,9 @@ def test_resume_on_a_changed_features_store_is_stale_unless_forced(tmp_path):
     os.replace(changed, features)
     with pytest.raises(StaleArtifactError, match="features store changed since"):
         train(request(features, tmp_path / "run", resume=True, data__manifest=str(tmp_path / "manifest.json")))
-    result = train(request(features, tmp_path / "run", resume=True, force=True, data__manifest=str(tmp_path / "manifest.json")))
+    result = train(
+        request(features, tmp_path / "run", resume=True, force=True, data__manifest=str(tmp_path / "manifest.json"))
+    )
     assert result.trained_epochs == 2
 
 

@@ -20,8 +20,22 @@ from hoitool.errors import HoitoolError, Interrupted, UsageError
 from hoitool.train import artifacts, loop
 from hoitool.train.loop import train
 
-TINY = ["--epochs", "3", "--batch-size", "4", "--device", "cpu", "--workers", "0", "--lr", "0.01",
-        "--set", "model.hidden=16", "--set", "model.heads=2"]
+TINY = [
+    "--epochs",
+    "3",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--lr",
+    "0.01",
+    "--set",
+    "model.hidden=16",
+    "--set",
+    "model.heads=2",
+]
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -52,6 +66,7 @@ def stop_after(epoch_to_stop: int):
     def hook(epoch, record):
         if epoch == epoch_to_stop:
             raise Interrupted("interrupted by SIGTERM; finished videos and checkpoints are kept")
+
     return hook
 
 
@@ -68,7 +83,9 @@ def world(tmp_path_factory):
         for number in range(3):
             (raw / label / f"{label}{number}.mp4").write_bytes(b"not really a video")
     dataset = root / "dataset"
-    run_prepare("folder", dataset, {"root": str(raw)}, False, lambda out: prepare_folder(raw, out))  # as `prepare folder`
+    run_prepare(
+        "folder", dataset, {"root": str(raw)}, False, lambda out: prepare_folder(raw, out)
+    )  # as `prepare folder`
     return {"root": root, "features": features, "teacher": teacher, "dataset": dataset, "raw": raw}
 
 
@@ -145,31 +162,35 @@ def test_the_marker_is_the_first_file_of_a_run(world, tmp_path, monkeypatch):
     def spy(path, obj):
         written.append((Path(path).name, sorted(p.name for p in Path(path).parent.iterdir())))
         original(path, obj)
+
     monkeypatch.setattr(artifacts, "write_json", spy)
     train(request(world["features"], tmp_path / "run", train__epochs=1))
     assert written[0] == ("run.json", [artifacts.LOCK_FILE])
 
 
 # -- checks before anything is written ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind, args, key", [
-    ("teacher", ["--lr", "-1"], "optim.lr"),
-    ("teacher", ["--lr", "0"], "optim.lr"),
-    ("teacher", ["--set", "optim.lr=abc"], "optim.lr"),
-    ("teacher", ["--set", "optim.weight_decay=-1"], "optim.weight_decay"),
-    ("teacher", ["--set", "optim.momentum=1"], "optim.momentum"),
-    ("teacher", ["--set", "schedule.gamma=0"], "schedule.gamma"),
-    ("teacher", ["--epochs", "0"], "train.epochs"),
-    ("teacher", ["--batch-size", "0"], "train.batch_size"),
-    ("teacher", ["--workers", "-1"], "data.workers"),
-    ("teacher", ["--set", "data.preload=sometimes"], "data.preload"),
-    ("teacher", ["--set", "model.layers=7"], "model.layers"),
-    ("student", ["--generalized", "1.5"], "--generalized"),
-    ("student", ["--generalized", "-0.1"], "--generalized"),
-    ("student", ["--lambda1", "-1"], "distill.lambda1"),
-    ("student", ["--lambda2", "-0.5"], "distill.lambda2"),
-    ("student", ["--lambda1", "0", "--lambda2", "0"], "both 0"),
-    ("student", ["--T", "0"], "distill.T"),
-])
+@pytest.mark.parametrize(
+    "kind, args, key",
+    [
+        ("teacher", ["--lr", "-1"], "optim.lr"),
+        ("teacher", ["--lr", "0"], "optim.lr"),
+        ("teacher", ["--set", "optim.lr=abc"], "optim.lr"),
+        ("teacher", ["--set", "optim.weight_decay=-1"], "optim.weight_decay"),
+        ("teacher", ["--set", "optim.momentum=1"], "optim.momentum"),
+        ("teacher", ["--set", "schedule.gamma=0"], "schedule.gamma"),
+        ("teacher", ["--epochs", "0"], "train.epochs"),
+        ("teacher", ["--batch-size", "0"], "train.batch_size"),
+        ("teacher", ["--workers", "-1"], "data.workers"),
+        ("teacher", ["--set", "data.preload=sometimes"], "data.preload"),
+        ("teacher", ["--set", "model.layers=7"], "model.layers"),
+        ("student", ["--generalized", "1.5"], "--generalized"),
+        ("student", ["--generalized", "-0.1"], "--generalized"),
+        ("student", ["--lambda1", "-1"], "distill.lambda1"),
+        ("student", ["--lambda2", "-0.5"], "distill.lambda2"),
+        ("student", ["--lambda1", "0", "--lambda2", "0"], "both 0"),
+        ("student", ["--T", "0"], "distill.T"),
+    ],
+)
 def test_invalid_options_are_refused_before_anything_is_written(world, tmp_path, capsys, kind, args, key):
     out = tmp_path / "run"
     code, _, err = run_cli_raw(COMMANDS[kind](world, out) + TINY + args, capsys)
@@ -191,7 +212,9 @@ def test_unfinished_teacher_is_one_line_and_writes_nothing(world, tmp_path, caps
     with pytest.raises(Interrupted):
         train(request(world["features"], teacher, train__epochs=3), on_epoch_end=stop_after(1))
     out = tmp_path / "student"
-    code, _, err = run_cli_raw(["distill", world["features"], "--view", "local", "--teacher", teacher, "--out", out] + TINY, capsys)
+    code, _, err = run_cli_raw(
+        ["distill", world["features"], "--view", "local", "--teacher", teacher, "--out", out] + TINY, capsys
+    )
     line = one_error_line(err)
     assert code == 2 and "teacher run is not finished" in line and str(teacher) in line
     assert not out.exists()
@@ -213,7 +236,9 @@ def test_the_same_command_again_resumes_bit_identically(world, tmp_path):
     features = world["features"]
     settings = dict(train__epochs=3, model__dropout=0.2, optim__name="sgd", optim__lr=0.05)
     train(request(features, tmp_path / "straight", **settings))
-    with pytest.raises(Interrupted, match=r"interrupted by SIGTERM; .*last.pt holds epoch 1/3; run the same command again to resume"):
+    with pytest.raises(
+        Interrupted, match=r"interrupted by SIGTERM; .*last.pt holds epoch 1/3; run the same command again to resume"
+    ):
         train(request(features, tmp_path / "run", **settings), on_epoch_end=stop_after(1))
     result = train(request(features, tmp_path / "run", **settings))  # no --resume
     assert result.trained_epochs == 2
@@ -246,12 +271,15 @@ def _fail_last_checkpoint_at(monkeypatch, epoch_to_fail: int) -> None:
         if Path(path).name == "last.pt" and state["epoch"] == epoch_to_fail:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         original(path, state)
+
     monkeypatch.setattr(loop, "save_checkpoint", save)
 
 
 @pytest.mark.parametrize("epoch_to_fail, kept", [(1, "no checkpoint yet"), (2, "last.pt holds epoch 1/3")])
 @pytest.mark.parametrize("again", [[], ["--resume"]])
-def test_disk_full_is_one_line_and_the_rerun_logs_each_epoch_once(world, tmp_path, capsys, monkeypatch, epoch_to_fail, kept, again):
+def test_disk_full_is_one_line_and_the_rerun_logs_each_epoch_once(
+    world, tmp_path, capsys, monkeypatch, epoch_to_fail, kept, again
+):
     straight = tmp_path / "straight"
     assert run_cli(COMMANDS["teacher"](world, straight) + TINY, capsys)[0] == 0
     out = tmp_path / "run"
@@ -289,7 +317,9 @@ def test_a_second_writer_is_refused_and_a_released_lock_never_blocks(world, tmp_
 def test_every_checkpoint_loads_with_weights_only(world, tmp_path, kind):
     out = tmp_path / kind
     teacher = world["teacher"] if kind == "student" else None
-    train(request(world["features"], out, kind=kind, view="local", teacher=teacher, train__epochs=1, model__dropout=0.1))
+    train(
+        request(world["features"], out, kind=kind, view="local", teacher=teacher, train__epochs=1, model__dropout=0.1)
+    )
     paths = list(out.rglob("*.pt"))
     assert len(paths) == (3 if kind == "dml" else 2)
     for path in paths:
@@ -339,14 +369,39 @@ def test_kill_9_of_the_main_process_leaves_no_worker_and_the_rerun_is_identical(
     import time
 
     features = make_features(tmp_path, split_sizes={"train": 48, "val": 4, "test": 4})
-    argv = ["train-teacher", str(features), "--view", "global", "--device", "cpu", "--workers", "2", "--epochs", "6",
-            "--batch-size", "2", "--lr", "0.01", "--set", "data.preload=false", "--set", "model.hidden=16",
-            "--set", "model.heads=2", "--set", "model.dropout=0.2"]
+    argv = [
+        "train-teacher",
+        str(features),
+        "--view",
+        "global",
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.01",
+        "--set",
+        "data.preload=false",
+        "--set",
+        "model.hidden=16",
+        "--set",
+        "model.heads=2",
+        "--set",
+        "model.dropout=0.2",
+    ]
     assert run_cli(argv + ["--out", tmp_path / "straight"], capsys)[0] == 0
     out = tmp_path / "killed"
     environment = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "hoitool", *argv, "--out", str(out)], env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hoitool", *argv, "--out", str(out)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     workers: set[int] = set()
     while time.monotonic() < deadline and process.poll() is None:

@@ -13,18 +13,21 @@ from hoitool.settings.prepare import PREPARE_SETTINGS
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"optim": {"lr": "abc"}}, "config key 'optim.lr' = 'abc': must be a valid number"),
-    ({"optim": {"lr": -1}}, "config key 'optim.lr' = -1: must be greater than 0"),
-    ({"optim": {"name": "rmsprop"}}, "config key 'optim.name' = 'rmsprop': must be 'adam' or 'sgd'"),
-    ({"optim": {"lrr": 1}}, "unknown config key 'optim.lrr' (known here: lr, momentum, name, weight_decay)"),
-    ({"train": {"epochs": True}}, "config key 'train.epochs' = True: must be a valid integer"),
-    ({"train": {"epochs": 2.5}}, "config key 'train.epochs' = 2.5: must be a valid integer"),
-    ({"data": {"preload": "yes"}}, "config key 'data.preload' = 'yes': must be a valid boolean or 'auto'"),
-    ({"model": {"hidden": 10, "heads": 3}}, "model.hidden (10) must be a multiple of model.heads (3)"),
-    ({"optim": 3}, "config key 'optim' = 3: must be a mapping of keys to values (a config section)"),
-    ({"distill": {"lambda2": -0.5}}, "config key 'distill.lambda2' = -0.5: must be greater than or equal to 0"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"optim": {"lr": "abc"}}, "config key 'optim.lr' = 'abc': must be a valid number"),
+        ({"optim": {"lr": -1}}, "config key 'optim.lr' = -1: must be greater than 0"),
+        ({"optim": {"name": "rmsprop"}}, "config key 'optim.name' = 'rmsprop': must be 'adam' or 'sgd'"),
+        ({"optim": {"lrr": 1}}, "unknown config key 'optim.lrr' (known here: lr, momentum, name, weight_decay)"),
+        ({"train": {"epochs": True}}, "config key 'train.epochs' = True: must be a valid integer"),
+        ({"train": {"epochs": 2.5}}, "config key 'train.epochs' = 2.5: must be a valid integer"),
+        ({"data": {"preload": "yes"}}, "config key 'data.preload' = 'yes': must be a valid boolean or 'auto'"),
+        ({"model": {"hidden": 10, "heads": 3}}, "model.hidden (10) must be a multiple of model.heads (3)"),
+        ({"optim": 3}, "config key 'optim' = 3: must be a mapping of keys to values (a config section)"),
+        ({"distill": {"lambda2": -0.5}}, "config key 'distill.lambda2' = -0.5: must be greater than or equal to 0"),
+    ],
+)
 def test_bad_values_are_one_line_naming_key_value_and_rule(data, message):
     with pytest.raises(UsageError) as error:
         validate(DistillStageSettings, data)
@@ -47,7 +50,7 @@ def test_resolve_config_validates_after_every_layer(tmp_path):
 
 def test_every_setting_is_described_and_its_help_shows_the_default():
     for schema in (BoxesSettings, FeaturesSettings, DistillStageSettings, *PREPARE_SETTINGS.values()):
-        for key, value in _leaves(schema().model_dump()):
+        for key, _value in _leaves(schema().model_dump()):
             text = option_help(schema, key)
             assert text.split(" [config:")[0], f"{schema.__name__}.{key} has no description"
             assert f"config: {key};" in text

@@ -24,13 +24,25 @@ from hoitool.store import open_store
 
 FRAMES = 20
 TRAIN = [
-    {"id": "151201", "label": "pushing bottle from left to right", "template": "Pushing [something] from left to right",
-     "placeholders": ["bottle"]},
-    {"id": "3201", "label": "putting wireless mouse onto mouse pad", "template": "Putting [something] onto [something]",
-     "placeholders": ["wireless mouse", "mouse pad"]},
+    {
+        "id": "151201",
+        "label": "pushing bottle from left to right",
+        "template": "Pushing [something] from left to right",
+        "placeholders": ["bottle"],
+    },
+    {
+        "id": "3201",
+        "label": "putting wireless mouse onto mouse pad",
+        "template": "Putting [something] onto [something]",
+        "placeholders": ["wireless mouse", "mouse pad"],
+    },
 ]
 VALIDATION = [{"id": "13201", "label": "holding cup", "template": "Holding [something]", "placeholders": ["cup"]}]
-LABELS = {"Holding something": "0", "Pushing something from left to right": "1", "Putting something onto something": "2"}
+LABELS = {
+    "Holding something": "0",
+    "Pushing something from left to right": "1",
+    "Putting something onto something": "2",
+}
 
 
 def box(video: str, slot: int, n: int) -> dict:
@@ -40,14 +52,33 @@ def box(video: str, slot: int, n: int) -> dict:
 
 
 def frame_record(video: str, n: int, objects: list[str]) -> dict:
-    labels = [{"box2d": box(video, slot, n), "gt_annotation": f"object {slot}", "category": name,
-               "standard_category": f"{slot:04d}"} for slot, name in enumerate(objects)]
+    labels = [
+        {
+            "box2d": box(video, slot, n),
+            "gt_annotation": f"object {slot}",
+            "category": name,
+            "standard_category": f"{slot:04d}",
+        }
+        for slot, name in enumerate(objects)
+    ]
     if n % 2:  # a hand in every other frame
-        labels.append({"box2d": {"x1": 0, "y1": 100.0 + n, "x2": 40.5, "y2": 239.99999999999994},
-                       "gt_annotation": "object hand", "category": "hand", "standard_category": "hand"})
-    return {"url": f"https://scalabel-something-else.s3-us-west-2.amazonaws.com/annotated_frames/{video}/{n:04d}.jpg",
-            "split": "80perc_95", "gt_placeholders": objects, "name": f"{video}/{n:04d}.jpg",
-            "nr_instances": len(labels), "task_index": 681, "labels": labels}
+        labels.append(
+            {
+                "box2d": {"x1": 0, "y1": 100.0 + n, "x2": 40.5, "y2": 239.99999999999994},
+                "gt_annotation": "object hand",
+                "category": "hand",
+                "standard_category": "hand",
+            }
+        )
+    return {
+        "url": f"https://scalabel-something-else.s3-us-west-2.amazonaws.com/annotated_frames/{video}/{n:04d}.jpg",
+        "split": "80perc_95",
+        "gt_placeholders": objects,
+        "name": f"{video}/{n:04d}.jpg",
+        "nr_instances": len(labels),
+        "task_index": 681,
+        "labels": labels,
+    }
 
 
 def write_webm(path: Path, frames: int) -> None:
@@ -75,8 +106,10 @@ def raw(tmp_path_factory):
     objects = {item["id"]: item["placeholders"] for item in TRAIN + VALIDATION}
     # Two parts, as released; 13201 has no boxes at all and 777 is not in the SSv2 files.
     part1 = {"151201": [frame_record("151201", n, objects["151201"]) for n in range(1, FRAMES + 1)]}
-    part2 = {"3201": [frame_record("3201", n, objects["3201"]) for n in range(1, FRAMES + 1) if n != 6],
-             "777": [frame_record("777", 1, ["pen"])]}
+    part2 = {
+        "3201": [frame_record("3201", n, objects["3201"]) for n in range(1, FRAMES + 1) if n != 6],
+        "777": [frame_record("777", 1, ["pen"])],
+    }
     (root / "bounding_box_smthsmth_part1.json").write_text(json.dumps(part1))
     (root / "bounding_box_smthsmth_part2.json").write_text(json.dumps(part2))
     return root
@@ -84,9 +117,22 @@ def raw(tmp_path_factory):
 
 def test_prepare_and_extract_give_the_published_boxes_and_objects(raw, tmp_path, capsys):
     out = tmp_path / "data"
-    code, _, err = run_cli(["prepare", "ssv2", out, "--root", raw, "--video-dir", "20bn-something-something-v2",
-                                 "--boxes", raw / "bounding_box_smthsmth_part1.json",
-                                 "--boxes", raw / "bounding_box_smthsmth_part2.json"], capsys)
+    code, _, err = run_cli(
+        [
+            "prepare",
+            "ssv2",
+            out,
+            "--root",
+            raw,
+            "--video-dir",
+            "20bn-something-something-v2",
+            "--boxes",
+            raw / "bounding_box_smthsmth_part1.json",
+            "--boxes",
+            raw / "bounding_box_smthsmth_part2.json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     manifest = Manifest.load(out)
     by_id = manifest.by_id()
@@ -96,8 +142,10 @@ def test_prepare_and_extract_give_the_published_boxes_and_objects(raw, tmp_path,
     info = manifest.extra["something_else"]
     assert (info["videos_with_boxes"], info["videos_without_boxes"], info["boxes_for_other_videos"]) == (2, 1, 1)
 
-    code, _, err = run_cli(["extract", "boxes", out, "--out", tmp_path / "boxes.h5", "--source", "dataset",
-                            "--frames", 6, "--top-k", 4], capsys)
+    code, _, err = run_cli(
+        ["extract", "boxes", out, "--out", tmp_path / "boxes.h5", "--source", "dataset", "--frames", 6, "--top-k", 4],
+        capsys,
+    )
     assert code == 3, err  # 13201 has no boxes: recorded as a failed video, the others are done
     store = open_store(tmp_path / "boxes.h5")
     assert sorted(store.video_ids) == ["151201", "3201"]
@@ -113,7 +161,10 @@ def test_prepare_and_extract_give_the_published_boxes_and_objects(raw, tmp_path,
             hands = arrays["is_person"][0, t][valid]
             assert hands.sum() == n % 2
             objects = arrays["boxes"][0, t][valid & ~arrays["is_person"][0, t]]
-            expected = [[b["x1"], b["y1"], b["x2"], b["y2"]] for b in (box(video, s, n) for s in range(len(by_id[video].objects)))]
+            expected = [
+                [b["x1"], b["y1"], b["x2"], b["y2"]]
+                for b in (box(video, s, n) for s in range(len(by_id[video].objects)))
+            ]
             np.testing.assert_allclose(sorted(objects.tolist()), sorted(expected), rtol=0, atol=1e-4)
             slots = sorted(arrays["labels"][0, t][valid & ~arrays["is_person"][0, t]].tolist())
             assert slots == [s + 1 for s in range(len(by_id[video].objects))]

@@ -15,16 +15,27 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from helpers import run_cli, run_cli_raw
-from hoitool.errors import HoitoolError, UsageError
+from test_store import HEADER, build
+from test_store import features as video_arrays
+
+from hoitool.errors import UsageError
 from hoitool.store import StagedStore, open_store
 from hoitool.store.reader import DamagedStoreError
 from hoitool.store.tools import merge_stores, store_info, verify_store
-from test_store import HEADER, build, features as video_arrays
 
-FEATURE_ARGS = ["--backbone", "resnet18", "--weights", "random", "--device", "cpu", "--workers", "0",
-                "--set", "short_side=64"]
+FEATURE_ARGS = [
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "random",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--set",
+    "short_side=64",
+]
 BOXES_ARGS = ["--source", "dataset", "--frames", "4", "--top-k", "4", "--workers", "0"]
 
 
@@ -55,14 +66,15 @@ def one_error_line(err: str) -> str:
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     """A synthetic dataset, its boxes store and both halves of a 2-way shard split of it."""
-    from hoitool.datasets.synthetic import generate
-
     from hoitool.config import resolve_config
+    from hoitool.datasets.synthetic import generate
     from hoitool.extract.boxes import BOXES_DEFAULTS, extract_boxes
 
     root = tmp_path_factory.mktemp("safety")
     generate(root / "data", videos_per_class=1, num_frames=8, size=64, seed=3)
-    config = resolve_config(BOXES_DEFAULTS, None, {"source": "dataset", "frames": 4, "top_k": 4, "runtime.workers": 0}, [])
+    config = resolve_config(
+        BOXES_DEFAULTS, None, {"source": "dataset", "frames": 4, "top_k": 4, "runtime.workers": 0}, []
+    )
     for shard in (None, (0, 2), (1, 2)):  # in-process: three CLI start-ups would take most of this file's time
         extract_boxes(root / "data", root / ("boxes.h5" if shard is None else "b.h5"), config, shard=shard)
     return root
@@ -113,7 +125,15 @@ def test_force_never_touches_what_hoitool_did_not_write(synthetic, tmp_path, tar
             shutil.copy(synthetic / "boxes.h5", out)
             argv[4] = out
     else:
-        argv = ["cache", "merge", synthetic / "b.shard0-of-2.h5", synthetic / "b.shard1-of-2.h5", "--out", out, "--force"]
+        argv = [
+            "cache",
+            "merge",
+            synthetic / "b.shard0-of-2.h5",
+            synthetic / "b.shard1-of-2.h5",
+            "--out",
+            out,
+            "--force",
+        ]
         if target == "other-kind":
             out = tmp_path / "feats-at-boxes-merge.h5"
             build(out, ["v1"])
@@ -132,8 +152,22 @@ def test_force_still_replaces_a_store_hoitool_wrote(synthetic, tmp_path, capsys)
     out = tmp_path / "boxes.zarr"
     code, _, err = run_cli(["extract", "boxes", synthetic / "data", "--out", out, *BOXES_ARGS], capsys)
     assert code == 0, err
-    code, _, err = run_cli(["extract", "boxes", synthetic / "data", "--out", out, *BOXES_ARGS[:-4], "--top-k", "2",
-                            "--workers", "0", "--force"], capsys)
+    code, _, err = run_cli(
+        [
+            "extract",
+            "boxes",
+            synthetic / "data",
+            "--out",
+            out,
+            *BOXES_ARGS[:-4],
+            "--top-k",
+            "2",
+            "--workers",
+            "0",
+            "--force",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert open_store(out).read(open_store(out).video_ids[0])["boxes"].shape[2] == 2
 
@@ -250,9 +284,29 @@ def test_training_on_a_damaged_store_fails_in_one_line(tmp_path, workers, capsys
     features = make_features(tmp_path, suffix=".zarr")
     victim = open_store(features).video_ids[0]
     _zarr_chunk(features, victim, "nodes").unlink()
-    code, _, err = run_cli_raw(["train-teacher", features, "--view", "global", "--out", tmp_path / "run", "--epochs", "1",
-                                "--batch-size", "4", "--device", "cpu", "--workers", workers,
-                                "--set", "model.hidden=8", "--set", "model.heads=1"], capsys)
+    code, _, err = run_cli_raw(
+        [
+            "train-teacher",
+            features,
+            "--view",
+            "global",
+            "--out",
+            tmp_path / "run",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--workers",
+            workers,
+            "--set",
+            "model.hidden=8",
+            "--set",
+            "model.heads=1",
+        ],
+        capsys,
+    )
     assert code == 1, err
     line = one_error_line(err)
     assert str(features) in line and repr(victim) in line and "cache verify" in line
@@ -304,7 +358,9 @@ def test_allow_partial_marks_the_store_and_every_reader_warns(tmp_path, capsys):
     build(tmp_path / "s0.h5", ["v1", "v3"], shard=(0, 2))
     code, _, err = run_cli(["cache", "merge", tmp_path / "s0.h5", "--out", tmp_path / "m.h5"], capsys)
     assert code == 2 and "1/2 missing" in err and not (tmp_path / "m.h5").exists()
-    code, _, err = run_cli(["cache", "merge", tmp_path / "s0.h5", "--out", tmp_path / "m.h5", "--allow-partial"], capsys)
+    code, _, err = run_cli(
+        ["cache", "merge", tmp_path / "s0.h5", "--out", tmp_path / "m.h5", "--allow-partial"], capsys
+    )
     assert code == 0 and "partial" in err
     assert store_info(tmp_path / "m.h5")["partial"]["missing_shards"] == ["1/2"]
     code, out, _ = run_cli(["cache", "info", tmp_path / "m.h5"], capsys)
@@ -428,15 +484,34 @@ def test_kill_9_of_the_main_process_alone_takes_its_workers_and_the_rerun_is_ide
 
     generate(tmp_path / "data", videos_per_class=2, num_frames=16, size=64, seed=5)
     if stage == "boxes":
-        args = ["extract", "boxes", tmp_path / "data", "--source", "rpn", "--weights", "random", "--frames", "4",
-                "--top-k", "4", "--device", "cpu", "--set", "model.min_size=64", "--set", "model.max_size=96"]
+        args = [
+            "extract",
+            "boxes",
+            tmp_path / "data",
+            "--source",
+            "rpn",
+            "--weights",
+            "random",
+            "--frames",
+            "4",
+            "--top-k",
+            "4",
+            "--device",
+            "cpu",
+            "--set",
+            "model.min_size=64",
+            "--set",
+            "model.max_size=96",
+        ]
     else:
         hoitool("extract", "boxes", tmp_path / "data", "--out", tmp_path / "boxes.h5", *BOXES_ARGS, check=0)
         args = ["extract", "features", tmp_path / "boxes.h5", *FEATURE_ARGS[:-4], "--set", "short_side=64"]
     hoitool(*args, "--out", tmp_path / "ref.h5", "--workers", "0", check=0)
     out = tmp_path / "killed.h5"
-    child = subprocess.Popen([sys.executable, "-m", "hoitool", "--quiet", *map(str, args), "--out", str(out),
-                              "--workers", "2"], stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "hoitool", "--quiet", *map(str, args), "--out", str(out), "--workers", "2"],
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while child.poll() is None and time.monotonic() < deadline:  # workers started and decoding, first video staged
         if len(_children(child.pid)) >= 2 and list((tmp_path / "killed.h5.parts").glob("*.npz")):

@@ -55,10 +55,25 @@ def test_caption_triplets(caption, expected):
 
 
 def test_lemma_and_plural_rules():
-    assert [ing_lemma(w) for w in ("running", "calling", "making", "lying", "adding", "pouring", "cutting")] == \
-        ["run", "call", "make", "lie", "add", "pour", "cut"]
-    assert [singular(w) for w in ("cups", "dishes", "berries", "glass", "people", "knives", "tennis", "boxes")] == \
-        ["cup", "dish", "berry", "glass", "person", "knife", "tennis", "box"]
+    assert [ing_lemma(w) for w in ("running", "calling", "making", "lying", "adding", "pouring", "cutting")] == [
+        "run",
+        "call",
+        "make",
+        "lie",
+        "add",
+        "pour",
+        "cut",
+    ]
+    assert [singular(w) for w in ("cups", "dishes", "berries", "glass", "people", "knives", "tennis", "boxes")] == [
+        "cup",
+        "dish",
+        "berry",
+        "glass",
+        "person",
+        "knife",
+        "tennis",
+        "box",
+    ]
 
 
 def test_parse_triplet_text_the_teachers_format():
@@ -80,18 +95,30 @@ def test_negative_interactions_are_reproducible_and_exclude_positives():
 
 # -- the import -----------------------------------------------------------------------------------
 
+
 def _write(path, lines):
     path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
     return path
 
 
 def test_read_import_all_triplet_forms(tmp_path):
-    path = _write(tmp_path / "vlm.jsonl", [
-        {"video": "a", "captions": ["A Person  pours water."], "triplets": [["Pour", "Water"], {"interaction": "hold", "object": "cup"},
-                                                                          "*Pour, Water.", ["walk", None]]},
-        "",
-        {"video": "b", "caption": "A man is opening a door.", "source": "InstructBLIP"},
-    ])
+    path = _write(
+        tmp_path / "vlm.jsonl",
+        [
+            {
+                "video": "a",
+                "captions": ["A Person  pours water."],
+                "triplets": [
+                    ["Pour", "Water"],
+                    {"interaction": "hold", "object": "cup"},
+                    "*Pour, Water.",
+                    ["walk", None],
+                ],
+            },
+            "",
+            {"video": "b", "caption": "A man is opening a door.", "source": "InstructBLIP"},
+        ],
+    )
     texts = read_vlm_import(path)
     assert list(texts) == ["a", "b"]
     assert texts["a"].captions == ["A Person pours water."]
@@ -103,17 +130,20 @@ def test_read_import_all_triplet_forms(tmp_path):
     assert filled["a"].triplets_from == "import"
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", r"vlm.jsonl:1: not valid JSON"),
-    ('["a"]', "expected a JSON object"),
-    ('{"captions": ["x"]}', 'missing "video"'),
-    ('{"video": "a"}', "neither captions nor triplets"),
-    ('{"video": "a", "caption": "x", "captions": ["y"]}', "not both"),
-    ('{"video": "a", "captions": "x"}', "list of strings"),
-    ('{"video": "a", "triplets": [[1, 2]]}', "bad triplet"),
-    ('{"video": "a", "triplets": [["", "cup"]]}', "no interaction"),
-    ('{"video": "a", "caption": "x", "label": 3}', "unknown key 'label'"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", r"vlm.jsonl:1: not valid JSON"),
+        ('["a"]', "expected a JSON object"),
+        ('{"captions": ["x"]}', 'missing "video"'),
+        ('{"video": "a"}', "neither captions nor triplets"),
+        ('{"video": "a", "caption": "x", "captions": ["y"]}', "not both"),
+        ('{"video": "a", "captions": "x"}', "list of strings"),
+        ('{"video": "a", "triplets": [[1, 2]]}', "bad triplet"),
+        ('{"video": "a", "triplets": [["", "cup"]]}', "no interaction"),
+        ('{"video": "a", "caption": "x", "label": 3}', "unknown key 'label'"),
+    ],
+)
 def test_bad_import_lines_are_one_line_errors(tmp_path, line, message):
     path = _write(tmp_path / "vlm.jsonl", [line])
     with pytest.raises(UsageError, match=message):
@@ -133,9 +163,14 @@ def test_duplicate_videos_unknown_ids_and_missing_file(tmp_path):
 
 
 def test_captions_to_triplets_file(tmp_path):
-    source = _write(tmp_path / "in.jsonl", [{"video": "a", "caption": "A boy is kicking a ball."},
-                                            {"video": "b", "caption": "A quiet room."},
-                                            {"video": "c", "triplets": [["eat", "apple"]]}])
+    source = _write(
+        tmp_path / "in.jsonl",
+        [
+            {"video": "a", "caption": "A boy is kicking a ball."},
+            {"video": "b", "caption": "A quiet room."},
+            {"video": "c", "triplets": [["eat", "apple"]]},
+        ],
+    )
     counts = captions_to_triplets(source, tmp_path / "out.jsonl")
     assert counts == {"videos": 3, "filled": 1, "without": 1}
     again = read_vlm_import(tmp_path / "out.jsonl")
@@ -147,6 +182,7 @@ def test_captions_to_triplets_file(tmp_path):
 
 
 # -- encoders -------------------------------------------------------------------------------------
+
 
 def test_tiny_encoder_is_deterministic_unit_and_word_based():
     encoder = TinyTextEncoder(dim=16, seed=1)
@@ -169,8 +205,13 @@ def test_embeddings_file_encoder(tmp_path):
 
 
 def test_encoder_specs_fail_in_one_line(tmp_path):
-    for spec, message in (("bert", "unknown text encoder"), ("tiny:x", "integer"), ("hf:", "missing path"),
-                          (f"hf:{tmp_path / 'nope'}", "does not exist"), ("open_clip::x", "open_clip:MODEL:WEIGHTS")):
+    for spec, message in (
+        ("bert", "unknown text encoder"),
+        ("tiny:x", "integer"),
+        ("hf:", "missing path"),
+        (f"hf:{tmp_path / 'nope'}", "does not exist"),
+        ("open_clip::x", "open_clip:MODEL:WEIGHTS"),
+    ):
         with pytest.raises(UsageError, match=message):
             load_text_encoder(spec)
     assert load_text_encoder("tiny:8").dim == 8
@@ -186,22 +227,35 @@ def test_missing_open_clip_says_how_to_install(tmp_path):
 
 # -- the artifact ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def vlm(tmp_path):
-    return _write(tmp_path / "vlm.jsonl", [
-        {"video": "a", "captions": ["A person is pouring water into a cup."]},
-        {"video": "b", "triplets": [["kick", "ball"], ["run", None]]},
-    ])
+    return _write(
+        tmp_path / "vlm.jsonl",
+        [
+            {"video": "a", "captions": ["A person is pouring water into a cup."]},
+            {"video": "b", "triplets": [["kick", "ball"], ["run", None]]},
+        ],
+    )
 
 
 def test_collect_texts_kinds_and_order(vlm):
     texts = fill_triplets(read_vlm_import(vlm))
     entries = collect_texts(texts, ["pouring", "kicking"], extra_interactions=["eat", "pour"])
-    assert entries == [("caption", "A person is pouring water into a cup."),
-                       ("interaction", "pour"), ("interaction", "kick"), ("interaction", "run"), ("interaction", "eat"),
-                       ("object", "water"), ("object", "ball"),
-                       ("pair", "pour water"), ("pair", "kick ball"), ("pair", "run"),
-                       ("class", "pouring"), ("class", "kicking")]
+    assert entries == [
+        ("caption", "A person is pouring water into a cup."),
+        ("interaction", "pour"),
+        ("interaction", "kick"),
+        ("interaction", "run"),
+        ("interaction", "eat"),
+        ("object", "water"),
+        ("object", "ball"),
+        ("pair", "pour water"),
+        ("pair", "kick ball"),
+        ("pair", "run"),
+        ("class", "pouring"),
+        ("class", "kicking"),
+    ]
     assert pair_text("run", None) == "run"
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from helpers import run_cli
+
 from hoitool.errors import UsageError
 from hoitool.eval.runs import load_run
 from hoitool.io.digest import file_sha256
@@ -26,8 +26,19 @@ from hoitool.train.presets import resolve_training_config
 SPLIT_SIZES = {"train": 8, "val": 4, "test": 4}
 
 
-def make_features(root: Path, multilabel: bool = False, views: int = 1, classes: int = 3, frames: int = 4, boxes: int = 3,
-                  dim: int = 16, suffix: str = ".h5", seed: int = 0, split_sizes: dict | None = None, name: str = "feats") -> Path:
+def make_features(
+    root: Path,
+    multilabel: bool = False,
+    views: int = 1,
+    classes: int = 3,
+    frames: int = 4,
+    boxes: int = 3,
+    dim: int = 16,
+    suffix: str = ".h5",
+    seed: int = 0,
+    split_sizes: dict | None = None,
+    name: str = "feats",
+) -> Path:
     """A manifest and a features store whose nodes carry a class signal (so training can learn something)."""
     rng = np.random.default_rng(seed)
     prototypes = rng.normal(size=(classes, dim)) * 2
@@ -35,10 +46,16 @@ def make_features(root: Path, multilabel: bool = False, views: int = 1, classes:
     for split, count in (split_sizes or SPLIT_SIZES).items():
         for number in range(count):
             video_id = f"{split}{number:02d}"
-            labels = sorted(rng.choice(classes, size=2, replace=False).tolist()) if multilabel else [int(rng.integers(classes))]
+            labels = (
+                sorted(rng.choice(classes, size=2, replace=False).tolist())
+                if multilabel
+                else [int(rng.integers(classes))]
+            )
             videos.append(VideoEntry(id=video_id, source=f"videos/{video_id}.mp4", labels=labels, split=split))
     manifest_path = root / "manifest.json"
-    Manifest(dataset="tiny", classes=[f"class{c}" for c in range(classes)], multilabel=multilabel, videos=videos).save(manifest_path)
+    Manifest(dataset="tiny", classes=[f"class{c}" for c in range(classes)], multilabel=multilabel, videos=videos).save(
+        manifest_path
+    )
     store_path = root / f"{name}{suffix}"
     staged = StagedStore(store_path, "features", {"config": {"seed": seed}, "upstream": None})
     for video in videos:
@@ -46,22 +63,45 @@ def make_features(root: Path, multilabel: bool = False, views: int = 1, classes:
         valid = np.ones((views, frames, boxes), dtype=bool)
         valid[:, :, -1] = rng.random((views, frames)) > 0.5
         corner = rng.uniform(0, 100, size=(views, frames, boxes, 2))
-        staged.save(video.id, {
-            "nodes": nodes.astype(np.float16), "valid": valid,
-            "boxes": np.concatenate([corner, corner + 20], axis=-1).astype(np.float32),
-            "frame_size": np.array([240, 320]), "frame_valid": np.ones((views, frames), dtype=bool),
-            "frame_indices": np.tile(np.arange(frames), (views, 1)),
-        })
-    staged.finalize({"manifest": str(manifest_path.resolve())},
-                    {"views": views, "dim": dim, "num_frames": frames, "max_boxes": boxes})
+        staged.save(
+            video.id,
+            {
+                "nodes": nodes.astype(np.float16),
+                "valid": valid,
+                "boxes": np.concatenate([corner, corner + 20], axis=-1).astype(np.float32),
+                "frame_size": np.array([240, 320]),
+                "frame_valid": np.ones((views, frames), dtype=bool),
+                "frame_indices": np.tile(np.arange(frames), (views, 1)),
+            },
+        )
+    staged.finalize(
+        {"manifest": str(manifest_path.resolve())},
+        {"views": views, "dim": dim, "num_frames": frames, "max_boxes": boxes},
+    )
     return store_path
 
 
-def request(features: Path, out: Path, kind: str = "teacher", view: str = "global", teacher: Path | None = None,
-            resume: bool = False, force: bool = False, **settings) -> TrainRequest:
+def request(
+    features: Path,
+    out: Path,
+    kind: str = "teacher",
+    view: str = "global",
+    teacher: Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    **settings,
+) -> TrainRequest:
     """A TrainRequest with a tiny, fast config; ``settings`` are dotted config keys ("train__epochs" style)."""
-    overrides = {"train.epochs": 3, "train.batch_size": 4, "model.hidden": 16, "model.heads": 2, "optim.lr": 0.01,
-                 "data.workers": 0, "runtime.device": "cpu", "model.view": view}
+    overrides = {
+        "train.epochs": 3,
+        "train.batch_size": 4,
+        "model.hidden": 16,
+        "model.heads": 2,
+        "optim.lr": 0.01,
+        "data.workers": 0,
+        "runtime.device": "cpu",
+        "model.view": view,
+    }
     overrides.update({key.replace("__", "."): value for key, value in settings.items()})
     config = resolve_training_config(kind != "teacher", None, None, overrides)
     return TrainRequest(kind, features, out, config, teacher=teacher, resume=resume, force=force)
@@ -83,7 +123,9 @@ def test_run_directory_contract(teacher_run):
     features, run_dir, result = teacher_run
     info = json.loads((run_dir / "run.json").read_text())
     assert info["kind"] == "teacher" and info["view"] == "global" and info["teacher_view"] is None
-    assert info["multilabel"] is False and info["classes"] == ["class0", "class1", "class2"] and info["dataset"] == "tiny"
+    assert (
+        info["multilabel"] is False and info["classes"] == ["class0", "class1", "class2"] and info["dataset"] == "tiny"
+    )
     assert info["distill"] is None and info["seed"] == 0 and info["features"] == str(features.resolve())
     config = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
     assert config["train"]["epochs"] == 3 and config["model"]["view"] == "global"
@@ -91,7 +133,9 @@ def test_run_directory_contract(teacher_run):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in records] == [1, 2, 3]
     for record in records:
-        assert {"lr", "loss_ce", "loss_total", "train_accuracy", "val_loss", "val_accuracy", "best", "time"} <= set(record)
+        assert {"lr", "loss_ce", "loss_total", "train_accuracy", "val_loss", "val_accuracy", "best", "time"} <= set(
+            record
+        )
         assert record["loss_ce"] == pytest.approx(record["loss_total"])
     # every video and view of every split, from best.pt, with the store's and the checkpoint's fingerprints
     run = load_run(run_dir)
@@ -143,7 +187,9 @@ def test_preloaded_lazy_and_worker_reads_train_identically(tmp_path):
     states = []
     for name, preload, workers in (("ram", True, 0), ("lazy", False, 0), ("workers", False, 2)):
         train(request(features, tmp_path / name, train__epochs=2, data__preload=preload, data__workers=workers))
-        states.append(torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["members"]["main"]["model"])
+        states.append(
+            torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["members"]["main"]["model"]
+        )
     assert state_dicts_equal(states[0], states[1]) and state_dicts_equal(states[0], states[2])
 
 
@@ -171,10 +217,31 @@ def test_cli_refuses_existing_run_amp_on_cpu_and_non_run_dirs(teacher_run, tmp_p
 def test_cli_trains_and_prints_presets(tmp_path, capsys):
     features = make_features(tmp_path, split_sizes={"train": 4, "val": 2, "test": 2})
     out = tmp_path / "run"
-    code, _, _ = run_cli(["train-teacher", features, "--view", "baseline", "--out", out, "--device", "cpu", "--workers", "0",
-                          "--epochs", "1", "--batch-size", "2", "--set", "model.hidden=8"], capsys)
+    code, _, _ = run_cli(
+        [
+            "train-teacher",
+            features,
+            "--view",
+            "baseline",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--set",
+            "model.hidden=8",
+        ],
+        capsys,
+    )
     assert code == 0 and json.loads((out / "run.json").read_text())["view"] == "baseline"
-    code, text, _ = run_cli(["train-teacher", features, "--view", "global", "--out", out, "--preset", "cad120", "--print-config"], capsys)
+    code, text, _ = run_cli(
+        ["train-teacher", features, "--view", "global", "--out", out, "--preset", "cad120", "--print-config"], capsys
+    )
     config = yaml.safe_load(text)
     assert code == 0 and config["optim"] == {"name": "adam", "lr": 2e-5, "momentum": 0.9, "weight_decay": 0.0}
     assert config["train"]["epochs"] == 100 and config["schedule"]["step_size"] == 50 and config["model"]["layers"] == 3
@@ -190,13 +257,23 @@ def test_request_without_train_videos_is_refused(tmp_path):
 
 def test_collate_pads_videos_of_different_length_and_box_count():
     def sample(frames, boxes, index):
-        return {"nodes": np.ones((frames, boxes, 4), np.float16), "valid": np.ones((frames, boxes), bool),
-                "boxes": np.ones((frames, boxes, 4), np.float32), "frame_size": np.array([10, 20]), "index": index,
-                "view": 0, "weight": 0.5, "target": index}
+        return {
+            "nodes": np.ones((frames, boxes, 4), np.float16),
+            "valid": np.ones((frames, boxes), bool),
+            "boxes": np.ones((frames, boxes, 4), np.float32),
+            "frame_size": np.array([10, 20]),
+            "index": index,
+            "view": 0,
+            "weight": 0.5,
+            "target": index,
+        }
+
     batch = collate([sample(3, 2, 0), sample(2, 4, 1)])
     assert batch["nodes"].shape == (2, 3, 4, 4) and batch["valid"].shape == (2, 3, 4)
     assert batch["valid"][0].sum() == 6 and batch["valid"][1].sum() == 8
-    assert not batch["valid"][0, :, 2:].any() and not batch["valid"][1, 2].any() and batch["nodes"][1, 2].abs().sum() == 0
+    assert (
+        not batch["valid"][0, :, 2:].any() and not batch["valid"][1, 2].any() and batch["nodes"][1, 2].abs().sum() == 0
+    )
     assert batch["target"].tolist() == [0, 1] and batch["frame_size"].dtype == torch.float32
 
 

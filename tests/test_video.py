@@ -8,7 +8,15 @@ import pytest
 from PIL import Image
 
 from hoitool.errors import HoitoolError
-from hoitool.video.reader import MixedFramesError, VideoReadError, list_frame_files, load_clip, probe, read_frames, sample_indices
+from hoitool.video.reader import (
+    MixedFramesError,
+    VideoReadError,
+    list_frame_files,
+    load_clip,
+    probe,
+    read_frames,
+    sample_indices,
+)
 
 LEVEL = 8  # frame i is filled with grey level LEVEL * i (plus noise), so decoded frames can be identified
 
@@ -26,8 +34,9 @@ def synthetic_frames(count: int, size: int = 32, seed: int = 0) -> list[np.ndarr
 def encode(path, frames, fps=8, faststart=False):
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4",
-                                      rate=Fraction(fps).limit_denominator(1001))
+        stream = container.add_stream(
+            "libx264" if "libx264" in av.codecs_available else "mpeg4", rate=Fraction(fps).limit_denominator(1001)
+        )
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
         stream.options = {"crf": "10"} if stream.codec_context.name == "libx264" else {}
         for array in frames:
@@ -119,8 +128,11 @@ def test_frame_past_the_end_is_an_error(mp4):
 def test_corrupt_and_missing_files(tmp_path):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
-    for call in (lambda: probe(corrupt, "video"), lambda: read_frames(corrupt, "video", np.array([0])),
-                 lambda: load_clip(corrupt, "video", 4)):
+    for call in (
+        lambda: probe(corrupt, "video"),
+        lambda: read_frames(corrupt, "video", np.array([0])),
+        lambda: load_clip(corrupt, "video", 4),
+    ):
         with pytest.raises(VideoReadError, match="corrupt.mp4: unreadable video") as error:
             call()
         assert "\n" not in str(error.value) and isinstance(error.value, HoitoolError)
@@ -187,9 +199,15 @@ def test_frame_pattern_reads_one_series_in_numeric_order(tmp_path):
     folder = tmp_path / "clip"
     folder.mkdir()
     for n in (1, 2, 10, 11):
-        Image.fromarray(np.full((8, 8, 3), n, np.uint8)).save(folder / f"img-{n:06d}.jpg" if n < 11 else folder / f"img-{n:06d}.png")
+        Image.fromarray(np.full((8, 8, 3), n, np.uint8)).save(
+            folder / f"img-{n:06d}.jpg" if n < 11 else folder / f"img-{n:06d}.png"
+        )
         Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(folder / f"img-{n:06d}x.jpg")  # flow-like images
-    assert [p.name for p in list_frame_files(folder / "img-%06d.jpg")] == ["img-000001.jpg", "img-000002.jpg", "img-000010.jpg"]
+    assert [p.name for p in list_frame_files(folder / "img-%06d.jpg")] == [
+        "img-000001.jpg",
+        "img-000002.jpg",
+        "img-000010.jpg",
+    ]
     assert probe(folder / "img-%d.png", "frames").num_frames == 1
     frames = read_frames(folder / "img-%06d.jpg", "frames", np.array([2, 0]))
     assert np.abs(frames[:, 0, 0, 0].astype(int) - [10, 1]).max() <= 2  # JPEG rounding

@@ -31,10 +31,8 @@ class FrameBoxes:
     is_person: np.ndarray  # (n,) bool
 
     @classmethod
-    def empty(cls) -> "FrameBoxes":
-        return cls(
-            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
-        )
+    def empty(cls) -> FrameBoxes:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, bool))
 
 
 def parse_record(record: dict, where: str) -> tuple[str, int, FrameBoxes]:
@@ -56,7 +54,9 @@ def parse_record(record: dict, where: str) -> tuple[str, int, FrameBoxes]:
             raise UsageError(f"{where}: video {video!r} frame {frame}: {len(array)} {name} for {n} boxes")
         return array
 
-    item = FrameBoxes(boxes, column("scores", 1.0, np.float32), column("labels", -1, np.int64), column("is_person", False, bool))
+    item = FrameBoxes(
+        boxes, column("scores", 1.0, np.float32), column("labels", -1, np.int64), column("is_person", False, bool)
+    )
     if frame < 0:
         raise UsageError(f"{where}: video {video!r}: negative frame index {frame}")
     if n and (not np.isfinite(boxes).all() or (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any()):
@@ -85,9 +85,16 @@ def read_boxes_jsonl(path: Path | str, video: str | None = None) -> dict[str, di
             frames = result.setdefault(vid, {})
             if frame in frames:  # several lines for one frame: concatenate
                 old = frames[frame]
-                item = FrameBoxes(*(np.concatenate([a, b]) for a, b in zip(
-                    (old.boxes, old.scores, old.labels, old.is_person),
-                    (item.boxes, item.scores, item.labels, item.is_person))))
+                item = FrameBoxes(
+                    *(
+                        np.concatenate([a, b])
+                        for a, b in zip(
+                            (old.boxes, old.scores, old.labels, old.is_person),
+                            (item.boxes, item.scores, item.labels, item.is_person),
+                            strict=False,
+                        )
+                    )
+                )
             frames[frame] = item
     return result
 
@@ -97,11 +104,16 @@ def write_boxes_jsonl(path: Path | str, video: str, frames: dict[int, FrameBoxes
     with open(path, "a", encoding="utf-8") as handle:
         for frame in sorted(frames):
             item = frames[frame]
-            handle.write(json.dumps({
-                "video": video,
-                "frame": int(frame),
-                "boxes": np.round(item.boxes.astype(float), 2).tolist(),
-                "scores": np.round(item.scores.astype(float), 4).tolist(),
-                "labels": item.labels.astype(int).tolist(),
-                "is_person": item.is_person.astype(bool).tolist(),
-            }) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "video": video,
+                        "frame": int(frame),
+                        "boxes": np.round(item.boxes.astype(float), 2).tolist(),
+                        "scores": np.round(item.scores.astype(float), 4).tolist(),
+                        "labels": item.labels.astype(int).tolist(),
+                        "is_person": item.is_person.astype(bool).tolist(),
+                    }
+                )
+                + "\n"
+            )

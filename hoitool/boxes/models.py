@@ -42,8 +42,17 @@ RPN_POST_NMS_TOP_N = 1000
 class BoxModel:
     """``model(frames uint8 (N, H, W, 3)) -> list[FrameBoxes]``; frozen, eval mode."""
 
-    def __init__(self, network, source: str, top_k: int, nms_iou: float, score_threshold: float,
-                 person_label: int, device: torch.device, settings: dict):
+    def __init__(
+        self,
+        network,
+        source: str,
+        top_k: int,
+        nms_iou: float,
+        score_threshold: float,
+        person_label: int,
+        device: torch.device,
+        settings: dict,
+    ):
         self.network, self.source, self.top_k = network, source, top_k
         self.nms_iou, self.score_threshold, self.person_label = nms_iou, score_threshold, person_label
         self.device, self.settings = device, settings
@@ -74,11 +83,16 @@ class BoxModel:
             scores = result["scores"][keep][: self.top_k]
             labels = result["labels"][keep][: self.top_k] if "labels" in result else torch.full_like(scores, -1)
             labels = labels.long()
-            out.append(FrameBoxes(
-                boxes.float().cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy(),
-                (labels == self.person_label).cpu().numpy() if self.source == "detector"
-                else np.zeros(len(labels), bool),
-            ))
+            out.append(
+                FrameBoxes(
+                    boxes.float().cpu().numpy(),
+                    scores.float().cpu().numpy(),
+                    labels.cpu().numpy(),
+                    (labels == self.person_label).cpu().numpy()
+                    if self.source == "detector"
+                    else np.zeros(len(labels), bool),
+                )
+            )
         return out
 
     def _proposals(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -95,7 +109,7 @@ class BoxModel:
         proposals = rpn.box_coder.decode(deltas, anchors).view(len(anchors), -1, 4)
         boxes, scores = rpn.filter_proposals(proposals, objectness, batch.image_sizes, per_level)
         results = []
-        for frame_boxes, frame_scores in zip(boxes, scores):
+        for frame_boxes, frame_scores in zip(boxes, scores, strict=False):
             keep = box_ops.nms(frame_boxes, frame_scores, self.nms_iou)[: self.top_k]  # sorted by score
             results.append({"boxes": frame_boxes[keep], "scores": frame_scores[keep]})
         return model.transform.postprocess(results, batch.image_sizes, original_sizes)
@@ -137,12 +151,19 @@ def build_box_model(
     state, fingerprint = resolve_weights(arch, weights, default_weights_enum(arch), seed=seed)
     overrides = {"min_size": min_size, "max_size": max_size}
     if source == "rpn":  # the detector keeps its RPN as trained; only the proposals' own NMS is ours
-        overrides.update(rpn_pre_nms_top_n_test=RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n_test=RPN_POST_NMS_TOP_N,
-                         rpn_nms_thresh=nms_iou)
+        overrides.update(
+            rpn_pre_nms_top_n_test=RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n_test=RPN_POST_NMS_TOP_N, rpn_nms_thresh=nms_iou
+        )
     network = build_seeded(
-        torchvision.models.get_model_builder(arch), seed, weights=None, weights_backbone=None,
-        num_classes=_num_classes(state), box_score_thresh=score_threshold, box_nms_thresh=nms_iou,
-        box_detections_per_img=top_k, **{k: v for k, v in overrides.items() if v is not None},
+        torchvision.models.get_model_builder(arch),
+        seed,
+        weights=None,
+        weights_backbone=None,
+        num_classes=_num_classes(state),
+        box_score_thresh=score_threshold,
+        box_nms_thresh=nms_iou,
+        box_detections_per_img=top_k,
+        **{k: v for k, v in overrides.items() if v is not None},
     )
     if state is not None:
         load_checked(network, state, f"{weights or 'default weights'} ({arch})")
@@ -150,13 +171,21 @@ def build_box_model(
     network.eval().requires_grad_(False).to(device)
     rpn = network.rpn
     settings = {
-        "source": source, "arch": arch, "weights": "default" if weights is None else str(weights),
-        "weights_fingerprint": fingerprint, "top_k": top_k, "nms_iou": nms_iou,
+        "source": source,
+        "arch": arch,
+        "weights": "default" if weights is None else str(weights),
+        "weights_fingerprint": fingerprint,
+        "top_k": top_k,
+        "nms_iou": nms_iou,
         "score_threshold": score_threshold,
-        "min_size": network.transform.min_size[-1], "max_size": network.transform.max_size,
-        "rpn_pre_nms_top_n": rpn.pre_nms_top_n(), "rpn_post_nms_top_n": rpn.post_nms_top_n(),
-        "rpn_nms_iou": rpn.nms_thresh, "rpn_score_threshold": rpn.score_thresh,
+        "min_size": network.transform.min_size[-1],
+        "max_size": network.transform.max_size,
+        "rpn_pre_nms_top_n": rpn.pre_nms_top_n(),
+        "rpn_post_nms_top_n": rpn.post_nms_top_n(),
+        "rpn_nms_iou": rpn.nms_thresh,
+        "rpn_score_threshold": rpn.score_thresh,
         "person_label": person_label if source == "detector" else None,
-        "device": str(device), "torchvision": torchvision.__version__,
+        "device": str(device),
+        "torchvision": torchvision.__version__,
     }
     return BoxModel(network, source, top_k, nms_iou, score_threshold, person_label, device, settings)

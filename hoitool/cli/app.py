@@ -7,10 +7,10 @@ on the groups defined here. ``main`` maps errors to exit codes:
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Optional
 
-import signal
 import typer
 
 from hoitool import __version__
@@ -41,7 +41,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
 ) -> None:

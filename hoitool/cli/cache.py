@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
 
 import typer
 from rich.table import Table
@@ -43,13 +42,22 @@ def info_command(
         ("videos failed", str(info["videos_failed"])),
         ("unfinished parts", str(info["unfinished_parts"])),
         *((("partial", f"yes: {describe_partial(info['partial'])}"),) if info["partial"] else ()),
-        *((("unreadable videos", f"{len(info['videos_unreadable'])} (run `hoitool cache verify {path}`)"),)
-          if info["videos_unreadable"] else ()),
+        *(
+            (("unreadable videos", f"{len(info['videos_unreadable'])} (run `hoitool cache verify {path}`)"),)
+            if info["videos_unreadable"]
+            else ()
+        ),
         ("bytes on disk", f"{_human(info['bytes_on_disk'])} ({info['bytes_on_disk']} B)"),
         ("uncompressed", f"{_human(info['bytes_uncompressed'])} (ratio {info['compression_ratio'] or 0:.2f}x)"),
-        *((f"array {name}", f"{info['dtypes'][name]} {' '.join(map(str, shapes))}") for name, shapes in info["shapes"].items()),
-        *((key, str(info[key])) for key in ("source", "frames", "clips", "views", "num_frames", "max_boxes", "dim")
-          if info.get(key) is not None),
+        *(
+            (f"array {name}", f"{info['dtypes'][name]} {' '.join(map(str, shapes))}")
+            for name, shapes in info["shapes"].items()
+        ),
+        *(
+            (key, str(info[key]))
+            for key in ("source", "frames", "clips", "views", "num_frames", "max_boxes", "dim")
+            if info.get(key) is not None
+        ),
         ("stage", str(provenance.get("stage"))),
         ("manifest", str(provenance.get("manifest"))),
         ("upstream", json.dumps(provenance.get("upstream"))),
@@ -79,11 +87,12 @@ def verify_command(path: Path = typer.Argument(..., help="A boxes or features st
 
 @cache_app.command("merge")
 def merge_command(
-    shards: List[Path] = typer.Argument(..., help="Shard stores written with --shard i/n (every i of one n)."),
+    shards: list[Path] = typer.Argument(..., help="Shard stores written with --shard i/n (every i of one n)."),
     out: Path = typer.Option(..., "--out", "-o", help="Merged store (.h5 or .zarr)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing merged store (only a hoitool store)."),
     allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Merge an incomplete set of shards; the result is marked partial."),
+        False, "--allow-partial", help="Merge an incomplete set of shards; the result is marked partial."
+    ),
 ) -> None:
     """Merge a complete set of shard stores into one store identical to a single run."""
     from hoitool.store.reader import describe_partial
@@ -91,9 +100,13 @@ def merge_command(
 
     meta = merge_stores(shards, out, force=force, allow_partial=allow_partial)
     if meta.get("unchanged"):
-        console.info(f"{out}: already merged from these {len(shards)} stores, nothing to do "
-                     f"({meta['num_videos']} videos, fingerprint {meta['fingerprint']})")
+        console.info(
+            f"{out}: already merged from these {len(shards)} stores, nothing to do "
+            f"({meta['num_videos']} videos, fingerprint {meta['fingerprint']})"
+        )
         return
-    console.info(f"[green]merged[/green] {len(shards)} stores -> {out} ({meta['num_videos']} videos, fingerprint {meta['fingerprint']})")
+    console.info(
+        f"[green]merged[/green] {len(shards)} stores -> {out} ({meta['num_videos']} videos, fingerprint {meta['fingerprint']})"
+    )
     if meta.get("partial"):
         console.info(f"[yellow]warning:[/yellow] {out} is marked partial ({describe_partial(meta['partial'])})")

@@ -7,8 +7,8 @@ The library reports through :mod:`hoitool.log` (stdlib logging + a progress hook
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -78,10 +78,23 @@ def progress(description: str, total: int | None) -> Iterator[log.Progress]:
     if not stderr.is_terminal or _verbosity["level"] == 0:
         yield log.LogProgress(description, total)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=stderr, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=stderr,
+        transient=False,
     ) as bar:
         yield _RichProgress(bar, bar.add_task(description, total=total, note=""))

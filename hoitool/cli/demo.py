@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -39,8 +39,18 @@ def invoke(args: list[str]) -> None:
 
 
 def _train_args(out: Path, run: Path, config: dict, seed: int) -> list[str]:
-    args = ["--out", str(run), "--seed", str(seed), "--preset", config["train"]["preset"],
-            "--device", config["runtime"]["device"], "--workers", str(config["runtime"]["workers"])]
+    args = [
+        "--out",
+        str(run),
+        "--seed",
+        str(seed),
+        "--preset",
+        config["train"]["preset"],
+        "--device",
+        config["runtime"]["device"],
+        "--workers",
+        str(config["runtime"]["workers"]),
+    ]
     for override in config["train"]["set"]:
         args += ["--set", override]
     if (run / "run.json").exists():
@@ -53,16 +63,60 @@ def run_demo(out: Path, config: dict) -> Path:
     out = Path(out)
     data, boxes, features, runs = out / "data", out / "boxes.h5", out / "features.h5", out / "runs"
     spec = config["data"]
-    invoke(["prepare", "synthetic", str(data), "--videos-per-class", str(spec["videos_per_class"]),
-            "--frames", str(spec["frames"]), "--size", str(spec["size"]), "--seed", str(spec["seed"])])
-    invoke(["extract", "boxes", str(data), "--out", str(boxes), "--source", "dataset",
-            "--frames", str(config["boxes"]["frames"]), "--top-k", str(config["boxes"]["top_k"]),
-            "--workers", str(config["runtime"]["workers"])])
+    invoke(
+        [
+            "prepare",
+            "synthetic",
+            str(data),
+            "--videos-per-class",
+            str(spec["videos_per_class"]),
+            "--frames",
+            str(spec["frames"]),
+            "--size",
+            str(spec["size"]),
+            "--seed",
+            str(spec["seed"]),
+        ]
+    )
+    invoke(
+        [
+            "extract",
+            "boxes",
+            str(data),
+            "--out",
+            str(boxes),
+            "--source",
+            "dataset",
+            "--frames",
+            str(config["boxes"]["frames"]),
+            "--top-k",
+            str(config["boxes"]["top_k"]),
+            "--workers",
+            str(config["runtime"]["workers"]),
+        ]
+    )
     feats = config["features"]
-    invoke(["extract", "features", str(boxes), "--out", str(features), "--backbone", feats["backbone"],
-            "--weights", str(feats["weights"]), "--device", config["runtime"]["device"],
-            "--workers", str(config["runtime"]["workers"]), "--mode", feats["mode"],
-            "--set", f"crop_size={feats['crop_size']}"])
+    invoke(
+        [
+            "extract",
+            "features",
+            str(boxes),
+            "--out",
+            str(features),
+            "--backbone",
+            feats["backbone"],
+            "--weights",
+            str(feats["weights"]),
+            "--device",
+            config["runtime"]["device"],
+            "--workers",
+            str(config["runtime"]["workers"]),
+            "--mode",
+            feats["mode"],
+            "--set",
+            f"crop_size={feats['crop_size']}",
+        ]
+    )
     distill = ["--T", str(config["distill"]["T"]), "--generalized", str(config["distill"]["generalized"])]
     run_dirs = []
     for seed in config["train"]["seeds"]:
@@ -75,13 +129,34 @@ def run_demo(out: Path, config: dict) -> Path:
         # The paper's baseline sees appearance only; the demo preset adds frame time to every view, so the
         # report shows both baselines: without relations, with and without knowing when each node occurs.
         run = seed_dir / "baseline-appearance"
-        invoke(["train-teacher", str(features), "--view", "baseline", "--label", "baseline (appearance only)",
-                *_train_args(out, run, config, seed), "--set", "model.time_encoding=false"])
+        invoke(
+            [
+                "train-teacher",
+                str(features),
+                "--view",
+                "baseline",
+                "--label",
+                "baseline (appearance only)",
+                *_train_args(out, run, config, seed),
+                "--set",
+                "model.time_encoding=false",
+            ]
+        )
         run_dirs.append(run)
         for teacher, student in (("global", "local"), ("local", "global")):
             run = seed_dir / f"{teacher}-to-{student}"
-            invoke(["distill", str(features), "--teacher", str(seed_dir / teacher), "--view", student, *distill,
-                    *_train_args(out, run, config, seed)])
+            invoke(
+                [
+                    "distill",
+                    str(features),
+                    "--teacher",
+                    str(seed_dir / teacher),
+                    "--view",
+                    student,
+                    *distill,
+                    *_train_args(out, run, config, seed),
+                ]
+            )
             run_dirs.append(run)
         run = seed_dir / "dml"
         invoke(["distill", str(features), "--dml", "--view", "local", *_train_args(out, run, config, seed)])
@@ -99,11 +174,14 @@ def demo_command(
     videos_per_class: Optional[int] = typer.Option(None, "--videos-per-class", help="Size of the synthetic set."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Run the whole pipeline on the synthetic set and print the ablation table (the paper's Table 3 shape)."""
-    options = {"train.seeds": list(range(seeds)) if seeds else None, "data.videos_per_class": videos_per_class,
-               "runtime.device": device}
+    options = {
+        "train.seeds": list(range(seeds)) if seeds else None,
+        "data.videos_per_class": videos_per_class,
+        "runtime.device": device,
+    }
     resolved = stage_config(DEMO_DEFAULTS, config, overrides, print_config, options)
     run_demo(out, resolved)

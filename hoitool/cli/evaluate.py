@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -79,14 +79,16 @@ def evaluate(
     map_variant: str = typer.Option(
         "official", "--map", help="Main mAP for multi-label runs: official or sklearn (both are written)."
     ),
-    fuse_run: List[Path] = typer.Option([], "--fuse-runs", help="Another run to fuse with RUN (repeatable)."),
+    fuse_run: list[Path] = typer.Option([], "--fuse-runs", help="Another run to fuse with RUN (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory \\[default: RUN/eval]."),
     submission: Optional[Path] = typer.Option(
         None, "--submission", help="Score this Charades submission file instead of a run."
     ),
     gt: Optional[Path] = typer.Option(
-        None, "--gt", help="Charades ground-truth CSV: for --submission, or the full test list a RUN is ranked against "
-        "\\[default for a Charades RUN: the one its manifest records]."
+        None,
+        "--gt",
+        help="Charades ground-truth CSV: for --submission, or the full test list a RUN is ranked against "
+        "\\[default for a Charades RUN: the one its manifest records].",
     ),
     classes: Optional[int] = typer.Option(
         None, "--classes", min=1, help=f"Number of classes (with --submission) \\[default: {CHARADES_CLASSES}]."

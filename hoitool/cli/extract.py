@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -38,7 +38,7 @@ def boxes_command(
     shard: Optional[str] = ShardOption,
     force: bool = ForceOption,
     config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Sample T frames per video and keep the top-K boxes per frame; resumable, shardable, crash-safe."""
@@ -60,8 +60,10 @@ def _list_backbones(value: bool) -> None:
         default = row["default"]
         layers = " ".join(f"{layer}*" if layer == default else layer for layer in row["layers"])
         note = "" if row["available"] else f"  (not installed: {INSTALL})"
-        typer.echo(f"{row['arch']:<18} {row['kind']}  dim {row['dim'][default]:<5} stride {row['stride'][default]:<3}"
-                   f"temporal {row['temporal_stride'][default]:<2} layers {layers:<32} weights: {row['weights']}{note}")
+        typer.echo(
+            f"{row['arch']:<18} {row['kind']}  dim {row['dim'][default]:<5} stride {row['stride'][default]:<3}"
+            f"temporal {row['temporal_stride'][default]:<2} layers {layers:<32} weights: {row['weights']}{note}"
+        )
     raise typer.Exit()
 
 
@@ -81,14 +83,21 @@ def features_command(
     shard: Optional[str] = ShardOption,
     force: bool = ForceOption,
     config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
-    list_backbones: bool = typer.Option(False, "--list-backbones", callback=_list_backbones, is_eager=True,
-                                        help="Print the backbones, their layers (* = default) and exit."),
+    list_backbones: bool = typer.Option(
+        False,
+        "--list-backbones",
+        callback=_list_backbones,
+        is_eager=True,
+        help="Print the backbones, their layers (* = default) and exit.",
+    ),
 ) -> None:
     """Backbone + RoIAlign (or box crops) -> one float16 vector per box, per view; resumable, shardable, crash-safe."""
     from hoitool.extract.engine import finish
     from hoitool.extract.features import extract_features
 
-    resolved = stage_config(FeaturesSettings, config, overrides, print_config, setting_values(features_command, locals()))
+    resolved = stage_config(
+        FeaturesSettings, config, overrides, print_config, setting_values(features_command, locals())
+    )
     finish(extract_features(boxes, out, resolved, shard=parse_shard(shard), force=force))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -22,7 +23,7 @@ ShardOption = typer.Option(None, "--shard", help="Process the deterministic stri
 def stage_config(
     defaults: dict | type,
     config_file: Optional[Path],
-    overrides: List[str],
+    overrides: list[str],
     print_config: bool,
     options: dict | None = None,
     schema: type | None = None,
@@ -45,11 +46,16 @@ def setting(schema: type, key: str, *flags: str, **extra: Any) -> Any:
 
 def setting_keys(command: Callable) -> dict[str, str]:
     """``{parameter name: config key}`` of the options a command declared with :func:`setting`."""
-    return {name: parameter.default.config_key for name, parameter in inspect.signature(command).parameters.items()
-            if getattr(parameter.default, "config_key", None)}
+    return {
+        name: parameter.default.config_key
+        for name, parameter in inspect.signature(command).parameters.items()
+        if getattr(parameter.default, "config_key", None)
+    }
 
 
 def setting_values(command: Callable, values: dict[str, Any]) -> dict[str, Any]:
     """``{config key: value}`` for a command's :func:`setting` options, from its ``locals()`` (paths made absolute)."""
-    return {key: str(Path(values[name]).absolute()) if isinstance(values[name], Path) else values[name]
-            for name, key in setting_keys(command).items()}
+    return {
+        key: str(Path(values[name]).absolute()) if isinstance(values[name], Path) else values[name]
+        for name, key in setting_keys(command).items()
+    }

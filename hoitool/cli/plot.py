@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
 
 import typer
 
@@ -13,9 +12,11 @@ from hoitool.cli.app import app
 
 @app.command("plot")
 def plot_command(
-    runs: List[Path] = typer.Argument(..., help="Run directories (from train-teacher / distill)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file stem: writes OUT.png and OUT.pdf (or the --format list)."),
-    formats: List[str] = typer.Option(["png", "pdf"], "--format", help="png, pdf or svg (repeatable)."),
+    runs: list[Path] = typer.Argument(..., help="Run directories (from train-teacher / distill)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output file stem: writes OUT.png and OUT.pdf (or the --format list)."
+    ),
+    formats: list[str] = typer.Option(["png", "pdf"], "--format", help="png, pdf or svg (repeatable)."),
 ) -> None:
     """Draw learning curves from each run's metrics.jsonl: loss terms left, train/val metric right."""
     from hoitool.eval.curves import check_formats, plot_curves, read_curves

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Optional
 
 import typer
 import yaml
@@ -46,7 +47,9 @@ CONFIG_FILE = "config.resolved.yaml"
 OWNED_FILES = (MANIFEST_FILE, ANNOTATIONS_FILE, WARNINGS_FILE, CONFIG_FILE)
 
 
-OutArgument = typer.Argument(..., help="Output folder for manifest.json (and annotations.jsonl where the dataset has boxes).")
+OutArgument = typer.Argument(
+    ..., help="Output folder for manifest.json (and annotations.jsonl where the dataset has boxes)."
+)
 RootOption = typer.Option(None, "--root", help="The dataset's raw folder, in its official layout.")
 StrictOption = typer.Option(None, "--strict/--no-strict", help="Fail on a missing video instead of skipping it.")
 SeedOption = typer.Option(None, "--seed", help="Seed of the deterministic split.")
@@ -112,7 +115,9 @@ def frames_per_video(manifest: Manifest) -> str:
     if not counts:
         return "not counted (video files: decoded at extraction)"
     uncounted = len(manifest.videos) - len(counts)
-    return f"{counts[0]} / {median(counts):g} / {counts[-1]} (min / median / max)" + (f", {uncounted} not counted" if uncounted else "")
+    return f"{counts[0]} / {median(counts):g} / {counts[-1]} (min / median / max)" + (
+        f", {uncounted} not counted" if uncounted else ""
+    )
 
 
 def _is_ours(out: Path) -> bool:
@@ -133,10 +138,15 @@ def _check_out(out: Path) -> bool:
         return True
     if not any(out.iterdir()):
         return False
-    what = ("holds a manifest.json but no hoitool marker (prepared by an older hoitool, or by hand)"
-            if (out / MANIFEST_FILE).exists() else "is not empty and was not prepared by hoitool")
-    raise UsageError(f"{out}: {what} ({DATASET_MARKER} missing); refusing to write into it or delete anything "
-                     "(choose a new or empty OUT)")
+    what = (
+        "holds a manifest.json but no hoitool marker (prepared by an older hoitool, or by hand)"
+        if (out / MANIFEST_FILE).exists()
+        else "is not empty and was not prepared by hoitool"
+    )
+    raise UsageError(
+        f"{out}: {what} ({DATASET_MARKER} missing); refusing to write into it or delete anything "
+        "(choose a new or empty OUT)"
+    )
 
 
 def _claim(out: Path, dataset: str) -> None:
@@ -189,7 +199,9 @@ def run_prepare(dataset: str, out: Path, config: dict, force: bool, build: Calla
                 what = f"an unknown config ({CONFIG_FILE} missing)"
             else:
                 what = f"a different config ({', '.join(changed_keys(old_config, config))} changed)"
-            raise UsageError(f"{manifest_path}: already prepared from {what}; use --force to overwrite or pick another OUT")
+            raise UsageError(
+                f"{manifest_path}: already prepared from {what}; use --force to overwrite or pick another OUT"
+            )
         _delete_owned(out)  # from here on an interrupted run leaves no stale manifest behind
     _claim(out, dataset)
     save_config(config, out, CONFIG_FILE)
@@ -211,16 +223,29 @@ def synthetic(
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate written into the videos [8]."),
     force: bool = ForceOption,
     config_file: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Generate a small synthetic HOI video set with ground-truth boxes (needs no download)."""
-    config = stage_config(PREPARE_SETTINGS["synthetic"], config_file, overrides, print_config, {
-        "videos_per_class": videos_per_class, "frames": frames, "size": size, "seed": seed, "fps": fps,
-    })
+    config = stage_config(
+        PREPARE_SETTINGS["synthetic"],
+        config_file,
+        overrides,
+        print_config,
+        {
+            "videos_per_class": videos_per_class,
+            "frames": frames,
+            "size": size,
+            "seed": seed,
+            "fps": fps,
+        },
+    )
     arguments = {
-        "videos_per_class": _value(config, "videos_per_class", int), "num_frames": _value(config, "frames", int),
-        "size": _value(config, "size", int), "seed": _value(config, "seed", int), "fps": _value(config, "fps", float),
+        "videos_per_class": _value(config, "videos_per_class", int),
+        "num_frames": _value(config, "frames", int),
+        "size": _value(config, "size", int),
+        "seed": _value(config, "seed", int),
+        "fps": _value(config, "fps", float),
     }
 
     def build(out: Path) -> Manifest:
@@ -235,27 +260,47 @@ def synthetic(
 def charades(
     out: Path = OutArgument,
     root: Optional[Path] = RootOption,
-    frames: Optional[bool] = typer.Option(None, "--frames/--videos", help="Use Charades_v1_rgb frame folders instead of the mp4 videos."),
+    frames: Optional[bool] = typer.Option(
+        None, "--frames/--videos", help="Use Charades_v1_rgb frame folders instead of the mp4 videos."
+    ),
     video_dir: Optional[str] = typer.Option(None, "--video-dir", help="Videos folder under ROOT [Charades_v1_480]."),
     frames_dir: Optional[str] = typer.Option(None, "--frames-dir", help="Frames folder under ROOT [Charades_v1_rgb]."),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="About this share of the training videos held out as val, whole subjects at a time [0.1]."),
+    val_fraction: Optional[float] = typer.Option(
+        None,
+        "--val-fraction",
+        help="About this share of the training videos held out as val, whole subjects at a time [0.1].",
+    ),
     seed: Optional[int] = SeedOption,
     strict: Optional[bool] = StrictOption,
     force: bool = ForceOption,
     config_file: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Charades v1 (multi-label): train CSV -> train + val (held out by subject), test CSV -> test."""
-    config = stage_config(PREPARE_SETTINGS["charades"], config_file, overrides, print_config, {
-        "root": _absolute(root), "frames": frames, "video_dir": video_dir, "frames_dir": frames_dir,
-        "val_fraction": val_fraction, "seed": seed, "strict": strict,
-    })
+    config = stage_config(
+        PREPARE_SETTINGS["charades"],
+        config_file,
+        overrides,
+        print_config,
+        {
+            "root": _absolute(root),
+            "frames": frames,
+            "video_dir": video_dir,
+            "frames_dir": frames_dir,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "strict": strict,
+        },
+    )
     raw = _root(config)
     arguments = {
-        "frames": _flag(config, "frames"), "val_fraction": _value(config, "val_fraction", float),
-        "seed": _value(config, "seed", int), "video_dir": str(config["video_dir"]),
-        "frames_dir": str(config["frames_dir"]), "strict": _flag(config, "strict"),
+        "frames": _flag(config, "frames"),
+        "val_fraction": _value(config, "val_fraction", float),
+        "seed": _value(config, "seed", int),
+        "video_dir": str(config["video_dir"]),
+        "frames_dir": str(config["frames_dir"]),
+        "strict": _flag(config, "strict"),
     }
     run_prepare("charades", out, config, force, lambda out: prepare_charades(raw, out, **arguments))
 
@@ -264,19 +309,33 @@ def charades(
 def cad120(
     out: Path = OutArgument,
     root: Optional[Path] = RootOption,
-    fold: Optional[str] = typer.Option(None, "--fold", help="Test subject of this leave-one-subject-out fold, e.g. Subject1."),
-    val: Optional[str] = typer.Option(None, "--val", help="Validation: a training subject (e.g. Subject3) or a fraction of the training videos [0.2]."),
+    fold: Optional[str] = typer.Option(
+        None, "--fold", help="Test subject of this leave-one-subject-out fold, e.g. Subject1."
+    ),
+    val: Optional[str] = typer.Option(
+        None, "--val", help="Validation: a training subject (e.g. Subject3) or a fraction of the training videos [0.2]."
+    ),
     seed: Optional[int] = SeedOption,
     strict: Optional[bool] = StrictOption,
     force: bool = ForceOption,
     config_file: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
 ) -> None:
     """CAD-120: frames, activity labels, object and person boxes, sub-activity segments."""
-    config = stage_config(PREPARE_SETTINGS["cad120"], config_file, overrides, print_config, {
-        "root": _absolute(root), "fold": fold, "val": _subject_or_fraction(val), "seed": seed, "strict": strict,
-    })
+    config = stage_config(
+        PREPARE_SETTINGS["cad120"],
+        config_file,
+        overrides,
+        print_config,
+        {
+            "root": _absolute(root),
+            "fold": fold,
+            "val": _subject_or_fraction(val),
+            "seed": seed,
+            "strict": strict,
+        },
+    )
     raw = _root(config)
     intrinsics = config["intrinsics"]
     try:
@@ -286,7 +345,9 @@ def cad120(
     arguments = {
         "fold": None if config["fold"] is None else str(config["fold"]),
         "val": config["val"] if isinstance(config["val"], str) else _value(config, "val", float),
-        "seed": _value(config, "seed", int), "strict": _flag(config, "strict"), "intrinsics": camera,
+        "seed": _value(config, "seed", int),
+        "strict": _flag(config, "strict"),
+        "intrinsics": camera,
         "person_margin": _value(config, "person_margin", float),
     }
     run_prepare("cad120", out, config, force, lambda out: prepare_cad120(raw, out, **arguments))
@@ -296,24 +357,40 @@ def cad120(
 def ssv2(
     out: Path = OutArgument,
     root: Optional[Path] = RootOption,
-    video_dir: Optional[str] = typer.Option(None, "--video-dir", help="Folder of the <id>.webm videos, relative to ROOT [.]."),
-    boxes: List[Path] = typer.Option([], "--boxes", help="Something-Else box annotation file (repeat for each part): the dataset's own boxes."),
+    video_dir: Optional[str] = typer.Option(
+        None, "--video-dir", help="Folder of the <id>.webm videos, relative to ROOT [.]."
+    ),
+    boxes: list[Path] = typer.Option(
+        [], "--boxes", help="Something-Else box annotation file (repeat for each part): the dataset's own boxes."
+    ),
     strict: Optional[bool] = StrictOption,
     force: bool = ForceOption,
     config_file: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Something-Something v2: train -> train, validation -> val; the unlabelled test list is left out."""
-    config = stage_config(PREPARE_SETTINGS["ssv2"], config_file, overrides, print_config, {
-        "root": _absolute(root), "video_dir": video_dir, "strict": strict,
-        "boxes": [_absolute(path) for path in boxes] or None,
-    })
+    config = stage_config(
+        PREPARE_SETTINGS["ssv2"],
+        config_file,
+        overrides,
+        print_config,
+        {
+            "root": _absolute(root),
+            "video_dir": video_dir,
+            "strict": strict,
+            "boxes": [_absolute(path) for path in boxes] or None,
+        },
+    )
     raw = _root(config)
     box_files = config["boxes"]
     if not isinstance(box_files, list):
         raise UsageError(f"config key 'boxes': expected a list of Something-Else annotation files, got {box_files!r}")
-    arguments = {"video_dir": str(config["video_dir"]), "strict": _flag(config, "strict"), "boxes": [str(path) for path in box_files]}
+    arguments = {
+        "video_dir": str(config["video_dir"]),
+        "strict": _flag(config, "strict"),
+        "boxes": [str(path) for path in box_files],
+    }
     run_prepare("ssv2", out, config, force, lambda out: prepare_ssv2(raw, out, **arguments))
 
 
@@ -321,30 +398,54 @@ def ssv2(
 def folder(
     out: Path = OutArgument,
     root: Optional[Path] = RootOption,
-    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV `id,label` or `id,label1;label2` for a flat folder (else: one subfolder per class)."),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of each class held out as val [0.1]."),
-    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Share of each class held out as test [0.1]."),
-    frame_pattern: Optional[str] = typer.Option(None, "--frame-pattern", help="Frame file names inside each frame folder, e.g. RGB_%d.png (for folders that hold other images too)."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="CSV `id,label` or `id,label1;label2` for a flat folder (else: one subfolder per class)."
+    ),
+    val_fraction: Optional[float] = typer.Option(
+        None, "--val-fraction", help="Share of each class held out as val [0.1]."
+    ),
+    test_fraction: Optional[float] = typer.Option(
+        None, "--test-fraction", help="Share of each class held out as test [0.1]."
+    ),
+    frame_pattern: Optional[str] = typer.Option(
+        None,
+        "--frame-pattern",
+        help="Frame file names inside each frame folder, e.g. RGB_%d.png (for folders that hold other images too).",
+    ),
     seed: Optional[int] = SeedOption,
     strict: Optional[bool] = StrictOption,
     force: bool = ForceOption,
     config_file: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
 ) -> None:
     """A folder of videos or frame folders: ROOT/<class>/<video>, or flat with --labels; stratified split."""
-    config = stage_config(PREPARE_SETTINGS["folder"], config_file, overrides, print_config, {
-        "root": _absolute(root), "labels": _absolute(labels), "val_fraction": val_fraction,
-        "test_fraction": test_fraction, "seed": seed, "strict": strict, "frame_pattern": frame_pattern,
-    })
+    config = stage_config(
+        PREPARE_SETTINGS["folder"],
+        config_file,
+        overrides,
+        print_config,
+        {
+            "root": _absolute(root),
+            "labels": _absolute(labels),
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "strict": strict,
+            "frame_pattern": frame_pattern,
+        },
+    )
     raw = _root(config)
     extensions = config["extensions"]
     if not isinstance(extensions, list) or not extensions:
         raise UsageError(f"config key 'extensions': expected a list such as [mp4, avi], got {extensions!r}")
     arguments = {
-        "labels": config["labels"], "extensions": [str(ext) for ext in extensions],
-        "val_fraction": _value(config, "val_fraction", float), "test_fraction": _value(config, "test_fraction", float),
-        "seed": _value(config, "seed", int), "strict": _flag(config, "strict"),
+        "labels": config["labels"],
+        "extensions": [str(ext) for ext in extensions],
+        "val_fraction": _value(config, "val_fraction", float),
+        "test_fraction": _value(config, "test_fraction", float),
+        "seed": _value(config, "seed", int),
+        "strict": _flag(config, "strict"),
         "frame_pattern": None if config["frame_pattern"] is None else str(config["frame_pattern"]),
     }
     run_prepare("folder", out, config, force, lambda out: prepare_folder(raw, out, **arguments))

@@ -8,7 +8,6 @@ is evaluated now by the same code as ``hoitool eval`` (and its metrics written).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
 
 import typer
 from rich.markup import escape
@@ -25,7 +24,7 @@ from hoitool.io.atomic import write_text
 
 @app.command("report")
 def report(
-    runs: List[Path] = typer.Argument(..., metavar="RUN", help="Run directories (several seeds of each method)."),
+    runs: list[Path] = typer.Argument(..., metavar="RUN", help="Run directories (several seeds of each method)."),
     out: Path = typer.Option(..., "--out", help="Directory for report.md and report.csv."),
     split: str = typer.Option("test", "--split", help="Which split's metrics to report."),
     metric: str = typer.Option(
@@ -51,7 +50,7 @@ def report(
     if console.stdout.is_terminal:
         header, cells = table_cells(rows)
         table = Table(title=escape(f"{len(entries)} runs, split {split}"))
-        for column, is_number in zip(header, numeric_columns(header)):
+        for column, is_number in zip(header, numeric_columns(header), strict=False):
             table.add_column(escape(column), justify="right" if is_number else "left")
         for line in cells:
             table.add_row(*(escape(cell) for cell in line))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -21,10 +21,21 @@ from hoitool.errors import UsageError
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 
 FeaturesArgument = typer.Argument(..., help="Features store (.h5 or .zarr) from `hoitool extract features`.")
-OutOption = typer.Option(..., "--out", "-o", help="Run directory: new, empty, or a hoitool run of this kind (the same command again resumes it).")
+OutOption = typer.Option(
+    ...,
+    "--out",
+    "-o",
+    help="Run directory: new, empty, or a hoitool run of this kind (the same command again resumes it).",
+)
 PresetOption = typer.Option(None, "--preset", help="Named recipe: cad120, charades-i3d or demo (docs/training.md).")
-ResumeOption = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (a finished run: nothing to do); the same command without it resumes too when the config matches.")
-LabelOption = typer.Option(None, "--label", help="Name of the run in reports (default: e.g. 'global-context', 'global-teacher').")
+ResumeOption = typer.Option(
+    False,
+    "--resume",
+    help="Continue the run in --out from its last checkpoint (a finished run: nothing to do); the same command without it resumes too when the config matches.",
+)
+LabelOption = typer.Option(
+    None, "--label", help="Name of the run in reports (default: e.g. 'global-context', 'global-teacher')."
+)
 S = DistillStageSettings  # every training option sets a key of this schema (train-teacher uses its teacher part)
 View = Literal["global", "local", "baseline"]
 
@@ -37,7 +48,9 @@ def _check_view(view: str, allowed: tuple[str, ...]) -> None:
 @app.command("train-teacher")
 def train_teacher_command(
     features: Path = FeaturesArgument,
-    view: View = typer.Option(..., "--view", help="Context graph: global (whole video), local (per frame) or baseline (no graph)."),
+    view: View = typer.Option(
+        ..., "--view", help="Context graph: global (whole video), local (per frame) or baseline (no graph)."
+    ),
     out: Path = OutOption,
     preset: Optional[str] = PresetOption,
     seed: Optional[int] = setting(S, "train.seed", "--seed"),
@@ -52,7 +65,7 @@ def train_teacher_command(
     label: Optional[str] = LabelOption,
     force: bool = ForceOption,
     config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Train one context view with the labels (CE or BCE); writes checkpoints, metrics and every video's logits."""
@@ -68,15 +81,23 @@ def train_teacher_command(
 @app.command("distill")
 def distill_command(
     features: Path = FeaturesArgument,
-    view: View = typer.Option(..., "--view", help="The student's context graph (global or local with --dml; baseline too with --teacher)."),
+    view: View = typer.Option(
+        ..., "--view", help="The student's context graph (global or local with --dml; baseline too with --teacher)."
+    ),
     out: Path = OutOption,
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher run directory (from train-teacher); its outputs are checked for staleness."),
+    teacher: Optional[Path] = typer.Option(
+        None, "--teacher", help="Teacher run directory (from train-teacher); its outputs are checked for staleness."
+    ),
     loss: Optional[Literal["auto", "kd", "l2", "bce"]] = setting(S, "distill.loss", "--loss"),
     temperature: Optional[float] = setting(S, "distill.T", "--T"),
     lambda1: Optional[float] = setting(S, "distill.lambda1", "--lambda1"),
     lambda2: Optional[float] = setting(S, "distill.lambda2", "--lambda2"),
-    generalized: Optional[float] = typer.Option(None, "--generalized", help="Generalized distillation: lambda2 = this, lambda1 = 1 - this."),
-    dml: bool = typer.Option(False, "--dml", help="Deep Mutual Learning: train --view and the other view jointly from scratch."),
+    generalized: Optional[float] = typer.Option(
+        None, "--generalized", help="Generalized distillation: lambda2 = this, lambda1 = 1 - this."
+    ),
+    dml: bool = typer.Option(
+        False, "--dml", help="Deep Mutual Learning: train --view and the other view jointly from scratch."
+    ),
     preset: Optional[str] = PresetOption,
     seed: Optional[int] = setting(S, "train.seed", "--seed"),
     epochs: Optional[int] = setting(S, "train.epochs", "--epochs"),
@@ -90,7 +111,7 @@ def distill_command(
     label: Optional[str] = LabelOption,
     force: bool = ForceOption,
     config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    overrides: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Train a student view with CE + distillation from a teacher's logits (or two views mutually with --dml)."""
@@ -104,12 +125,16 @@ def distill_command(
     if not dml and teacher is None:
         raise UsageError("--teacher RUN is required (or --dml for mutual learning)")
     if generalized is not None and (lambda1 is not None or lambda2 is not None):
-        raise UsageError("--generalized sets both lambdas (lambda1 = 1 - lambda2); do not combine it with --lambda1/--lambda2")
+        raise UsageError(
+            "--generalized sets both lambdas (lambda1 = 1 - lambda2); do not combine it with --lambda1/--lambda2"
+        )
     if generalized is not None and not 0.0 <= generalized <= 1.0:
         raise UsageError(f"--generalized must be in [0, 1] (lambda2 = L, lambda1 = 1 - L), got {generalized}")
     if generalized is not None:
         lambda1, lambda2 = 1.0 - generalized, generalized
-    options = dict(setting_values(distill_command, locals()), **{"model.view": view, "distill.dml": True if dml else None})
+    options = dict(
+        setting_values(distill_command, locals()), **{"model.view": view, "distill.dml": True if dml else None}
+    )
     teacher_view = PEER_VIEW[view] if dml else check_teacher_run(teacher).get("view")
     defaults = apply_preset(training_defaults(distill=True), preset_name(preset, config), teacher_view)
     resolved = stage_config(defaults, config, overrides, print_config, options, schema=DistillStageSettings)

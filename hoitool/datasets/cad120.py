@@ -36,7 +36,18 @@ from hoitool.manifest import Manifest, VideoEntry
 OBJECT_TYPES = ("medcinebox", "cup", "bowl", "box", "milk", "book", "microwave", "plate", "remote", "cloth")
 PERSON = "person"
 OBJECT_CLASSES = (*OBJECT_TYPES, PERSON)  # box labels: object types, then the person
-SUB_ACTIVITIES = ("reaching", "moving", "pouring", "eating", "drinking", "opening", "placing", "closing", "null", "cleaning")
+SUB_ACTIVITIES = (
+    "reaching",
+    "moving",
+    "pouring",
+    "eating",
+    "drinking",
+    "opening",
+    "placing",
+    "closing",
+    "null",
+    "cleaning",
+)
 NO_SUBJECT_VIDEOS = {"0505003751": "known CAD-120 video that belongs to no subject"}
 IMAGE_SIZE = (640, 480)  # width, height of the RGB frames
 SKELETON_FIELDS = 1 + 11 * 14 + 4 * 4  # frame, 11 joints x (9 orientation + conf + xyz + conf), 4 joints x (xyz + conf)
@@ -87,7 +98,9 @@ def read_activity_labels(path: Path) -> dict[str, dict[int, str]]:
         for item in fields[3:]:
             object_id, _, object_type = item.partition(":")
             if not object_id.isdigit() or object_type not in OBJECT_TYPES:
-                raise UsageError(f"{path}:{number}: bad object {item!r} (expected `id:type`, type one of {', '.join(OBJECT_TYPES)})")
+                raise UsageError(
+                    f"{path}:{number}: bad object {item!r} (expected `id:type`, type one of {', '.join(OBJECT_TYPES)})"
+                )
             objects[int(object_id)] = object_type
         videos[fields[0]] = objects
     return videos
@@ -121,7 +134,9 @@ def read_object_boxes(path: Path) -> dict[int, np.ndarray]:
         if not fields or fields == ["END"]:
             continue
         if len(fields) != OBJECT_FIELDS:
-            raise UsageError(f"{path}:{number}: expected {OBJECT_FIELDS} fields `frame,object_id,x1,y1,x2,y2,t1..t6`, got {len(fields)}")
+            raise UsageError(
+                f"{path}:{number}: expected {OBJECT_FIELDS} fields `frame,object_id,x1,y1,x2,y2,t1..t6`, got {len(fields)}"
+            )
         try:
             frame = int(fields[0])
             x1, y1, x2, y2 = (float(value) for value in fields[2:6])
@@ -152,7 +167,7 @@ def read_skeleton(path: Path) -> dict[int, np.ndarray]:
         except ValueError:
             raise UsageError(f"{path}:{number}: non-numeric skeleton field") from None
         full = values[: 11 * 14].reshape(11, 14)[:, 10:14]  # skip the 3x3 orientation and its confidence
-        positions_only = values[11 * 14:].reshape(4, 4)
+        positions_only = values[11 * 14 :].reshape(4, 4)
         joints[frame - 1] = np.concatenate([full, positions_only])
     return joints
 
@@ -169,9 +184,9 @@ def person_box(joints: np.ndarray, intrinsics: Intrinsics, margin: float) -> np.
     x1, y1, x2, y2 = u.min(), v.min(), u.max(), v.max()
     pad_x, pad_y = margin * (x2 - x1), margin * (y2 - y1)
     width, height = IMAGE_SIZE
-    box = np.array([
-        max(x1 - pad_x, 0.0), max(y1 - pad_y, 0.0), min(x2 + pad_x, width), min(y2 + pad_y, height)
-    ], np.float32)
+    box = np.array(
+        [max(x1 - pad_x, 0.0), max(y1 - pad_y, 0.0), min(x2 + pad_x, width), min(y2 + pad_y, height)], np.float32
+    )
     if box[2] <= box[0] or box[3] <= box[1]:  # entirely outside the image
         return None
     return box
@@ -222,8 +237,9 @@ class _Video:
 
 def _scan(root: Path, log: SkipLog) -> list[_Video]:
     """Every video listed in an ``activityLabel.txt``; ids found only elsewhere are skipped with a warning."""
-    subject_dirs = sorted((match.group(1), path) for path in root.iterdir()
-                          if path.is_dir() and (match := SUBJECT_DIR.match(path.name)))
+    subject_dirs = sorted(
+        (match.group(1), path) for path in root.iterdir() if path.is_dir() and (match := SUBJECT_DIR.match(path.name))
+    )
     if not subject_dirs:
         raise UsageError(f"{root}: no SubjectN_annotations folders (is this the CAD-120 root?)")
     videos: list[_Video] = []
@@ -239,7 +255,9 @@ def _scan(root: Path, log: SkipLog) -> list[_Video]:
                 log.skip(video, "not listed in activityLabel.txt: belongs to no subject", activity_dir)
             for video, objects in listed.items():
                 if video in seen:
-                    raise UsageError(f"{activity_dir / 'activityLabel.txt'}: video {video} also listed in {seen[video]}")
+                    raise UsageError(
+                        f"{activity_dir / 'activityLabel.txt'}: video {video} also listed in {seen[video]}"
+                    )
                 seen[video] = activity_dir / "activityLabel.txt"
                 videos.append(_Video(video, subject, activity_dir.name, activity_dir, objects, segments.get(video, [])))
     for video in sorted(NO_SUBJECT_VIDEOS):
@@ -257,15 +275,21 @@ def _splits(videos: list[_Video], fold: str | None, val: str | float, seed: int)
     if len(subjects) < 2:
         raise UsageError(f"CAD-120 needs at least 2 subjects for a subject-wise split, found {subjects}")
     test_subject = fold or subjects[-1]
-    notes = [] if fold else [
-        f"no fold given: {test_subject} (the last subject) is test; use --fold SubjectN for each of the "
-        "leave-one-subject-out folds and average them"
-    ]
+    notes = (
+        []
+        if fold
+        else [
+            f"no fold given: {test_subject} (the last subject) is test; use --fold SubjectN for each of the "
+            "leave-one-subject-out folds and average them"
+        ]
+    )
     splits = {video.id: "test" for video in videos if video.subject == test_subject}
     training = [video for video in videos if video.subject != test_subject]
     if isinstance(val, str):
         if val not in subjects or val == test_subject:
-            raise UsageError(f"--val {val!r}: expected a training subject ({', '.join(s for s in subjects if s != test_subject)}) or a fraction")
+            raise UsageError(
+                f"--val {val!r}: expected a training subject ({', '.join(s for s in subjects if s != test_subject)}) or a fraction"
+            )
         splits.update({video.id: "val" if video.subject == val else "train" for video in training})
         val_rule = f"subject {val}"
     else:
@@ -310,21 +334,27 @@ def prepare_cad120(
             continue
         num_frames = _rgb_frame_count(frames_dir)
         if num_frames is None:
-            log.skip(video.id, "RGB_<n>.png numbers are not 1..N without gaps (annotation frames would not match)", frames_dir)
+            log.skip(
+                video.id,
+                "RGB_<n>.png numbers are not 1..N without gaps (annotation frames would not match)",
+                frames_dir,
+            )
             continue
         boxes[video.id] = video_boxes(video.annotation_dir, video.id, video.objects, intrinsics, person_margin)
-        videos.append(VideoEntry(
-            id=video.id,
-            source=stored_path(frames_dir / FRAME_PATTERN, out),
-            labels=[classes.index(video.activity)],
-            split=splits[video.id],
-            kind="frames",
-            group=video.subject,
-            num_frames=num_frames,
-            annotations=stored_path(out / ANNOTATIONS_FILE, out),
-            objects=[video.objects[object_id] for object_id in sorted(video.objects)],
-            extra={"segments": video.segments, "object_ids": sorted(video.objects)},
-        ))
+        videos.append(
+            VideoEntry(
+                id=video.id,
+                source=stored_path(frames_dir / FRAME_PATTERN, out),
+                labels=[classes.index(video.activity)],
+                split=splits[video.id],
+                kind="frames",
+                group=video.subject,
+                num_frames=num_frames,
+                annotations=stored_path(out / ANNOTATIONS_FILE, out),
+                objects=[video.objects[object_id] for object_id in sorted(video.objects)],
+                extra={"segments": video.segments, "object_ids": sorted(video.objects)},
+            )
+        )
     manifest = Manifest(
         dataset="cad120",
         classes=classes,

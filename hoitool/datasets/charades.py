@@ -131,18 +131,20 @@ def prepare_charades(
                     log.missing(row.id, source)
                     continue
             split = "test" if csv_name == TEST_CSV else "val" if row.subject in val_subjects else "train"
-            videos.append(VideoEntry(
-                id=row.id,
-                source=stored_path(source, out),
-                labels=row.labels,
-                split=split,
-                kind="frames" if frames else "video",
-                group=row.subject,
-                fps=FRAMES_FPS if frames else None,
-                num_frames=count_images(source) if frames else None,
-                objects=row.objects,
-                extra={"length": row.length},
-            ))
+            videos.append(
+                VideoEntry(
+                    id=row.id,
+                    source=stored_path(source, out),
+                    labels=row.labels,
+                    split=split,
+                    kind="frames" if frames else "video",
+                    group=row.subject,
+                    fps=FRAMES_FPS if frames else None,
+                    num_frames=count_images(source) if frames else None,
+                    objects=row.objects,
+                    extra={"length": row.length},
+                )
+            )
     manifest = Manifest(
         dataset="charades",
         classes=classes,

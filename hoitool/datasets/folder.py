@@ -40,7 +40,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MANIFEST_FILE = "manifest.json"
 ANNOTATIONS_FILE = "annotations.jsonl"
 WARNINGS_FILE = "prepare_warnings.jsonl"
-DATASET_MARKER = ".hoitool-dataset.json"  # written first by `hoitool prepare`: this folder is hoitool's prepared dataset
+DATASET_MARKER = (
+    ".hoitool-dataset.json"  # written first by `hoitool prepare`: this folder is hoitool's prepared dataset
+)
 DATASET_FORMAT = "hoitool.dataset/1"
 
 
@@ -204,7 +206,9 @@ def _read_labels_csv(path: Path) -> list[tuple[str, list[str]]]:
             if number == 1 and row[0].strip().lower() == "id":
                 continue
             if len(row) != 2:
-                raise UsageError(f"{path}:{number}: expected 2 fields `id,label` (or `id,label1;label2`), got {len(row)}")
+                raise UsageError(
+                    f"{path}:{number}: expected 2 fields `id,label` (or `id,label1;label2`), got {len(row)}"
+                )
             video_id = row[0].strip()
             labels = [label.strip() for label in row[1].split(";") if label.strip()]
             if not video_id:
@@ -282,7 +286,9 @@ def prepare_folder(
         {video_id: ";".join(sorted(names)) for video_id, names, _, _ in items}, val_fraction, test_fraction, seed
     )
     if frame_pattern is not None and (not PATTERN_FIELD.search(frame_pattern) or "/" in frame_pattern):
-        raise UsageError(f"--frame-pattern {frame_pattern!r}: expected a file name with one number field, e.g. RGB_%d.png")
+        raise UsageError(
+            f"--frame-pattern {frame_pattern!r}: expected a file name with one number field, e.g. RGB_%d.png"
+        )
     videos = []
     for video_id, names, source, kind in items:
         if kind == "frames" and frame_pattern is not None:
@@ -291,20 +297,25 @@ def prepare_folder(
         if num_frames == 0:
             log.missing(video_id, source, "frame images")
             continue
-        videos.append(VideoEntry(
-            id=video_id,
-            source=stored_path(source, out),
-            labels=sorted(index[name] for name in names),
-            split=splits[video_id],
-            kind=kind,
-            num_frames=num_frames,
-        ))
+        videos.append(
+            VideoEntry(
+                id=video_id,
+                source=stored_path(source, out),
+                labels=sorted(index[name] for name in names),
+                split=splits[video_id],
+                kind=kind,
+                num_frames=num_frames,
+            )
+        )
     manifest = Manifest(
         dataset="folder",
         classes=classes,
         multilabel=multilabel,
         videos=videos,
-        extra={"layout": layout, "frame_pattern": frame_pattern,
-               "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}},
+        extra={
+            "layout": layout,
+            "frame_pattern": frame_pattern,
+            "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
+        },
     )
     return write_prepared(manifest, out, log, where=root)

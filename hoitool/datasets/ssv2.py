@@ -91,7 +91,9 @@ def read_split(path: Path, class_index: dict[str, int]) -> list[tuple[str, int, 
         video_id = str(item["id"])
         name = template_to_class(str(item["template"]))
         if name not in class_index:
-            raise UsageError(f"{where} (id {video_id}): template {item['template']!r} is not a class of the labels file")
+            raise UsageError(
+                f"{where} (id {video_id}): template {item['template']!r} is not a class of the labels file"
+            )
         placeholders = item.get("placeholders", [])
         if not isinstance(placeholders, list) or not all(isinstance(p, str) for p in placeholders):
             raise UsageError(f"{where} (id {video_id}): 'placeholders' must be a list of object names")
@@ -110,7 +112,9 @@ def _frame_boxes(frame, where: str, video: str) -> tuple[int, FrameBoxes]:
         raise UsageError(f"{where}: video {video}: expected frames with 'name' and a 'labels' list")
     match = FRAME_NAME.match(str(frame.get("name", "")))
     if match is None or match["video"] != video or int(match["number"]) < 1:
-        raise UsageError(f"{where}: video {video}: frame name {frame.get('name')!r} is not '{video}/<n>.jpg' (n from 1)")
+        raise UsageError(
+            f"{where}: video {video}: frame name {frame.get('name')!r} is not '{video}/<n>.jpg' (n from 1)"
+        )
     boxes, labels, hands = [], [], []
     for label in frame["labels"]:
         try:
@@ -118,17 +122,23 @@ def _frame_boxes(frame, where: str, video: str) -> tuple[int, FrameBoxes]:
             x1, y1, x2, y2 = (float(box[key]) for key in ("x1", "y1", "x2", "y2"))
             kind = str(label["standard_category"])
         except (KeyError, TypeError, ValueError):
-            raise UsageError(f"{where}: video {video} frame {frame['name']}: expected labels with box2d x1,y1,x2,y2 "
-                             "and standard_category") from None
+            raise UsageError(
+                f"{where}: video {video} frame {frame['name']}: expected labels with box2d x1,y1,x2,y2 "
+                "and standard_category"
+            ) from None
         if kind != HAND and not OBJECT_SLOT.match(kind):
-            raise UsageError(f"{where}: video {video} frame {frame['name']}: standard_category {kind!r} is neither "
-                             f"'{HAND}' nor an object slot such as '0000'")
+            raise UsageError(
+                f"{where}: video {video} frame {frame['name']}: standard_category {kind!r} is neither "
+                f"'{HAND}' nor an object slot such as '0000'"
+            )
         boxes.append([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
         labels.append(0 if kind == HAND else int(kind) + 1)
         hands.append(kind == HAND)
     item = FrameBoxes(
-        boxes=np.array(boxes, np.float32).reshape(-1, 4), scores=np.ones(len(boxes), np.float32),
-        labels=np.array(labels, np.int64), is_person=np.array(hands, bool),
+        boxes=np.array(boxes, np.float32).reshape(-1, 4),
+        scores=np.ones(len(boxes), np.float32),
+        labels=np.array(labels, np.int64),
+        is_person=np.array(hands, bool),
     )
     return int(match["number"]) - 1, item
 
@@ -145,7 +155,9 @@ def read_something_else(paths: list[Path | str]) -> dict[str, dict[int, FrameBox
                 raise UsageError(f"{path}: expected frames named '<video>/<n>.jpg'")
             data = {first["video"]: data}
         if not isinstance(data, dict):
-            raise UsageError(f"{path}: expected an object mapping video ids to frame lists (Something-Else annotations)")
+            raise UsageError(
+                f"{path}: expected an object mapping video ids to frame lists (Something-Else annotations)"
+            )
         for video, frames in data.items():
             video = str(video)
             if video in source:
@@ -196,13 +208,21 @@ def prepare_ssv2(
                 log.missing(video_id, source)
                 continue
             has_boxes = bool(annotated.get(video_id))
-            videos.append(VideoEntry(
-                id=video_id, source=stored_path(source, out), labels=[label], split=split, objects=placeholders,
-                annotations=stored_path(out / ANNOTATIONS_FILE, out) if has_boxes else None,
-            ))
+            videos.append(
+                VideoEntry(
+                    id=video_id,
+                    source=stored_path(source, out),
+                    labels=[label],
+                    split=split,
+                    objects=placeholders,
+                    annotations=stored_path(out / ANNOTATIONS_FILE, out) if has_boxes else None,
+                )
+            )
     omitted = _count_test_videos(root / TEST_FILE)
     kept = {video.id for video in videos}
-    slots = max((int(label) for frames in annotated.values() for item in frames.values() for label in item.labels), default=0)
+    slots = max(
+        (int(label) for frames in annotated.values() for item in frames.values() for label in item.labels), default=0
+    )
     box_info = None
     if boxes:
         box_info = {

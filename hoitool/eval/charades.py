@@ -170,7 +170,9 @@ def read_submission(path: Path | str, num_classes: int = CHARADES_CLASSES) -> tu
                 continue
             where = f"{path}:{number}"
             if len(fields) != num_classes + 1:
-                raise UsageError(f"{where}: expected a video id and {num_classes} scores, found {len(fields) - 1} scores")
+                raise UsageError(
+                    f"{where}: expected a video id and {num_classes} scores, found {len(fields) - 1} scores"
+                )
             if fields[0] in seen:
                 raise UsageError(f"{where}: video {fields[0]} already scored at line {seen[fields[0]]}")
             try:
@@ -195,7 +197,7 @@ def write_submission(path: Path | str, ids, scores: np.ndarray) -> None:
     """Write a submission atomically; scores at full precision (shortest exact repr) so re-reading changes nothing."""
     scores = np.asarray(scores, dtype=np.float64)
     lines = []
-    for video, row in zip(ids, scores):
+    for video, row in zip(ids, scores, strict=False):
         video = str(video)
         if not video or any(ch.isspace() for ch in video):
             raise UsageError(f"{path}: video id {video!r} cannot be written (empty or contains whitespace)")
@@ -217,7 +219,7 @@ def align_submission(ids: list[str], scores: np.ndarray, gt: CharadesGT) -> Alig
     aligned = np.full(gt.labels.shape, -np.inf)
     filled = np.zeros(len(gt.ids), dtype=bool)
     ignored = 0
-    for video, values in zip(ids, scores):
+    for video, values in zip(ids, scores, strict=False):
         row = row_of.get(video)
         if row is None:
             ignored += 1

@@ -116,8 +116,12 @@ def _multi_label_metrics(
         official_map, official_wap, official_ap, aligned = official_scores(ids, scores, gt)
         positives = gt.labels.sum(axis=0)
         counts["ground_truth"] = {
-            "path": str(gt_path), "videos": len(gt.ids), "without_labels": int((~gt.labels.any(axis=1)).sum()),
-            "scored": aligned.matched, "missing": aligned.missing, "ignored": aligned.ignored,
+            "path": str(gt_path),
+            "videos": len(gt.ids),
+            "without_labels": int((~gt.labels.any(axis=1)).sum()),
+            "scored": aligned.matched,
+            "missing": aligned.missing,
+            "ignored": aligned.ignored,
         }
     else:
         official_map, official_wap, official_ap = charades_map(scores, targets)
@@ -139,10 +143,12 @@ def _multi_label_metrics(
 
     plot_per_class_ap(official_ap, classes, out_dir / files["per_class_ap_png"], title)
     write_submission(out_dir / files["submission"], ids, scores)
-    counts.update({
-        "classes_without_positives": int((positives == 0).sum()),
-        "videos_without_labels": int((~(targets > 0).any(axis=1)).sum()),
-    })
+    counts.update(
+        {
+            "classes_without_positives": int((positives == 0).sum()),
+            "videos_without_labels": int((~(targets > 0).any(axis=1)).sum()),
+        }
+    )
     return values, files, counts
 
 
@@ -150,7 +156,9 @@ def _ground_truth_for(run: Run, split: str, gt: Path | None) -> tuple[Path | Non
     """The ground-truth CSV to score ``run`` against: ``--gt``, else the one its manifest records."""
     if gt is not None:
         if not run.multilabel:
-            raise UsageError(f"--gt: {run.path} is a single-label run; a Charades ground truth applies to multi-label runs")
+            raise UsageError(
+                f"--gt: {run.path} is a single-label run; a Charades ground truth applies to multi-label runs"
+            )
         if not Path(gt).is_file():
             raise UsageError(f"{gt}: ground-truth CSV not found")
         return Path(gt), ""

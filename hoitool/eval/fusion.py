@@ -74,7 +74,7 @@ def fuse_runs(fused: list[tuple[np.ndarray, np.ndarray, np.ndarray]], names: lis
         raise UsageError(f"unknown fusion rule {rule!r} (choose from {', '.join(FUSION_RULES)})")
     ids0, scores0, targets0 = fused[0]
     stack = [scores0]
-    for (ids, scores, targets), name in zip(fused[1:], names[1:]):
+    for (ids, scores, targets), name in zip(fused[1:], names[1:], strict=False):
         if len(ids) != len(ids0) or not (ids == ids0).all():
             only = sorted(set(ids0.tolist()) ^ set(ids.tolist()))
             example = f" (e.g. {only[0]})" if only else ""

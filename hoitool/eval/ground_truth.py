@@ -44,7 +44,10 @@ def find_ground_truth(info: dict, split: str) -> tuple[Path | None, str]:
         return None, f"cannot read the manifest through {features} ({exc})"
     recorded = (manifest.extra.get("ground_truth") or {}).get(split)
     if not recorded:
-        return None, f"{manifest.root / 'manifest.json'} records no {split} ground truth (prepared by an older hoitool?)"
+        return (
+            None,
+            f"{manifest.root / 'manifest.json'} records no {split} ground truth (prepared by an older hoitool?)",
+        )
     path = manifest.resolve(recorded)
     if not path.is_file():
         return None, f"{path} (recorded in the manifest) not found"

@@ -165,18 +165,36 @@ def render_csv(rows: list[ReportRow]) -> str:
     """Raw fractions at full precision, one row per group."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([
-        "dataset", "method", "metric", "n", "n_undefined", "mean", "std",
-        "macro_f1_mean", "macro_f1_std", "seeds", "fusion", "runs",
-    ])
+    writer.writerow(
+        [
+            "dataset",
+            "method",
+            "metric",
+            "n",
+            "n_undefined",
+            "mean",
+            "std",
+            "macro_f1_mean",
+            "macro_f1_std",
+            "seeds",
+            "fusion",
+            "runs",
+        ]
+    )
     for row in rows:
         mean, std = mean_std(row.values)
         f1_mean, f1_std = mean_std(row.macro_f1)
-        writer.writerow([
-            row.dataset, row.method, row.metric, row.n, row.missing,
-            *("" if math.isnan(v) else repr(v) for v in (mean, std, f1_mean, f1_std)),
-            ";".join("" if seed is None else str(seed) for seed in row.seeds),
-            ";".join(sorted(set(row.fusions))),
-            ";".join(row.runs),
-        ])
+        writer.writerow(
+            [
+                row.dataset,
+                row.method,
+                row.metric,
+                row.n,
+                row.missing,
+                *("" if math.isnan(v) else repr(v) for v in (mean, std, f1_mean, f1_std)),
+                ";".join("" if seed is None else str(seed) for seed in row.seeds),
+                ";".join(sorted(set(row.fusions))),
+                ";".join(row.runs),
+            ]
+        )
     return buffer.getvalue()

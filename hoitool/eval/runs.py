@@ -78,7 +78,9 @@ def _checked_arrays(where: str, video_ids, view_index, split, logits, targets, m
         if arrays[name].ndim != 2 or arrays[name].shape[0] != n:
             raise UsageError(f"{where}: {name} must be (rows, classes), got {arrays[name].shape} for {n} rows")
     if arrays["logits"].shape != arrays["targets"].shape:
-        raise UsageError(f"{where}: logits {arrays['logits'].shape} and targets {arrays['targets'].shape} differ in shape")
+        raise UsageError(
+            f"{where}: logits {arrays['logits'].shape} and targets {arrays['targets'].shape} differ in shape"
+        )
     if not np.isfinite(arrays["logits"]).all():
         raise UsageError(f"{where}: logits contain NaN or inf (did training diverge?)")
     targets = arrays["targets"]

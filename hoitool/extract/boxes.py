@@ -130,9 +130,15 @@ class BoxesModel:
 
             model = config["model"]
             self.model = build_box_model(
-                source, top_k=config["top_k"], weights=model["weights"], seed=model["seed"],
-                device=resolve_device(config["runtime"]["device"]), nms_iou=model["nms_iou"],
-                score_threshold=model["score_threshold"], min_size=model["min_size"], max_size=model["max_size"],
+                source,
+                top_k=config["top_k"],
+                weights=model["weights"],
+                seed=model["seed"],
+                device=resolve_device(config["runtime"]["device"]),
+                nms_iou=model["nms_iou"],
+                score_threshold=model["score_threshold"],
+                min_size=model["min_size"],
+                max_size=model["max_size"],
                 arch=model["arch"],
             )
             self.weights = {"box_model": self.model.fingerprint}
@@ -144,7 +150,7 @@ class BoxesModel:
             batch = self.config["runtime"]["batch_frames"]
             detected: list[FrameBoxes] = []
             for start in range(0, len(frames), batch):
-                detected.extend(self.model(frames[start:start + batch]))
+                detected.extend(self.model(frames[start : start + batch]))
             per_frame = [[detected[slot] for slot in row] for row in item["frame_slot"]]
         else:
             annotated = item["annotated"]
@@ -159,7 +165,9 @@ class BoxesModel:
         return arrays, {"empty_frames": empty}
 
 
-def extract_boxes(manifest_path: Path, out: Path, config: dict | BoxesSettings, shard=None, force: bool = False) -> StageSummary:
+def extract_boxes(
+    manifest_path: Path, out: Path, config: dict | BoxesSettings, shard=None, force: bool = False
+) -> StageSummary:
     config = resolved(BoxesSettings, config)
     manifest = Manifest.load(manifest_path)
     manifest_file = manifest.root / "manifest.json"
@@ -174,7 +182,17 @@ def extract_boxes(manifest_path: Path, out: Path, config: dict | BoxesSettings, 
     videos = [video.id for video in select_shard(manifest.videos, shard)]
     prov = provenance("boxes", config, manifest_file, {"manifest": header["upstream"]}, model.weights, shard)
     return run_video_stage(
-        staged, videos, BoxesLoader(manifest, config), model.compute, prov, config["runtime"]["workers"], "boxes",
-        extra_meta={"frames": config["frames"], "clips": config["clips"], "max_boxes": config["top_k"],
-                    "source": config["source"]},
+        staged,
+        videos,
+        BoxesLoader(manifest, config),
+        model.compute,
+        prov,
+        config["runtime"]["workers"],
+        "boxes",
+        extra_meta={
+            "frames": config["frames"],
+            "clips": config["clips"],
+            "max_boxes": config["top_k"],
+            "source": config["source"],
+        },
     )

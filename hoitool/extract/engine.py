@@ -5,9 +5,9 @@ hand results to the background writer, record failures, finalize, report.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -60,9 +60,16 @@ def iterate_loaded(video_ids: list[str], load: Callable[[str], dict], workers: i
         return iter(())
     dataset = PerVideoDataset(video_ids, load)
     return DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=lambda item: item,
-        prefetch_factor=2 if workers else None, persistent_workers=False,
-        worker_init_fn=worker_init() if workers else None,  # kill -9 of this process takes its workers (and their lock) with it
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=lambda item: item,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+        worker_init_fn=worker_init()
+        if workers
+        else None,  # kill -9 of this process takes its workers (and their lock) with it
     )
 
 

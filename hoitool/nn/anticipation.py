@@ -43,6 +43,7 @@ REDUCTIONS = ("sum", "mean")
 
 # -- node embeddings after the graph layers -------------------------------------------------------
 
+
 def forward_with_embeddings(
     model: ContextGraphNet,
     nodes: torch.Tensor,
@@ -64,6 +65,7 @@ def forward_with_embeddings(
 
 # -- attentional pooling (Eq. 3-5) ----------------------------------------------------------------
 
+
 def default_alpha(dim: int) -> float:
     """The paper's default ``alpha = 1/sqrt(d)`` (d = channels of the feature map)."""
     return 1.0 / math.sqrt(dim)
@@ -82,7 +84,9 @@ def attentional_pool(
     average of the valid keys, a large ``alpha`` picks the key most similar to the query.
     """
     if queries.shape[-1] != keys.shape[-1]:
-        raise ValueError(f"attentional pooling needs equal widths, got queries {queries.shape[-1]} and keys {keys.shape[-1]}")
+        raise ValueError(
+            f"attentional pooling needs equal widths, got queries {queries.shape[-1]} and keys {keys.shape[-1]}"
+        )
     if alpha is None:
         alpha = default_alpha(keys.shape[-1])
     scores = alpha * torch.matmul(queries, keys.transpose(1, 2))  # (B, M, N)
@@ -152,9 +156,13 @@ def attentional_distill_loss(
     student_valid, teacher_valid = student_valid.bool(), teacher_valid.bool()
     total = torch.zeros(student.shape[0], dtype=student.dtype, device=student.device)
     if direction in ("both", "student"):
-        total = total + one_way_distill_loss(student, student_valid, teacher, teacher_valid, alpha, penalty, delta, reduction)
+        total = total + one_way_distill_loss(
+            student, student_valid, teacher, teacher_valid, alpha, penalty, delta, reduction
+        )
     if direction in ("both", "teacher"):
-        total = total + one_way_distill_loss(teacher, teacher_valid, student, student_valid, alpha, penalty, delta, reduction)
+        total = total + one_way_distill_loss(
+            teacher, teacher_valid, student, student_valid, alpha, penalty, delta, reduction
+        )
     return total
 
 
@@ -173,12 +181,15 @@ def direct_distill_loss(
     slots the student cannot see (cut by the lead time) have no partner and are left out.
     """
     if student.shape != teacher.shape:
-        raise ValueError(f"L_direct needs maps of one shape, got student {tuple(student.shape)} and teacher {tuple(teacher.shape)}")
+        raise ValueError(
+            f"L_direct needs maps of one shape, got student {tuple(student.shape)} and teacher {tuple(teacher.shape)}"
+        )
     both = student_valid.bool() & teacher_valid.bool()
     return _reduce(_penalty(student - teacher.detach().to(student.dtype), penalty, delta), both, reduction)
 
 
 # -- the objective of Eq. 1-2 ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AnticipationObjective:
@@ -212,18 +223,32 @@ class AnticipationObjective:
         teacher_valid: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         labelled = labelled.bool()
-        safe_targets = torch.where(
-            labelled.view(-1, *([1] * (targets.dim() - 1))), targets, torch.zeros_like(targets))
+        safe_targets = torch.where(labelled.view(-1, *([1] * (targets.dim() - 1))), targets, torch.zeros_like(targets))
         ce = supervised_loss(logits, safe_targets, self.multilabel) * labelled
         soft_fn = binary_kd_loss if self.multilabel else kd_loss
         soft = soft_fn(logits, teacher_logits.detach(), self.temperature) * ~labelled
         if self.loss == "attention":
             distill = attentional_distill_loss(
-                student_embeddings, student_valid, teacher_embeddings, teacher_valid, alpha=self.alpha,
-                penalty=self.penalty, delta=self.delta, direction=self.direction, reduction=self.reduction)
+                student_embeddings,
+                student_valid,
+                teacher_embeddings,
+                teacher_valid,
+                alpha=self.alpha,
+                penalty=self.penalty,
+                delta=self.delta,
+                direction=self.direction,
+                reduction=self.reduction,
+            )
         elif self.loss == "direct":
-            distill = direct_distill_loss(student_embeddings, student_valid, teacher_embeddings, teacher_valid,
-                                          penalty=self.penalty, delta=self.delta, reduction=self.reduction)
+            distill = direct_distill_loss(
+                student_embeddings,
+                student_valid,
+                teacher_embeddings,
+                teacher_valid,
+                penalty=self.penalty,
+                delta=self.delta,
+                reduction=self.reduction,
+            )
         else:
             raise ValueError(f"unknown anticipation distillation loss {self.loss!r} (known: attention, direct)")
         distill = distill.float()
@@ -231,6 +256,7 @@ class AnticipationObjective:
 
 
 # -- lead time: which sampled frames the student may see ------------------------------------------
+
 
 @dataclass(frozen=True)
 class LeadTime:
@@ -255,11 +281,15 @@ class LeadTime:
         """The lead time in decoded frames for one video (needs its fps, or its frame count for a fraction)."""
         if self.seconds is not None:
             if not fps or fps <= 0:
-                raise UsageError(f"{video}: a lead time in seconds needs the video's fps, which the manifest lacks; "
-                                 "give the lead time as a fraction of the video (e.g. 80%) instead")
+                raise UsageError(
+                    f"{video}: a lead time in seconds needs the video's fps, which the manifest lacks; "
+                    "give the lead time as a fraction of the video (e.g. 80%) instead"
+                )
             return self.seconds * fps
         if not num_frames or num_frames <= 0:
-            raise UsageError(f"{video}: a lead time as a fraction needs the video's frame count, which the manifest lacks")
+            raise UsageError(
+                f"{video}: a lead time as a fraction needs the video's frame count, which the manifest lacks"
+            )
         return float(self.fraction or 0.0) * num_frames
 
     def __str__(self) -> str:
@@ -273,7 +303,9 @@ def parse_lead_time(text: str) -> LeadTime:
     """``"1.5"`` or ``"1.5s"`` -> 1.5 seconds; ``"80%"`` -> the last 80 % of the video cut."""
     match = _LEAD.match(str(text))
     if not match:
-        raise UsageError(f"lead time {text!r}: expected seconds (e.g. 1.5 or 1.5s) or a percentage of the video (e.g. 80%)")
+        raise UsageError(
+            f"lead time {text!r}: expected seconds (e.g. 1.5 or 1.5s) or a percentage of the video (e.g. 80%)"
+        )
     value = float(match.group(1))
     if match.group(2) == "%":
         return LeadTime(fraction=value / 100.0)
@@ -347,13 +379,16 @@ def scores_at_lead_times(predict, samples, leads: list[LeadTime]) -> dict[str, n
     samples = list(samples)
     out = {}
     for lead in leads:
-        rows = [np.asarray(predict(lead_time_pair(view, lead, fps, num_frames, t, video)[0]))
-                for video, view, fps, num_frames, t in samples]
+        rows = [
+            np.asarray(predict(lead_time_pair(view, lead, fps, num_frames, t, video)[0]))
+            for video, view, fps, num_frames, t in samples
+        ]
         out[str(lead)] = np.stack(rows) if rows else np.zeros((0, 0))
     return out
 
 
 # -- which videos are unlabelled (the set U of Eq. 1) ---------------------------------------------
+
 
 def unlabelled_videos(videos, listed: Path | str | None = None) -> set[str]:
     """Ids of the videos trained on the teacher's soft predictions only.

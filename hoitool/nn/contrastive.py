@@ -45,8 +45,10 @@ def _fill(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 # -- context distillation -------------------------------------------------------------------------
 
-def symmetric_info_nce(video: torch.Tensor, text: torch.Tensor, temperature: float = 0.07,
-                       valid: torch.Tensor | None = None) -> torch.Tensor:
+
+def symmetric_info_nce(
+    video: torch.Tensor, text: torch.Tensor, temperature: float = 0.07, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """``0.5 * (CE(s_i., i) + CE(s_.i, i))`` with ``s_ij = cos(video_i, text_j) / temperature``, per sample (B,).
 
     ``valid`` (B,) leaves out samples without a caption: they are neither anchors (loss 0) nor negatives.
@@ -59,13 +61,16 @@ def symmetric_info_nce(video: torch.Tensor, text: torch.Tensor, temperature: flo
     rows = keep[:, None]  # rows of samples without a caption are blanked (then dropped); their columns never count
 
     def one_way(s: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(torch.where(rows, _fill(s, keep[None, :]), torch.zeros_like(s)), target, reduction="none")
+        return F.cross_entropy(
+            torch.where(rows, _fill(s, keep[None, :]), torch.zeros_like(s)), target, reduction="none"
+        )
 
     v2t, t2v = one_way(logits), one_way(logits.T)
     return torch.where(keep, 0.5 * (v2t + t2v), torch.zeros_like(v2t))
 
 
 # -- interaction distillation ---------------------------------------------------------------------
+
 
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(B, M, d) over the valid rows (B, M) -> (B, d); zeros for a video without valid rows."""
@@ -79,8 +84,9 @@ def _positive_mean(terms: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return terms.sum(1) / positive.sum(1).clamp(min=1)
 
 
-def i2t_loss(video: torch.Tensor, bank: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-             temperature: float = 0.07) -> torch.Tensor:
+def i2t_loss(
+    video: torch.Tensor, bank: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float = 0.07
+) -> torch.Tensor:
     """Image -> text: ``mean_{p in P_i} -log(e^{s_ip} / (e^{s_ip} + sum_{n in N_i} e^{s_in}))``, ``s = cos / temperature``.
 
     video (B, d) the video-level interaction features (the mean of its pair features), bank (C, d) the
@@ -93,8 +99,9 @@ def i2t_loss(video: torch.Tensor, bank: torch.Tensor, positive: torch.Tensor, ne
     return _positive_mean(terms, positive.bool())
 
 
-def best_pair_logits(pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, temperature: float
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def best_pair_logits(
+    pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(max over valid pairs of cos(pair, bank_c) / temperature (B, C), has_pairs (B,))``; 0 where no pair."""
     logits = cosine_logits(pairs, bank, temperature)  # (B, M, C)
     best = _fill(logits, pair_valid.bool().unsqueeze(-1)).amax(dim=1)
@@ -102,8 +109,9 @@ def best_pair_logits(pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.
     return torch.where(has_pairs[:, None], best, torch.zeros_like(best)), has_pairs
 
 
-def t2i_loss(pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, positive: torch.Tensor,
-             temperature: float = 0.07) -> torch.Tensor:
+def t2i_loss(
+    pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, positive: torch.Tensor, temperature: float = 0.07
+) -> torch.Tensor:
     """Text -> image: for each positive interaction ``c`` of video ``i``, ``-log(e^{g_ic} / (e^{g_ic} + sum_j e^{g_jc}))``.
 
     ``g_jc`` is video ``j``'s best pair for text ``c`` (max over its valid pairs of cos / temperature);
@@ -117,9 +125,15 @@ def t2i_loss(pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, 
     return _positive_mean(terms, positive)
 
 
-def soft_relation_targets(pair_valid: torch.Tensor, positive: torch.Tensor, regions: torch.Tensor | None = None,
-                          verbs: torch.Tensor | None = None, objects: torch.Tensor | None = None,
-                          object_valid: torch.Tensor | None = None, temperature: float = 0.1) -> torch.Tensor:
+def soft_relation_targets(
+    pair_valid: torch.Tensor,
+    positive: torch.Tensor,
+    regions: torch.Tensor | None = None,
+    verbs: torch.Tensor | None = None,
+    objects: torch.Tensor | None = None,
+    object_valid: torch.Tensor | None = None,
+    temperature: float = 0.1,
+) -> torch.Tensor:
     """Pseudo-labels ``y (B, M, C)`` in [0, 1]: which pair does each of the video's interactions (A.3).
 
     With ``regions`` (B, M, d) -- embeddings of each pair's union box in the text space (e.g. a CLIP image
@@ -146,8 +160,14 @@ def soft_relation_targets(pair_valid: torch.Tensor, positive: torch.Tensor, regi
     return torch.where(valid, targets, torch.zeros_like(targets))
 
 
-def soft_relation_loss(pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, targets: torch.Tensor,
-                       columns: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+def soft_relation_loss(
+    pairs: torch.Tensor,
+    pair_valid: torch.Tensor,
+    bank: torch.Tensor,
+    targets: torch.Tensor,
+    columns: torch.Tensor,
+    temperature: float = 0.07,
+) -> torch.Tensor:
     """``mean BCE(sigmoid(cos(pair_m, bank_c) / temperature), y_mc)`` over valid pairs and the video's columns (Eq. 15-16).
 
     ``columns`` (B, C) bool: the interactions scored for each video (its positives and negatives).
@@ -173,9 +193,18 @@ class ContrastiveObjective:
     t_interaction: float = 0.07
     t_sr: float = 0.07
 
-    def __call__(self, video: torch.Tensor, captions: torch.Tensor, caption_valid: torch.Tensor,
-                 pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, positive: torch.Tensor,
-                 negative: torch.Tensor, sr_targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        video: torch.Tensor,
+        captions: torch.Tensor,
+        caption_valid: torch.Tensor,
+        pairs: torch.Tensor,
+        pair_valid: torch.Tensor,
+        bank: torch.Tensor,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        sr_targets: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         zero = torch.zeros(len(video), device=video.device)
         terms = {"context": zero, "i2t": zero, "t2i": zero, "sr": zero}
         if self.w_context:
@@ -186,16 +215,28 @@ class ContrastiveObjective:
             terms["t2i"] = t2i_loss(pairs, pair_valid, bank, positive, self.t_interaction)
         if self.w_sr:
             targets = sr_targets if sr_targets is not None else soft_relation_targets(pair_valid, positive)
-            terms["sr"] = soft_relation_loss(pairs, pair_valid, bank, targets, positive.bool() | negative.bool(), self.t_sr)
-        terms["total"] = (self.w_context * terms["context"] + self.w_i2t * terms["i2t"]
-                          + self.w_t2i * terms["t2i"] + self.w_sr * terms["sr"])
+            terms["sr"] = soft_relation_loss(
+                pairs, pair_valid, bank, targets, positive.bool() | negative.bool(), self.t_sr
+            )
+        terms["total"] = (
+            self.w_context * terms["context"]
+            + self.w_i2t * terms["i2t"]
+            + self.w_t2i * terms["t2i"]
+            + self.w_sr * terms["sr"]
+        )
         return terms
 
 
 # -- label-free targets ---------------------------------------------------------------------------
 
-def label_free_targets(teacher: torch.Tensor, teacher_valid: torch.Tensor, classes: torch.Tensor,
-                       threshold: float = 0.8, multilabel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+
+def label_free_targets(
+    teacher: torch.Tensor,
+    teacher_valid: torch.Tensor,
+    classes: torch.Tensor,
+    threshold: float = 0.8,
+    multilabel: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Class targets from the teacher's interactions alone: ``(targets, labelled (B,))``.
 
     teacher (B, P, d) the text embeddings of each video's teacher interactions (or pairs), teacher_valid
@@ -219,6 +260,7 @@ def label_free_targets(teacher: torch.Tensor, teacher_valid: torch.Tensor, class
 
 # -- the instance-level head ----------------------------------------------------------------------
 
+
 def pair_geometry(boxes: torch.Tensor) -> torch.Tensor:
     """(..., K, 4) xyxy -> (..., K, K, 5) for human ``i``, object ``j``: ``dx/w_i, dy/h_i, log w_j/w_i, log h_j/h_i, IoU``.
 
@@ -232,8 +274,12 @@ def pair_geometry(boxes: torch.Tensor) -> torch.Tensor:
     dy = (cy[..., None, :] - cy[..., :, None]) / h[..., :, None]
     lw = torch.log(w[..., None, :] / w[..., :, None])
     lh = torch.log(h[..., None, :] / h[..., :, None])
-    ix = (torch.minimum(x2[..., :, None], x2[..., None, :]) - torch.maximum(x1[..., :, None], x1[..., None, :])).clamp(min=0)
-    iy = (torch.minimum(y2[..., :, None], y2[..., None, :]) - torch.maximum(y1[..., :, None], y1[..., None, :])).clamp(min=0)
+    ix = (torch.minimum(x2[..., :, None], x2[..., None, :]) - torch.maximum(x1[..., :, None], x1[..., None, :])).clamp(
+        min=0
+    )
+    iy = (torch.minimum(y2[..., :, None], y2[..., None, :]) - torch.maximum(y1[..., :, None], y1[..., None, :])).clamp(
+        min=0
+    )
     inter = ix * iy
     area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
     union = (area[..., :, None] + area[..., None, :] - inter).clamp(min=1e-6)
@@ -255,12 +301,16 @@ class PairHead(nn.Module):
         self.geometry = nn.Linear(GEOMETRY_DIM, hidden)
         self.out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, embed_dim))
 
-    def forward(self, nodes: torch.Tensor, valid: torch.Tensor, is_person: torch.Tensor, boxes: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, nodes: torch.Tensor, valid: torch.Tensor, is_person: torch.Tensor, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """nodes (B, T, K, D), valid/is_person (B, T, K) bool, boxes (B, T, K, 4) -> (pairs (B, T*K*K, E), valid (B, T*K*K))."""
         x = nodes.to(self.human.weight.dtype)
-        hidden = (self.human(x)[:, :, :, None] + self.object(x)[:, :, None, :]
-                  + self.geometry(pair_geometry(boxes).to(x.dtype)))
+        hidden = (
+            self.human(x)[:, :, :, None]
+            + self.object(x)[:, :, None, :]
+            + self.geometry(pair_geometry(boxes).to(x.dtype))
+        )
         valid, is_person = valid.bool(), is_person.bool()
         pair_valid = ((valid & is_person)[..., :, None] & (valid & ~is_person)[..., None, :]).flatten(1)
         hidden = hidden.flatten(1, 3)
@@ -270,7 +320,8 @@ class PairHead(nn.Module):
         return pairs, pair_valid
 
 
-def video_scores(pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, temperature: float = 0.07
-                 ) -> torch.Tensor:
+def video_scores(
+    pairs: torch.Tensor, pair_valid: torch.Tensor, bank: torch.Tensor, temperature: float = 0.07
+) -> torch.Tensor:
     """Video-level class scores (B, C): the best pair per class (the instance head evaluated as a video classifier)."""
     return best_pair_logits(pairs, pair_valid, bank, temperature)[0]

@@ -54,6 +54,7 @@ def masked_softmax(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 # -- temporal heads -------------------------------------------------------------------------------
 
+
 class MeanHead(nn.Module):
     """Mean over the valid frames (Eq. 5) then a two-layer MLP (the paper's TSN/TSM head)."""
 
@@ -106,8 +107,15 @@ class TRNHead(nn.Module):
     adds nothing.
     """
 
-    def __init__(self, in_dim: int, num_outputs: int, num_frames: int, hidden: int = 256,
-                 max_order: int | None = None, max_tuples: int = 3):
+    def __init__(
+        self,
+        in_dim: int,
+        num_outputs: int,
+        num_frames: int,
+        hidden: int = 256,
+        max_order: int | None = None,
+        max_tuples: int = 3,
+    ):
         super().__init__()
         if num_frames < 2:
             raise UsageError(f"the TRN head needs at least 2 sampled frames, got {num_frames}")
@@ -123,7 +131,7 @@ class TRNHead(nn.Module):
         if frames.shape[1] != self.num_frames:
             raise ValueError(f"this TRN head was built for {self.num_frames} frames, got {frames.shape[1]}")
         out = frames.new_zeros(())
-        for tuples, g, h in zip(self.tuples, self.g, self.h):
+        for tuples, g, h in zip(self.tuples, self.g, self.h, strict=False):
             index = torch.tensor(tuples, device=frames.device)  # (P, n)
             stacked = frames[:, index].flatten(2)  # (B, P, n*D)
             tuple_valid = frame_valid[:, index].all(dim=-1)  # (B, P)
@@ -133,6 +141,7 @@ class TRNHead(nn.Module):
 
 
 # -- the model ------------------------------------------------------------------------------------
+
 
 @dataclass
 class DualAttentionOutput:
@@ -196,8 +205,9 @@ class DualAttentionNet(nn.Module):
 
         def head(outputs: int) -> nn.Module:
             if num_frames is not None and temporal == "trn":
-                return TRNHead(hidden, outputs, num_frames, hidden=head_hidden, max_order=trn_max_order,
-                               max_tuples=trn_max_tuples)
+                return TRNHead(
+                    hidden, outputs, num_frames, hidden=head_hidden, max_order=trn_max_order, max_tuples=trn_max_tuples
+                )
             return MeanHead(hidden, outputs, hidden=head_hidden)
 
         self.action_first, self.object_first = head(num_actions), head(object_outputs)
@@ -237,7 +247,10 @@ class DualAttentionNet(nn.Module):
 
 # -- targets, loss, metrics -----------------------------------------------------------------------
 
-def object_slot_targets(objects: list[str], object_classes: list[str], slots: int = 2, video: str = "video") -> list[int]:
+
+def object_slot_targets(
+    objects: list[str], object_classes: list[str], slots: int = 2, video: str = "video"
+) -> list[int]:
     """A video's object names -> one class index per slot, the null label (``len(object_classes)``) for empty slots.
 
     Names beyond ``slots`` are dropped (the paper keeps two); an unknown name is a UsageError. A video
@@ -279,8 +292,11 @@ def dual_attention_loss(
         "object": _object_ce(output.object, object_targets),
         "object_first": _object_ce(output.object_first, object_targets),
     }
-    terms["total"] = (terms["action"] + first_weight * terms["action_first"]
-                      + object_weight * (terms["object"] + first_weight * terms["object_first"]))
+    terms["total"] = (
+        terms["action"]
+        + first_weight * terms["action_first"]
+        + object_weight * (terms["object"] + first_weight * terms["object_first"])
+    )
     return terms
 
 
@@ -296,6 +312,7 @@ def object_top1(object_logits: np.ndarray, object_targets: np.ndarray) -> float:
 
 
 # -- weak localisation: attention maps drawn on the frames ----------------------------------------
+
 
 def plot_attention_maps(
     path: Path | str,
@@ -348,15 +365,31 @@ def plot_attention_maps(
                 continue
             top = max(float(weights.max()), 1e-12)
             if grid is not None:
-                axes.imshow(weights.reshape(grid), extent=(0, width, height, 0), cmap="jet", alpha=0.5,
-                            vmin=0.0, vmax=top, interpolation="bilinear")
+                axes.imshow(
+                    weights.reshape(grid),
+                    extent=(0, width, height, 0),
+                    cmap="jet",
+                    alpha=0.5,
+                    vmin=0.0,
+                    vmax=top,
+                    interpolation="bilinear",
+                )
                 continue
             assert boxes is not None  # checked above: boxes or grid
             for n in np.flatnonzero(valid[t]):
                 x1, y1, x2, y2 = (float(v) for v in boxes[t, n])
                 share = float(weights[n]) / top
-                axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red",
-                                         linewidth=0.5 + 3.0 * share, alpha=0.25 + 0.75 * share))
+                axes.add_patch(
+                    Rectangle(
+                        (x1, y1),
+                        x2 - x1,
+                        y2 - y1,
+                        fill=False,
+                        edgecolor="red",
+                        linewidth=0.5 + 3.0 * share,
+                        alpha=0.25 + 0.75 * share,
+                    )
+                )
                 axes.text(x1, y1, f"{weights[n]:.2f}", color="yellow", fontsize=6, va="bottom")
             axes.set_xlim(0, width)
             axes.set_ylim(height, 0)

@@ -65,7 +65,7 @@ class GATLayer(nn.Module):
             nn.init.zeros_(self.bias)
 
     @classmethod
-    def from_gatconv(cls, conv) -> "GATLayer":
+    def from_gatconv(cls, conv) -> GATLayer:
         """A layer with the same hyper-parameters and weights as a PyG ``GATConv``.
 
         Only the plain homogeneous form is supported (single ``in_channels``,

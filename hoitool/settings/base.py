@@ -60,9 +60,9 @@ def _requirement(problem: dict) -> str:
     if problem["type"] == "literal_error":
         return f"must be {problem['ctx']['expected']}"
     if message.startswith("Input should be"):
-        return "must be" + message[len("Input should be"):]
+        return "must be" + message[len("Input should be") :]
     if message.startswith("Value error, "):
-        return message[len("Value error, "):]
+        return message[len("Value error, ") :]
     return message
 
 
@@ -80,7 +80,9 @@ def one_line(error: ValidationError, schema: type[BaseModel], where: str) -> str
     requirement = requirement.replace(" or must be ", " or ")
     rest = len({_split_loc(schema, problem["loc"])[0] for problem in problems}) - 1
     more = f" (and {rest} more problem{'s' if rest > 1 else ''})" if rest else ""
-    if (is_section and first["type"] == "value_error") or not key:  # a check across keys (e.g. hidden a multiple of heads)
+    if (
+        is_section and first["type"] == "value_error"
+    ) or not key:  # a check across keys (e.g. hidden a multiple of heads)
         return f"{where}: {requirement}{more}"
     return f"{where}: config key {key!r} = {first.get('input')!r}: {requirement}{more}"
 
@@ -91,7 +93,7 @@ def validate(schema: type[M], data: dict, where: str = "") -> M:
         return schema.model_validate(data)
     except ValidationError as exc:
         message = one_line(exc, schema, where or "config")
-        raise UsageError(message if where else message[len("config: "):]) from None
+        raise UsageError(message if where else message[len("config: ") :]) from None
 
 
 def resolved(schema: type[M], config: dict | BaseModel) -> dict:

@@ -14,10 +14,15 @@ Device = str  # auto, cpu, cuda, cuda:N (checked by hoitool.device.resolve_devic
 
 class BoxModelSettings(Section):
     arch: Literal["fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"] = Field(
-        "fasterrcnn_resnet50_fpn", description="torchvision detector whose RPN/heads give the boxes")
-    weights: str | None = Field(None, description="weights file; none: torchvision's cache under TORCH_HOME; 'random' for tests")
+        "fasterrcnn_resnet50_fpn", description="torchvision detector whose RPN/heads give the boxes"
+    )
+    weights: str | None = Field(
+        None, description="weights file; none: torchvision's cache under TORCH_HOME; 'random' for tests"
+    )
     seed: int = Field(0, description="seed of random weights")
-    nms_iou: float | None = Field(None, gt=0, le=1, description="NMS IoU; none: 0.7 for rpn proposals, 0.5 for detector outputs")
+    nms_iou: float | None = Field(
+        None, gt=0, le=1, description="NMS IoU; none: 0.7 for rpn proposals, 0.5 for detector outputs"
+    )
     score_threshold: float = Field(0.0, ge=0, le=1, description="drop boxes scoring below this")
     min_size: int = Field(800, ge=32, description="Faster R-CNN's internal resize: shorter side")
     max_size: int = Field(1333, ge=32, description="Faster R-CNN's internal resize: longest side at most")

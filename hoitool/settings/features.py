@@ -12,7 +12,9 @@ from hoitool.settings.base import Section
 class BackboneSettings(Section):
     arch: str = Field("resnet50", description="backbone (hoitool extract features --list-backbones)")
     layer: str | None = Field(None, description="layer whose map RoIAlign reads; none: the backbone's last")
-    weights: str | None = Field(None, description="weights file; none: torchvision's cache under TORCH_HOME; 'random' for tests")
+    weights: str | None = Field(
+        None, description="weights file; none: torchvision's cache under TORCH_HOME; 'random' for tests"
+    )
     seed: int = Field(0, description="seed of random weights")
 
 
@@ -24,12 +26,16 @@ class FeaturesRuntime(Section):
 
 class FeaturesSettings(Section):
     backbone: BackboneSettings = Field(default_factory=BackboneSettings)
-    mode: Literal["roi", "crop"] = Field("roi", description="roi: RoIAlign on the frame's map; crop: embed each box crop")
+    mode: Literal["roi", "crop"] = Field(
+        "roi", description="roi: RoIAlign on the frame's map; crop: embed each box crop"
+    )
     pool: Literal["max", "avg"] = Field("max", description="pooling over the RoIAlign bins")
     roi_size: int = Field(7, ge=1, description="RoIAlign output bins per side")
     sampling_ratio: int = Field(2, ge=0, description="RoIAlign samples per bin (0: adaptive)")
     short_side: int = Field(224, ge=16, description="frames resized so the short side is this many pixels")
-    crops: Literal[1, 3] = Field(1, description="1: the whole frame; 3: left/centre/right square crops (multi-view testing)")
+    crops: Literal[1, 3] = Field(
+        1, description="1: the whole frame; 3: left/centre/right square crops (multi-view testing)"
+    )
     crop_size: int = Field(224, ge=16, description="side of each box crop in mode=crop")
     frame_features: bool = Field(True, description="also store whole-frame features (baselines, context)")
     runtime: FeaturesRuntime = Field(default_factory=FeaturesRuntime)

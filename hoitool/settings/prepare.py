@@ -6,6 +6,7 @@ from pydantic import Field
 
 from hoitool.settings.base import Section
 
+
 class SyntheticSettings(Section):
     videos_per_class: int = Field(12, ge=1, description="videos rendered per class")
     frames: int = Field(24, ge=2, description="frames per rendered video")
@@ -19,7 +20,9 @@ class CharadesSettings(Section):
     frames: bool = Field(False, description="read the RGB frame folders instead of the mp4 videos")
     video_dir: str = Field("Charades_v1_480", description="folder of the mp4 videos under the root")
     frames_dir: str = Field("Charades_v1_rgb", description="folder of the frame folders under the root")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training videos held out for validation")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="fraction of the training videos held out for validation"
+    )
     seed: int = Field(0, description="seed of the validation split")
     strict: bool = Field(False, description="fail on a missing video instead of skipping it")
 
@@ -56,10 +59,15 @@ class FolderSettings(Section):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the videos held out for testing")
     seed: int = Field(0, description="seed of the split")
     strict: bool = Field(False, description="fail on an unreadable video instead of skipping it")
-    frame_pattern: str | None = Field(None, description="frames of a frame folder, e.g. RGB_%d.png (others in it are ignored)")
+    frame_pattern: str | None = Field(
+        None, description="frames of a frame folder, e.g. RGB_%d.png (others in it are ignored)"
+    )
 
 
 PREPARE_SETTINGS: dict[str, type[Section]] = {
-    "synthetic": SyntheticSettings, "charades": CharadesSettings, "cad120": Cad120Settings,
-    "ssv2": Ssv2Settings, "folder": FolderSettings,
+    "synthetic": SyntheticSettings,
+    "charades": CharadesSettings,
+    "cad120": Cad120Settings,
+    "ssv2": Ssv2Settings,
+    "folder": FolderSettings,
 }

@@ -12,11 +12,15 @@ View = Literal["global", "local", "baseline"]
 
 
 class ModelSettings(Section):
-    view: View = Field("global", description="context graph: global (whole video), local (per frame), baseline (no graph)")
+    view: View = Field(
+        "global", description="context graph: global (whole video), local (per frame), baseline (no graph)"
+    )
     hidden: int = Field(512, ge=1, description="width of the graph layers (a multiple of heads)")
     layers: int = Field(1, ge=1, le=3, description="graph-attention layers")
     heads: int = Field(1, ge=1, description="attention heads per layer")
-    pooling: Literal["max", "mean"] = Field("max", description="pooling of the node embeddings into the video embedding")
+    pooling: Literal["max", "mean"] = Field(
+        "max", description="pooling of the node embeddings into the video embedding"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on node embeddings")
     residual: bool = Field(False, description="residual connections around the graph layers (beyond the paper)")
     geometry_encoding: bool = Field(False, description="add a box-geometry encoding to each node (beyond the paper)")
@@ -24,7 +28,7 @@ class ModelSettings(Section):
     input_norm: bool = Field(False, description="LayerNorm on the input node features (beyond the paper)")
 
     @model_validator(mode="after")
-    def _hidden_divides(self) -> "ModelSettings":
+    def _hidden_divides(self) -> ModelSettings:
         if self.hidden % self.heads:
             raise ValueError(f"model.hidden ({self.hidden}) must be a multiple of model.heads ({self.heads})")
         return self
@@ -51,11 +55,15 @@ class TrainSettings(Section):
 
 
 class DataSettings(Section):
-    preload: bool | Literal["auto"] = Field("auto", description="read the store into RAM: true, false, or auto (when it fits the budget)")
+    preload: bool | Literal["auto"] = Field(
+        "auto", description="read the store into RAM: true, false, or auto (when it fits the budget)"
+    )
     memory_budget_gb: float | None = Field(None, gt=0, description="RAM budget of preload=auto; none: 25% of RAM")
     random_view: bool = Field(False, description="train on a random stored view per video per epoch")
     workers: int = Field(2, ge=0, description="DataLoader worker processes reading the store")
-    manifest: str | None = Field(None, description="manifest for labels and splits; none: the one the store was built from")
+    manifest: str | None = Field(
+        None, description="manifest for labels and splits; none: the one the store was built from"
+    )
 
 
 class RuntimeSettings(Section):
@@ -64,7 +72,8 @@ class RuntimeSettings(Section):
 
 class DistillSettings(Section):
     loss: Literal["auto", "kd", "l2", "bce"] = Field(
-        "auto", description="auto: kd (softmax KL) for single-label data, l2 (GLIDN Eq. 3) for multi-label data")
+        "auto", description="auto: kd (softmax KL) for single-label data, l2 (GLIDN Eq. 3) for multi-label data"
+    )
     T: float = Field(10.0, gt=0, description="distillation temperature")
     lambda1: float = Field(1.0, ge=0, description="weight of the CE/BCE term")
     lambda2: float = Field(4.0, ge=0, description="weight of the distillation term")

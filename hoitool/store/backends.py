@@ -52,7 +52,9 @@ class HDF5Backend:
         """``(attrs, read(names))`` of one video from a single group lookup (a checked read needs both)."""
         group = self.file["videos"][key]
         raw = group.attrs.get(META_ATTR)
-        return (json.loads(raw) if raw is not None else {}), lambda names: {name: group[name][()] for name in (names or group.keys())}
+        return (json.loads(raw) if raw is not None else {}), lambda names: {
+            name: group[name][()] for name in (names or group.keys())
+        }
 
     def write_video(self, key: str, arrays: dict[str, np.ndarray], video_attrs: dict) -> None:
         group = self.file.require_group("videos").create_group(key)
@@ -111,8 +113,10 @@ class ZarrBackend:
         """``(attrs, read(names))`` of one video from a single group lookup (a checked read needs both)."""
         group = self._videos()[key]
         raw = group.attrs.get(META_ATTR)
-        return ((json.loads(raw) if raw is not None else {}),
-                lambda names: {name: group[name][...] for name in (names or sorted(group.array_keys()))})
+        return (
+            (json.loads(raw) if raw is not None else {}),
+            lambda names: {name: group[name][...] for name in (names or sorted(group.array_keys()))},
+        )
 
     def write_video(self, key: str, arrays: dict[str, np.ndarray], video_attrs: dict) -> None:
         videos = self.root.require_group("videos")

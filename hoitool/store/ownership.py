@@ -47,7 +47,9 @@ def foreign_files(path: Path, layout) -> list[str]:
 
 def _parts_file_is_ours(parts: tuple[str, ...]) -> bool:
     name = parts[-1]
-    return len(parts) == 1 and (name in PARTS_FILES or name.endswith(".npz") or (name.startswith(".") and name.endswith(".tmp")))
+    return len(parts) == 1 and (
+        name in PARTS_FILES or name.endswith(".npz") or (name.startswith(".") and name.endswith(".tmp"))
+    )
 
 
 def _listing(found: list[str]) -> str:

@@ -33,8 +33,9 @@ def damaged(path: Path, video_id: str, problem: str) -> DamagedStoreError:
     return DamagedStoreError(f"{path}: video {video_id!r} is damaged ({problem}); run `hoitool cache verify {path}`")
 
 
-def checked_read(backend, path: Path, kind: str, video_id: str, names: list[str] | None = None,
-                 verified: set | None = None) -> tuple[dict, dict]:
+def checked_read(
+    backend, path: Path, kind: str, video_id: str, names: list[str] | None = None, verified: set | None = None
+) -> tuple[dict, dict]:
     """``(arrays, video attrs)`` of one video, after checking every array is there and equals its recorded digest.
 
     Stores record one digest per array, so reading some arrays hashes only those; a store
@@ -112,9 +113,13 @@ class StoreReader:
         finally:
             backend.close()
         if not isinstance(self.attrs, dict) or not self.attrs or "kind" not in self.attrs:
-            raise UsageError(f"{self.path}: not a hoitool store (no metadata; an unfinished run leaves only a .parts folder)")
+            raise UsageError(
+                f"{self.path}: not a hoitool store (no metadata; an unfinished run leaves only a .parts folder)"
+            )
         if self.attrs.get("schema_version") != SCHEMA_VERSION:
-            raise UsageError(f"{self.path}: store schema {self.attrs.get('schema_version')} is not supported (expected {SCHEMA_VERSION})")
+            raise UsageError(
+                f"{self.path}: store schema {self.attrs.get('schema_version')} is not supported (expected {SCHEMA_VERSION})"
+            )
         self.video_ids = sorted(video_id_from_key(key) for key in keys)
         self._backend = None
         self._pid = None
@@ -195,7 +200,9 @@ def warn_partial(path: Path, partial: dict) -> None:
     if str(path) in _warned:
         return
     _warned.add(str(path))
-    log.warning(f"{path} is a partial store ({describe_partial(partial)}); results from it do not cover the whole dataset")
+    log.warning(
+        f"{path} is a partial store ({describe_partial(partial)}); results from it do not cover the whole dataset"
+    )
 
 
 def describe_partial(partial: dict) -> str:

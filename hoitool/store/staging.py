@@ -20,21 +20,30 @@ import os
 import queue
 import shutil
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from hoitool import __version__
 from hoitool.config import changed_keys
 from hoitool.errors import StaleArtifactError
+from hoitool.io.atomic import (
+    append_jsonl,
+    atomic_path,
+    fsync_dir,
+    read_jsonl,
+    recover_dir,
+    replace_dir,
+    write_json,
+    write_text,
+)
 from hoitool.io.lock import exclusive_lock, release
-from hoitool.io.atomic import append_jsonl, atomic_path, fsync_dir, read_jsonl, recover_dir, replace_dir, write_json, write_text
 from hoitool.store.backends import backend_name, open_backend
 from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
-from hoitool.store.reader import checked_read
 from hoitool.store.ownership import check_ours, remove_parts, remove_store
+from hoitool.store.reader import checked_read
 from hoitool.store.schema import SCHEMA_VERSION, check_arrays, video_id_from_key, video_key
 
 ATTRS_KEY = "__attrs__"
@@ -72,7 +81,9 @@ class StagedStore:
 
     def _mismatch(self, other: dict) -> str | None:
         if other.get("upstream") != self.header.get("upstream"):
-            return f"its upstream artifact changed (fingerprint {other.get('upstream')} -> {self.header.get('upstream')})"
+            return (
+                f"its upstream artifact changed (fingerprint {other.get('upstream')} -> {self.header.get('upstream')})"
+            )
         if other.get("config") != self.header.get("config"):
             changed = changed_keys(other.get("config", {}), self.header.get("config", {}))
             return f"it was made with a different config ({', '.join(changed[:5]) or 'schema'})"
@@ -95,7 +106,9 @@ class StagedStore:
             if reason is None:
                 continue
             if not force:
-                raise StaleArtifactError(f"{location}: refusing to resume the {what}: {reason}; use --force to start over")
+                raise StaleArtifactError(
+                    f"{location}: refusing to resume the {what}: {reason}; use --force to start over"
+                )
             self.discard()
             return
 
@@ -130,6 +143,7 @@ class StagedStore:
         if not header_file.exists():
             self.parts.mkdir(parents=True, exist_ok=True)
             write_json(header_file, {**self.header, "kind": self.kind})  # "kind": the folder is hoitool's
+
     def save(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> None:
         """Stage one finished video durably (atomic npz)."""
         arrays = check_arrays(self.kind, arrays)
@@ -292,9 +306,11 @@ def writer_lock(path: Path):
     The short grace covers a DataLoader worker forked an instant before its parent was killed:
     it dies (with its parent) before it can have done anything, but still holds the lock a moment.
     """
-    return exclusive_lock(path.with_name(f".{path.name}.lock"),
-                          f"{path}: another process is writing this store (use --shard i/n for parallel jobs)",
-                          grace_s=3.0)
+    return exclusive_lock(
+        path.with_name(f".{path.name}.lock"),
+        f"{path}: another process is writing this store (use --shard i/n for parallel jobs)",
+        grace_s=3.0,
+    )
 
 
 def fsync_file(path: Path) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from hoitool.errors import UsageError
+from hoitool.io.lock import release
 from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
+from hoitool.store.ownership import check_ours
 from hoitool.store.reader import open_store
 from hoitool.store.schema import ARRAYS, OPTIONAL_ARRAYS
-from hoitool.io.lock import release
-from hoitool.store.ownership import check_ours
 from hoitool.store.staging import clean_temporaries, sidecar, write_failures, write_store, writer_lock
 
 
@@ -62,8 +62,11 @@ def store_info(path: Path) -> dict:
         "bytes_uncompressed": raw_bytes,
         "compression_ratio": raw_bytes / on_disk if on_disk else None,
         "provenance": reader.provenance,
-        **{key: reader.attrs.get(key) for key in ("views", "num_frames", "max_boxes", "dim", "frames", "clips", "source")
-           if key in reader.attrs},
+        **{
+            key: reader.attrs.get(key)
+            for key in ("views", "num_frames", "max_boxes", "dim", "frames", "clips", "source")
+            if key in reader.attrs
+        },
     }
 
 
@@ -80,7 +83,9 @@ def verify_store(path: Path) -> list[str]:
             arrays = reader.read_unchecked(video_id)
             attrs = reader.video_attrs(video_id)
         except Exception as exc:  # any read error is a finding, not a crash
-            problems.append(f"{where}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+            problems.append(
+                f"{where}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            )
             continue
         recorded = attrs.get("array_digests") or {}
         missing = (set(ARRAYS[kind]) | set(recorded)) - set(arrays)
@@ -92,7 +97,9 @@ def verify_store(path: Path) -> list[str]:
             if dtype is None:
                 problems.append(f"{where}: unexpected array {name!r}")
             elif str(array.dtype) != dtype or array.ndim != ndim:
-                problems.append(f"{where}: {name} is {array.dtype} with {array.ndim} dims, expected {dtype} with {ndim}")
+                problems.append(
+                    f"{where}: {name} is {array.dtype} with {array.ndim} dims, expected {dtype} with {ndim}"
+                )
             elif array.dtype.kind == "f" and not np.isfinite(array).all():
                 problems.append(f"{where}: {name} holds non-finite values")
         valid = arrays["valid"]
@@ -107,7 +114,9 @@ def verify_store(path: Path) -> list[str]:
         changed = [name for name, value in array_digests(arrays).items() if recorded and recorded.get(name) != value]
         if attrs.get("digest") != digest or changed:
             detail = f" ({', '.join(changed)})" if changed else ""
-            problems.append(f"{where}: content does not match its recorded digest{detail} (modified or damaged after writing)")
+            problems.append(
+                f"{where}: content does not match its recorded digest{detail} (modified or damaged after writing)"
+            )
     if not problems and store_fingerprint(kind, digests) != reader.fingerprint:
         problems.append(f"{path}: store fingerprint does not match its videos")
     return problems
@@ -136,8 +145,10 @@ def shard_set_problems(readers: list) -> tuple[list[str], dict]:
 
 
 def _inputs(readers: list) -> list[dict]:
-    return [{"path": str(reader.path), "fingerprint": reader.fingerprint, "shard": reader.provenance.get("shard")}
-            for reader in readers]
+    return [
+        {"path": str(reader.path), "fingerprint": reader.fingerprint, "shard": reader.provenance.get("shard")}
+        for reader in readers
+    ]
 
 
 def _same_merge(out: Path, readers: list, partial: dict | None) -> dict | None:
@@ -185,8 +196,10 @@ def _merge(readers: list, out: Path, force: bool, allow_partial: bool) -> dict:
     first = readers[0]
     problems, shard_set = shard_set_problems(readers)
     if problems and not allow_partial:
-        raise UsageError(f"cache merge: {'; '.join(problems)}; give every shard 0..n-1 of one --shard split, "
-                         "or --allow-partial to write a store marked partial")
+        raise UsageError(
+            f"cache merge: {'; '.join(problems)}; give every shard 0..n-1 of one --shard split, "
+            "or --allow-partial to write a store marked partial"
+        )
     partial = shard_set if problems else None
     owner: dict[str, object] = {}
     for reader in readers:
@@ -201,8 +214,12 @@ def _merge(readers: list, out: Path, force: bool, allow_partial: bool) -> dict:
         raise UsageError(f"{out}: exists (merged from other inputs); use --force to replace it")
     done = set(owner)
     failed = sorted(
-        {record["video"]: record for reader in readers for record in reader.attrs.get("failed", [])
-         if record["video"] not in done}.values(),
+        {
+            record["video"]: record
+            for reader in readers
+            for record in reader.attrs.get("failed", [])
+            if record["video"] not in done
+        }.values(),
         key=lambda record: record["video"],
     )
 
@@ -214,8 +231,12 @@ def _merge(readers: list, out: Path, force: bool, allow_partial: bool) -> dict:
             attrs.pop("array_digests", None)
             yield video_id, reader.read(video_id), attrs
 
-    provenance = dict(first.provenance, shard=None, merged_from=[str(reader.path) for reader in readers],
-                      merged_inputs=_inputs(readers))
+    provenance = dict(
+        first.provenance,
+        shard=None,
+        merged_from=[str(reader.path) for reader in readers],
+        merged_inputs=_inputs(readers),
+    )
     skip = {"schema_version", "kind", "hoitool_version", "fingerprint", "num_videos", "failed", "provenance", "partial"}
     base = {key: value for key, value in first.attrs.items() if key not in skip}
     base.update(provenance=provenance, failed=failed)

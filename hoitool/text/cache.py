@@ -37,8 +37,9 @@ def pair_text(interaction: str, obj: str | None) -> str:
     return interaction if obj is None else f"{interaction} {obj}"
 
 
-def collect_texts(texts: dict[str, VideoText], class_names: Sequence[str] = (), extra_interactions: Sequence[str] = ()
-                  ) -> list[tuple[str, str]]:
+def collect_texts(
+    texts: dict[str, VideoText], class_names: Sequence[str] = (), extra_interactions: Sequence[str] = ()
+) -> list[tuple[str, str]]:
     """``(kind, text)`` of everything to embed, each once, in a fixed order (kinds in :data:`KINDS` order)."""
     found: dict[str, list[str]] = {kind: [] for kind in KINDS}
     for text in texts.values():
@@ -58,8 +59,10 @@ def _sidecar(out: Path) -> Path:
 
 
 def _fingerprint(inputs: dict[str, dict], encoder: dict, template: str) -> str:
-    blob = json.dumps({"inputs": {name: entry["sha256"] for name, entry in inputs.items()},
-                       "encoder": encoder, "template": template}, sort_keys=True)
+    blob = json.dumps(
+        {"inputs": {name: entry["sha256"] for name, entry in inputs.items()}, "encoder": encoder, "template": template},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -84,14 +87,22 @@ def _check_ours(out: Path) -> dict | None:
         raise UsageError(f"{out}: the text embeddings are written as an .npz file; give a path ending in .npz")
     info = _read_sidecar(out)
     if info is None and (out.exists() or _sidecar(out).exists()):
-        raise UsageError(f"{out}: exists but is not hoitool's text embeddings (no {_sidecar(out).name} of format "
-                         f"{FORMAT}); refusing to replace it (choose another output)")
+        raise UsageError(
+            f"{out}: exists but is not hoitool's text embeddings (no {_sidecar(out).name} of format "
+            f"{FORMAT}); refusing to replace it (choose another output)"
+        )
     return info
 
 
-def build_text_embeddings(out: Path | str, import_path: Path | str, encoder, class_names: Sequence[str] = (),
-                          manifest_path: Path | str | None = None, template: str = "{}",
-                          extra_interactions: Sequence[str] = ()) -> dict:
+def build_text_embeddings(
+    out: Path | str,
+    import_path: Path | str,
+    encoder,
+    class_names: Sequence[str] = (),
+    manifest_path: Path | str | None = None,
+    template: str = "{}",
+    extra_interactions: Sequence[str] = (),
+) -> dict:
     """Embed a VLM import's texts (captions without triplets get the rule set's) and the class names.
 
     ``template`` formats every text before encoding (``"a photo of a person {}"``; ``"{}"`` = as is).
@@ -106,20 +117,36 @@ def build_text_embeddings(out: Path | str, import_path: Path | str, encoder, cla
     inputs = _inputs(import_path, manifest_path)
     identity = encoder.identity()
     fingerprint = _fingerprint(inputs, identity, template)
-    if previous is not None and previous.get("fingerprint") == fingerprint and out.is_file() \
-            and file_sha256(out) == previous.get("npz_sha256"):
+    if (
+        previous is not None
+        and previous.get("fingerprint") == fingerprint
+        and out.is_file()
+        and file_sha256(out) == previous.get("npz_sha256")
+    ):
         return {**previous, "reused": True}
     texts = fill_triplets(read_vlm_import(import_path))
     entries = collect_texts(texts, list(class_names), list(extra_interactions))
     embeddings = encoder.encode([template.format(text) for _, text in entries])
     embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(entries), -1)
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, texts=np.array([t for _, t in entries], dtype=str),
-                 kinds=np.array([k for k, _ in entries], dtype=str), embeddings=embeddings)
-    info = {"format": FORMAT, "fingerprint": fingerprint, "inputs": inputs, "encoder": identity, "template": template,
-            "count": len(entries), "dim": int(embeddings.shape[1]) if len(entries) else 0,
-            "counts": {kind: sum(1 for k, _ in entries if k == kind) for kind in KINDS},
-            "npz_sha256": file_sha256(out), "hoitool_version": __version__}
+        np.savez(
+            handle,
+            texts=np.array([t for _, t in entries], dtype=str),
+            kinds=np.array([k for k, _ in entries], dtype=str),
+            embeddings=embeddings,
+        )
+    info = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "inputs": inputs,
+        "encoder": identity,
+        "template": template,
+        "count": len(entries),
+        "dim": int(embeddings.shape[1]) if len(entries) else 0,
+        "counts": {kind: sum(1 for k, _ in entries if k == kind) for kind in KINDS},
+        "npz_sha256": file_sha256(out),
+        "hoitool_version": __version__,
+    }
     write_json(_sidecar(out), info)
     return {**info, "reused": False}
 
@@ -134,7 +161,7 @@ class TextEmbeddings:
     info: dict
 
     def __post_init__(self):
-        self._index = {(kind, text): i for i, (kind, text) in enumerate(zip(self.kinds, self.texts))}
+        self._index = {(kind, text): i for i, (kind, text) in enumerate(zip(self.kinds, self.texts, strict=False))}
 
     def lookup(self, texts: list[str], kind: str) -> np.ndarray:
         missing = [text for text in texts if (kind, text) not in self._index]
@@ -147,8 +174,13 @@ class TextEmbeddings:
         return [self.texts[i] for i in rows], self.embeddings[rows].reshape(len(rows), -1)
 
 
-def load_text_embeddings(out: Path | str, encoder_identity: dict, import_path: Path | str | None = None,
-                         manifest_path: Path | str | None = None, force: bool = False) -> TextEmbeddings:
+def load_text_embeddings(
+    out: Path | str,
+    encoder_identity: dict,
+    import_path: Path | str | None = None,
+    manifest_path: Path | str | None = None,
+    force: bool = False,
+) -> TextEmbeddings:
     """Read a build, refusing it (StaleArtifactError) when its inputs, encoder or bytes changed; ``force`` reads anyway.
 
     ``import_path``/``manifest_path`` default to the paths recorded at build time.
@@ -167,11 +199,15 @@ def load_text_embeddings(out: Path | str, encoder_identity: dict, import_path: P
             if not Path(path).is_file():
                 raise StaleArtifactError(f"{out}: its {name} {path} is gone; rebuild the text embeddings")
             if name not in recorded or file_sha256(path) != recorded[name]["sha256"]:
-                raise StaleArtifactError(f"{out}: the {name} {path} changed since the text embeddings were built; "
-                                         "rebuild them (or force to use them anyway)")
+                raise StaleArtifactError(
+                    f"{out}: the {name} {path} changed since the text embeddings were built; "
+                    "rebuild them (or force to use them anyway)"
+                )
         if encoder_identity != info["encoder"]:
-            raise StaleArtifactError(f"{out}: built with another text encoder ({info['encoder'].get('kind')}); "
-                                     "rebuild them with this one (or force to use them anyway)")
+            raise StaleArtifactError(
+                f"{out}: built with another text encoder ({info['encoder'].get('kind')}); "
+                "rebuild them with this one (or force to use them anyway)"
+            )
         if file_sha256(out) != info["npz_sha256"]:
             raise StaleArtifactError(f"{out}: changed since it was written (sha256 differs from {_sidecar(out).name})")
     with np.load(out, allow_pickle=False) as data:

@@ -81,8 +81,10 @@ class OpenClipTextEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> np.ndarray:
-        out = [self.model.encode_text(self.tokenizer(texts[i:i + self.batch_size]).to(self.device)).float().cpu().numpy()
-               for i in range(0, len(texts), self.batch_size)]
+        out = [
+            self.model.encode_text(self.tokenizer(texts[i : i + self.batch_size]).to(self.device)).float().cpu().numpy()
+            for i in range(0, len(texts), self.batch_size)
+        ]
         return _unit(np.concatenate(out)) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -94,8 +96,11 @@ class HFClipTextEncoder:
         self.directory, self.device, self.batch_size = Path(directory), device, batch_size
         try:
             self.tokenizer = transformers.CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
-            self.model = transformers.CLIPTextModelWithProjection.from_pretrained(
-                str(directory), local_files_only=True).to(device).eval()
+            self.model = (
+                transformers.CLIPTextModelWithProjection.from_pretrained(str(directory), local_files_only=True)
+                .to(device)
+                .eval()
+            )
         except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/... for a bad directory
             raise UsageError(f"{directory}: transformers could not load a CLIP text model from it ({exc})") from None
 
@@ -107,7 +112,7 @@ class HFClipTextEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         out = []
         for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True, return_tensors="pt")
+            batch = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True, return_tensors="pt")
             out.append(self.model(**batch.to(self.device)).text_embeds.float().cpu().numpy())
         return _unit(np.concatenate(out)) if out else np.zeros((0, 0), dtype=np.float32)
 
@@ -123,8 +128,10 @@ class EmbeddingsFile:
         except (OSError, ValueError, KeyError) as exc:
             raise UsageError(f"{path}: not an embeddings file with arrays 'texts' and 'embeddings' ({exc})") from None
         if embeddings.ndim != 2 or len(texts) != len(embeddings):
-            raise UsageError(f"{path}: 'embeddings' must be (n, d) with one row per entry of 'texts' "
-                             f"(got {embeddings.shape} for {len(texts)} texts)")
+            raise UsageError(
+                f"{path}: 'embeddings' must be (n, d) with one row per entry of 'texts' "
+                f"(got {embeddings.shape} for {len(texts)} texts)"
+            )
         self.index = {str(text): i for i, text in enumerate(texts.tolist())}
         self.embeddings = _unit(embeddings)
 

@@ -73,10 +73,27 @@ up down on off in into onto at with from to out over through around towards towa
 inside near by of for behind above below between against about
 """)
 CLAUSE_WORDS = _words("and while whilst then but as who which where when")
-PLURAL_TABLE = {"people": "person", "men": "man", "women": "woman", "children": "child", "feet": "foot",
-                "teeth": "tooth", "mice": "mouse", "knives": "knife", "leaves": "leaf", "loaves": "loaf",
-                "cookies": "cookie", "movies": "movie", "pies": "pie", "ties": "tie", "clothes": "clothes",
-                "glasses": "glasses", "scissors": "scissors", "pants": "pants", "jeans": "jeans"}
+PLURAL_TABLE = {
+    "people": "person",
+    "men": "man",
+    "women": "woman",
+    "children": "child",
+    "feet": "foot",
+    "teeth": "tooth",
+    "mice": "mouse",
+    "knives": "knife",
+    "leaves": "leaf",
+    "loaves": "loaf",
+    "cookies": "cookie",
+    "movies": "movie",
+    "pies": "pie",
+    "ties": "tie",
+    "clothes": "clothes",
+    "glasses": "glasses",
+    "scissors": "scissors",
+    "pants": "pants",
+    "jeans": "jeans",
+}
 _CLAUSE = re.compile(r"[.,;:!?]+")
 _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?(?:-[a-z]+)*")
 _MAX_OBJECT_WORDS = 3
@@ -172,8 +189,11 @@ def caption_triplets(caption: str) -> list[tuple[str, str | None]]:
                 i += 1
                 continue
             following = tokens[i + 1] if i + 1 < len(tokens) else None
-            if lemma in CATENATIVE and following is not None and (
-                    following == "to" or verb_lemma(following, tokens[i]) is not None):
+            if (
+                lemma in CATENATIVE
+                and following is not None
+                and (following == "to" or verb_lemma(following, tokens[i]) is not None)
+            ):
                 i += 2 if following == "to" else 1
                 continue
             obj, i = _object_after(tokens, i + 1)
@@ -196,8 +216,9 @@ def parse_triplet_text(text: str) -> tuple[str, str | None]:
     return interaction, obj_words or None
 
 
-def negative_interactions(positives: list[str], dictionary: list[str], count: int = 2, seed: int = 0,
-                          video: str = "") -> list[str]:
+def negative_interactions(
+    positives: list[str], dictionary: list[str], count: int = 2, seed: int = 0, video: str = ""
+) -> list[str]:
     """``count`` interactions of ``dictionary`` that are not positives, drawn reproducibly per (seed, video).
 
     CL-HOI's A.2: two negative verbs per image from a verb dictionary. The draw depends only on the seed,

@@ -63,8 +63,10 @@ def _triplet(value, where: str) -> tuple[str, str | None]:
     elif isinstance(value, dict) and set(value) <= {"interaction", "object"} and "interaction" in value:
         interaction, obj = value["interaction"], value.get("object")
     else:
-        raise UsageError(f"{where}: bad triplet {value!r} (expected [interaction, object], "
-                         '{"interaction": ..., "object": ...} or "Interaction, Object")')
+        raise UsageError(
+            f"{where}: bad triplet {value!r} (expected [interaction, object], "
+            '{"interaction": ..., "object": ...} or "Interaction, Object")'
+        )
     if not isinstance(interaction, str) or not _norm(interaction):
         raise UsageError(f"{where}: triplet {value!r} has no interaction")
     if obj is not None and not isinstance(obj, str):
@@ -80,22 +82,22 @@ def _record(data, where: str) -> VideoText:
         raise UsageError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")
     video = data.get("video")
     if not isinstance(video, str) or not video:
-        raise UsageError(f"{where}: missing \"video\" (the manifest id of the video)")
+        raise UsageError(f'{where}: missing "video" (the manifest id of the video)')
     if "caption" in data and "captions" in data:
-        raise UsageError(f"{where}: give \"caption\" or \"captions\", not both")
+        raise UsageError(f'{where}: give "caption" or "captions", not both')
     captions = [data["caption"]] if "caption" in data else data.get("captions", [])
     if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-        raise UsageError(f"{where}: \"captions\" must be a list of strings")
+        raise UsageError(f'{where}: "captions" must be a list of strings')
     captions = [" ".join(c.split()) for c in captions if c.strip()]
     triplets = data.get("triplets", [])
     if not isinstance(triplets, list):
-        raise UsageError(f"{where}: \"triplets\" must be a list")
+        raise UsageError(f'{where}: "triplets" must be a list')
     parsed = list(dict.fromkeys(_triplet(t, where) for t in triplets))
     if not captions and not parsed:
         raise UsageError(f"{where}: video {video!r} has neither captions nor triplets")
     source = data.get("source")
     if source is not None and not isinstance(source, str):
-        raise UsageError(f"{where}: \"source\" must be text")
+        raise UsageError(f'{where}: "source" must be text')
     return VideoText(video=video, captions=captions, triplets=parsed, source=source)
 
 
@@ -120,8 +122,10 @@ def read_vlm_import(path: Path | str) -> dict[str, VideoText]:
             raise UsageError(f"{where}: not valid JSON ({exc.msg})") from None
         record = _record(data, where)
         if record.video in texts:
-            raise UsageError(f"{where}: video {record.video!r} again (first on line {first_line[record.video]}); "
-                             "give each video one line")
+            raise UsageError(
+                f"{where}: video {record.video!r} again (first on line {first_line[record.video]}); "
+                "give each video one line"
+            )
         texts[record.video] = record
         first_line[record.video] = number
     if not texts:
@@ -157,8 +161,9 @@ def write_vlm_import(texts: dict[str, VideoText], path: Path | str) -> None:
     if path.exists():
         raise UsageError(f"{path}: exists; choose a new output file (hoitool does not replace files)")
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(t.to_json(), ensure_ascii=False) + "\n" for t in texts.values()),
-                       encoding="utf-8")
+        tmp.write_text(
+            "".join(json.dumps(t.to_json(), ensure_ascii=False) + "\n" for t in texts.values()), encoding="utf-8"
+        )
 
 
 def captions_to_triplets(source: Path | str, out: Path | str) -> dict[str, int]:
@@ -173,5 +178,8 @@ def captions_to_triplets(source: Path | str, out: Path | str) -> dict[str, int]:
     filled = fill_triplets(texts)
     write_vlm_import(filled, out)
     by_rules = [t for t in filled.values() if t.triplets_from == "rules"]
-    return {"videos": len(filled), "filled": sum(1 for t in by_rules if t.triplets),
-            "without": sum(1 for t in by_rules if not t.triplets)}
+    return {
+        "videos": len(filled),
+        "filled": sum(1 for t in by_rules if t.triplets),
+        "without": sum(1 for t in by_rules if not t.triplets),
+    }

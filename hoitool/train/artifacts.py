@@ -46,8 +46,16 @@ DATASET_MARKER = "manifest.json"  # a prepared dataset (hoitool prepare) is neve
 
 # What hoitool writes in a run directory (glob patterns per folder), each also with the temporaries
 # of hoitool.io.atomic (".<name>.*.tmp"): all that --force deletes.
-_EVAL_FILES = ("metrics_*.json", "per_class_*.csv", "per_class_*.png", "confusion_*.csv", "confusion_*.png",
-               "submission_*.txt", "*_map.json", "*_ap.csv")
+_EVAL_FILES = (
+    "metrics_*.json",
+    "per_class_*.csv",
+    "per_class_*.png",
+    "confusion_*.csv",
+    "confusion_*.png",
+    "submission_*.txt",
+    "*_map.json",
+    "*_ap.csv",
+)
 OWNED = {
     ".": (RUN_INFO, CONFIG_FILE, METRICS_FILE, OUTPUTS_NPZ, OUTPUTS_JSON),
     "checkpoints": ("last.pt", "best.pt"),
@@ -83,8 +91,10 @@ def run_marker(path: Path) -> dict | None:
 
 def _entries(path: Path) -> list[str]:
     """What a directory holds, apart from the lock file and a torn first ``run.json`` write of an earlier run."""
+
     def leftover(name: str) -> bool:
         return name == LOCK_FILE or (name.startswith(f".{RUN_INFO}.") and name.endswith(".tmp"))
+
     return sorted(entry.name for entry in path.iterdir() if not leftover(entry.name))
 
 
@@ -103,14 +113,23 @@ def inspect_run_dir(out: Path, kind: str) -> str:
     marker = run_marker(out)
     if marker is not None:
         if marker["kind"] != kind:
-            raise UsageError(f"{out}: holds a {marker['kind']} run, not a {kind} run; refusing to touch it (choose another --out)")
+            raise UsageError(
+                f"{out}: holds a {marker['kind']} run, not a {kind} run; refusing to touch it (choose another --out)"
+            )
         return "ours"
     if (out / DATASET_MARKER).exists():
-        raise UsageError(f"{out}: holds a prepared dataset ({DATASET_MARKER}), not a run; refusing to touch it (choose another --out)")
-    what = (f"its {RUN_INFO} lacks hoitool's marker (format {RUN_FORMAT})" if (out / RUN_INFO).exists()
-            else f"no {RUN_INFO} marker")
-    raise UsageError(f"{out}: is not empty and is not a hoitool run directory ({what}); "
-                     "refusing to write into it or delete anything (choose another --out)")
+        raise UsageError(
+            f"{out}: holds a prepared dataset ({DATASET_MARKER}), not a run; refusing to touch it (choose another --out)"
+        )
+    what = (
+        f"its {RUN_INFO} lacks hoitool's marker (format {RUN_FORMAT})"
+        if (out / RUN_INFO).exists()
+        else f"no {RUN_INFO} marker"
+    )
+    raise UsageError(
+        f"{out}: is not empty and is not a hoitool run directory ({what}); "
+        "refusing to write into it or delete anything (choose another --out)"
+    )
 
 
 def decide_run_dir(out: Path, kind: str, resume: bool, force: bool) -> str:
@@ -134,8 +153,11 @@ def decide_run_dir(out: Path, kind: str, resume: bool, force: bool) -> str:
 def lock_run_dir(out: Path):
     """Create ``out`` if needed and hold its lock: one training process per run directory."""
     out = Path(out)
-    return exclusive_lock(out / LOCK_FILE, f"{out}: another hoitool process is training into this run directory; "
-                                           "wait for it to finish (or stop it) first", grace_s=LOCK_GRACE_S)
+    return exclusive_lock(
+        out / LOCK_FILE,
+        f"{out}: another hoitool process is training into this run directory; wait for it to finish (or stop it) first",
+        grace_s=LOCK_GRACE_S,
+    )
 
 
 def delete_run_files(out: Path) -> list[str]:
@@ -160,7 +182,11 @@ def replace_run_dir(out: Path) -> None:
     """Start ``out`` over (``--force``, or a run that never saved ``last.pt``), saying what was kept."""
     saved = last_checkpoint(out).exists()
     kept = delete_run_files(out)
-    note = f" (kept {len(kept)} file(s) hoitool did not write: {', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''})" if kept else ""
+    note = (
+        f" (kept {len(kept)} file(s) hoitool did not write: {', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''})"
+        if kept
+        else ""
+    )
     why = "--force: deleting the files of the previous run" if saved else "no epoch was saved yet: starting over"
     log.info(f"{out}: {why}{note}")
 
@@ -173,8 +199,10 @@ def check_teacher_run(teacher_dir: Path) -> dict:
     info = read_run_info(teacher_dir)
     missing = [name for name in (OUTPUTS_NPZ, OUTPUTS_JSON) if not (teacher_dir / name).is_file()]
     if missing:
-        raise UsageError(f"{teacher_dir}: the teacher run is not finished ({' and '.join(missing)} missing); "
-                         "finish it first (run its train-teacher command again: it resumes)")
+        raise UsageError(
+            f"{teacher_dir}: the teacher run is not finished ({' and '.join(missing)} missing); "
+            "finish it first (run its train-teacher command again: it resumes)"
+        )
     return info
 
 
@@ -203,12 +231,17 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
         write_text(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in kept))
 
 
-def outputs_provenance(run_dir: Path, features_path: Path, features_fingerprint: str, best_epoch: int | None,
-                       teacher: dict | None) -> dict:
+def outputs_provenance(
+    run_dir: Path, features_path: Path, features_fingerprint: str, best_epoch: int | None, teacher: dict | None
+) -> dict:
     """What the outputs were computed from; ``distill`` re-checks the first two before trusting them."""
     checkpoint = best_checkpoint(run_dir)
     return {
-        "checkpoint": {"path": str(checkpoint.relative_to(run_dir)), "sha256": file_sha256(checkpoint), "epoch": best_epoch},
+        "checkpoint": {
+            "path": str(checkpoint.relative_to(run_dir)),
+            "sha256": file_sha256(checkpoint),
+            "epoch": best_epoch,
+        },
         "features": {"path": str(Path(features_path).resolve()), "fingerprint": features_fingerprint},
         "teacher": teacher,
         "hoitool_version": __version__,
@@ -233,8 +266,9 @@ def teacher_fingerprint(teacher_dir: Path) -> dict:
     return {"path": str(Path(teacher_dir).resolve()), "outputs_sha256": record.get("outputs_sha256")}
 
 
-def load_teacher_logits(teacher_dir: Path, features_fingerprint: str, video_ids: list[str], views: int,
-                        classes: list[str], force: bool) -> np.ndarray:
+def load_teacher_logits(
+    teacher_dir: Path, features_fingerprint: str, video_ids: list[str], views: int, classes: list[str], force: bool
+) -> np.ndarray:
     """The teacher's train-split logits, ``(len(video_ids), views, C)``, matched by video id and view.
 
     Refuses (StaleArtifactError, ``--force`` overrides) outputs computed from a
@@ -245,7 +279,9 @@ def load_teacher_logits(teacher_dir: Path, features_fingerprint: str, video_ids:
     run = load_run(teacher_dir)
     outputs_json = teacher_dir / OUTPUTS_JSON
     if run.classes != list(classes):
-        raise UsageError(f"{teacher_dir / RUN_INFO}: the teacher's classes differ from the manifest's ({len(run.classes)} vs {len(classes)})")
+        raise UsageError(
+            f"{teacher_dir / RUN_INFO}: the teacher's classes differ from the manifest's ({len(run.classes)} vs {len(classes)})"
+        )
     _check_teacher_provenance(teacher_dir, outputs_json, run.provenance, features_fingerprint, force)
     rows = {}
     for row in np.flatnonzero(run.split == "train"):
@@ -260,12 +296,16 @@ def load_teacher_logits(teacher_dir: Path, features_fingerprint: str, video_ids:
             else:
                 table[position, view] = run.logits[row]
     if missing:
-        raise HoitoolError(f"{outputs_json}: no teacher logits (train split) for {missing[0]}"
-                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        raise HoitoolError(
+            f"{outputs_json}: no teacher logits (train split) for {missing[0]}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
     return table
 
 
-def _check_teacher_provenance(teacher_dir: Path, outputs_json: Path, provenance: dict, features_fingerprint: str, force: bool) -> None:
+def _check_teacher_provenance(
+    teacher_dir: Path, outputs_json: Path, provenance: dict, features_fingerprint: str, force: bool
+) -> None:
     problems = []
     recorded_features = provenance.get("features", {}).get("fingerprint")
     if recorded_features != features_fingerprint:
@@ -280,5 +320,7 @@ def _check_teacher_provenance(teacher_dir: Path, outputs_json: Path, provenance:
         return
     message = f"{outputs_json}: stale teacher outputs ({'; '.join(problems)})"
     if not force:
-        raise StaleArtifactError(message + "; refresh the teacher (train-teacher --resume, or retrain it on this store) or use --force")
+        raise StaleArtifactError(
+            message + "; refresh the teacher (train-teacher --resume, or retrain it on this store) or use --force"
+        )
     log.warning(f"{message}; used anyway (--force)")

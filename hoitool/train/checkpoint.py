@@ -35,8 +35,13 @@ def capture_rng_state() -> dict:
     name, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -47,8 +52,15 @@ def capture_rng_state() -> dict:
 def restore_rng_state(state: dict) -> None:
     python, numpy = state["python"], state["numpy"]
     random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
-    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy["name"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -56,7 +68,9 @@ def restore_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: Path | str, state: dict) -> None:
     """``torch.save`` to a temporary name, fsync, rename: a checkpoint under its final name is complete."""
-    buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError (ENOSPC), not a RuntimeError
+    buffer = (
+        io.BytesIO()
+    )  # serialised in memory, written by Python: a full disk is an OSError (ENOSPC), not a RuntimeError
     torch.save(dict(state, format=FORMAT), buffer)
     with atomic_path(path, suffix=".pt") as tmp:
         tmp.write_bytes(buffer.getbuffer())
@@ -68,8 +82,10 @@ def load_checkpoint(path: Path | str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise HoitoolError(f"{path}: needs pickle to load (written by an older hoitool, or not by hoitool); "
-                           "refusing to run code from it: retrain, or --force without --resume to start over") from None
+        raise HoitoolError(
+            f"{path}: needs pickle to load (written by an older hoitool, or not by hoitool); "
+            "refusing to run code from it: retrain, or --force without --resume to start over"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
         raise HoitoolError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,7 +60,9 @@ def split_videos(manifest: Manifest, store_ids: list[str], split: str) -> SplitV
     entries = [video for video in manifest.split(split) if video.id in present]
     missing = len(manifest.split(split)) - len(entries)
     if missing:
-        log.info(f"{split}: {missing} video(s) of the manifest are not in the features store (failed extraction?); skipped")
+        log.info(
+            f"{split}: {missing} video(s) of the manifest are not in the features store (failed extraction?); skipped"
+        )
     if manifest.multilabel:
         targets = np.zeros((len(entries), manifest.num_classes), dtype=np.float32)
         for row, video in enumerate(entries):
@@ -96,7 +99,9 @@ class _StoreBacked(Dataset):
     def _read(self, index: int) -> dict[str, np.ndarray]:
         arrays = self.reader.read(self.videos.video_ids[index], list(FIELDS))
         if self.kept_views is not None:
-            arrays = {name: value if name == "frame_size" else value[: self.kept_views] for name, value in arrays.items()}
+            arrays = {
+                name: value if name == "frame_size" else value[: self.kept_views] for name, value in arrays.items()
+            }
         return arrays
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
@@ -111,7 +116,11 @@ class _StoreBacked(Dataset):
 
     def preload(self, show_progress: bool = True) -> None:
         cache = []
-        progress = log.progress(f"loading {self.videos.split} into RAM", len(self)) if show_progress else contextlib.nullcontext()
+        progress = (
+            log.progress(f"loading {self.videos.split} into RAM", len(self))
+            if show_progress
+            else contextlib.nullcontext()
+        )
         with progress as bar:
             for index in range(len(self)):
                 cache.append(self._read(index))
@@ -135,7 +144,13 @@ class ViewDataset(_StoreBacked):
         arrays = self.arrays(ref.index)
         view = ref.view % arrays["nodes"].shape[0]
         sample = {name: arrays[name][view] for name in ("nodes", "valid", "boxes")}
-        sample.update(frame_size=arrays["frame_size"], index=ref.index, view=view, weight=ref.weight, target=self.videos.targets[ref.index])
+        sample.update(
+            frame_size=arrays["frame_size"],
+            index=ref.index,
+            view=view,
+            weight=ref.weight,
+            target=self.videos.targets[ref.index],
+        )
         return sample
 
 
@@ -150,8 +165,14 @@ class VideoDataset(_StoreBacked):
         target = self.videos.targets[index]
         return [
             {
-                "nodes": arrays["nodes"][view], "valid": arrays["valid"][view], "boxes": arrays["boxes"][view],
-                "frame_size": arrays["frame_size"], "index": index, "view": view, "weight": 1.0, "target": target,
+                "nodes": arrays["nodes"][view],
+                "valid": arrays["valid"][view],
+                "boxes": arrays["boxes"][view],
+                "frame_size": arrays["frame_size"],
+                "index": index,
+                "view": view,
+                "weight": 1.0,
+                "target": target,
             }
             for view in range(arrays["nodes"].shape[0])
         ]
@@ -159,7 +180,7 @@ class VideoDataset(_StoreBacked):
 
 def _stack_padded(arrays: list[np.ndarray], fill) -> np.ndarray:
     """Stack (T, K, ...) arrays, padding T and K up to the batch's largest."""
-    shape = tuple(max(sizes) for sizes in zip(*(array.shape for array in arrays)))
+    shape = tuple(max(sizes) for sizes in zip(*(array.shape for array in arrays), strict=False))
     if all(array.shape == shape for array in arrays):
         return np.stack(arrays)
     out = np.full((len(arrays),) + shape, fill, dtype=arrays[0].dtype)
@@ -195,8 +216,17 @@ class EpochBatchSampler:
     sample (a last batch smaller than the world) gets one dummy of weight 0.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, shuffle: bool = True, num_views: int = 1,
-                 random_view: bool = False, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        num_views: int = 1,
+        random_view: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < 1:
             raise UsageError(f"train.batch_size must be at least 1, got {batch_size}")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
@@ -218,7 +248,11 @@ class EpochBatchSampler:
 
     def __iter__(self) -> Iterator[list[SampleRef]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.num_items, generator=generator).tolist() if self.shuffle else list(range(self.num_items))
+        order = (
+            torch.randperm(self.num_items, generator=generator).tolist()
+            if self.shuffle
+            else list(range(self.num_items))
+        )
         if self.random_view and self.num_views > 1:
             views = torch.randint(self.num_views, (self.num_items,), generator=generator).tolist()
         else:
@@ -255,9 +289,15 @@ def _physical_memory() -> float:
         return 8 * 2**30
 
 
-def make_loader(dataset: _StoreBacked, workers: int, pin_memory: bool, seed: int,
-                batch_sampler: EpochBatchSampler | None = None, batch_size: int | None = None,
-                persistent: bool = True) -> DataLoader:
+def make_loader(
+    dataset: _StoreBacked,
+    workers: int,
+    pin_memory: bool,
+    seed: int,
+    batch_sampler: EpochBatchSampler | None = None,
+    batch_size: int | None = None,
+    persistent: bool = True,
+) -> DataLoader:
     """A DataLoader with its own seeded generator (so it never draws from the global torch RNG).
 
     ``persistent`` keeps the workers between epochs (loaders iterated once per epoch).

@@ -81,7 +81,9 @@ def init_distributed(device_name: str | None) -> DistContext:
     device = resolve_device(device_name)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UsageError(f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(
+                f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s)"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"

@@ -25,9 +25,9 @@ import contextlib
 import errno
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -173,11 +173,18 @@ class Training:
         self.random_view = bool(self.config["data"]["random_view"])
         self.view = self.config["model"]["view"]
         self.teacher_info = self._teacher_info()
-        self.teacher_view = {"teacher": None, "student": (self.teacher_info or {}).get("view"), "dml": PEER_VIEW.get(self.view)}[request.kind]
+        self.teacher_view = {
+            "teacher": None,
+            "student": (self.teacher_info or {}).get("view"),
+            "dml": PEER_VIEW.get(self.view),
+        }[request.kind]
         if request.kind == "dml" and self.view not in PEER_VIEW:
             raise UsageError("--dml trains a global and a local model together: --view must be global or local")
         self.identity = dict(identity(self.config), kind=request.kind)
-        self.in_dim = int(self.reader.attrs.get("dim") or self.reader.read(self.videos["train"].video_ids[0], ["nodes"])["nodes"].shape[-1])
+        self.in_dim = int(
+            self.reader.attrs.get("dim")
+            or self.reader.read(self.videos["train"].video_ids[0], ["nodes"])["nodes"].shape[-1]
+        )
         with torch.device("meta"):  # the model config is checked now (no memory, no random numbers)
             build_model(self.config["model"], self.in_dim, self.manifest.num_classes)
         self._load_teacher()
@@ -189,8 +196,14 @@ class Training:
             return
         self.teacher_record = artifacts.teacher_fingerprint(self.request.teacher)
         views = self.num_views if self.random_view else 1
-        table = artifacts.load_teacher_logits(self.request.teacher, self.reader.fingerprint, self.videos["train"].video_ids,
-                                              views, self.manifest.classes, self.request.force)
+        table = artifacts.load_teacher_logits(
+            self.request.teacher,
+            self.reader.fingerprint,
+            self.videos["train"].video_ids,
+            views,
+            self.manifest.classes,
+            self.request.force,
+        )
         self.teacher_logits = torch.from_numpy(table).to(self.ctx.device)
 
     # -- set-up ----------------------------------------------------------------
@@ -205,7 +218,9 @@ class Training:
     def _manifest(self) -> Manifest:
         path = self.config["data"]["manifest"] or self.reader.manifest_path
         if not path:
-            raise UsageError(f"{self.request.features}: the store does not say which manifest it was built from; pass --set data.manifest=PATH")
+            raise UsageError(
+                f"{self.request.features}: the store does not say which manifest it was built from; pass --set data.manifest=PATH"
+            )
         return Manifest.load(path)
 
     def _teacher_info(self) -> dict | None:
@@ -215,8 +230,12 @@ class Training:
         if self.request.kind == "teacher":
             return None
         distill = self.config["distill"]
-        return {"loss": distill_loss_name(self.config, self.multilabel), "T": float(distill["T"]),
-                "lambda1": float(distill["lambda1"]), "lambda2": float(distill["lambda2"])}
+        return {
+            "loss": distill_loss_name(self.config, self.multilabel),
+            "T": float(distill["T"]),
+            "lambda1": float(distill["lambda1"]),
+            "lambda2": float(distill["lambda2"]),
+        }
 
     def _objective(self) -> Objective:
         settings = self._distill_settings()
@@ -226,10 +245,17 @@ class Training:
 
     def _run_info(self, view: str, teacher_view: str | None) -> dict:
         info = {
-            "kind": self.request.kind, "view": view, "teacher_view": teacher_view, "seed": self.config["train"]["seed"],
-            "multilabel": self.multilabel, "classes": list(self.manifest.classes), "dataset": self.manifest.dataset,
-            "features": str(Path(self.request.features).resolve()), "features_fingerprint": self.reader.fingerprint,
-            "distill": self._distill_settings(), "label": self.request.label or default_label(self.request.kind, view, teacher_view),
+            "kind": self.request.kind,
+            "view": view,
+            "teacher_view": teacher_view,
+            "seed": self.config["train"]["seed"],
+            "multilabel": self.multilabel,
+            "classes": list(self.manifest.classes),
+            "dataset": self.manifest.dataset,
+            "features": str(Path(self.request.features).resolve()),
+            "features_fingerprint": self.reader.fingerprint,
+            "distill": self._distill_settings(),
+            "label": self.request.label or default_label(self.request.kind, view, teacher_view),
             "selection": f"val_{self.metric}",
         }
         if self.request.kind == "student":
@@ -242,16 +268,22 @@ class Training:
         if saved is not None:
             changes = differences(identity(saved), identity(self.config))
             if changes:
-                raise UsageError(f"{self.out}: already holds a run made with a different config ({'; '.join(changes[:4])}); "
-                                 f"to continue it use the same options (or --config {self.out / artifacts.CONFIG_FILE}), "
-                                 "to start over add --force (without --resume), or choose another --out")
+                raise UsageError(
+                    f"{self.out}: already holds a run made with a different config ({'; '.join(changes[:4])}); "
+                    f"to continue it use the same options (or --config {self.out / artifacts.CONFIG_FILE}), "
+                    "to start over add --force (without --resume), or choose another --out"
+                )
         state = load_checkpoint(artifacts.last_checkpoint(self.out))
         if state["identity"].get("kind") != self.request.kind:
             raise UsageError(f"{self.out}: holds a {state['identity'].get('kind')} run, not a {self.request.kind} run")
         changes = differences(state["identity"], self.identity)
         if changes:
-            raise UsageError(f"{artifacts.last_checkpoint(self.out)}: was made with a different config ({'; '.join(changes[:4])})")
-        self._check_upstream("features store", self.request.features, state["features_fingerprint"], self.reader.fingerprint)
+            raise UsageError(
+                f"{artifacts.last_checkpoint(self.out)}: was made with a different config ({'; '.join(changes[:4])})"
+            )
+        self._check_upstream(
+            "features store", self.request.features, state["features_fingerprint"], self.reader.fingerprint
+        )
         if self.request.kind == "student":
             now = artifacts.teacher_fingerprint(self.request.teacher)["outputs_sha256"]
             self._check_upstream("teacher outputs", self.request.teacher, state["teacher"]["outputs_sha256"], now)
@@ -262,7 +294,9 @@ class Training:
             return
         message = f"{path}: the {what} changed since {self.out} started ({recorded} -> {current})"
         if not self.request.force:
-            raise StaleArtifactError(message + "; --resume --force continues anyway, --force without --resume starts over")
+            raise StaleArtifactError(
+                message + "; --resume --force continues anyway, --force without --resume starts over"
+            )
         log.warning(f"{message}; resuming anyway (--force)")
 
     def _build_member(self, name: str, view: str, run_dir: Path) -> Member:
@@ -304,12 +338,17 @@ class Training:
     def _write_run_files(self) -> None:
         artifacts.write_run_files(self.out, self._run_info(self.view, self.teacher_view), self.config)
         if self.request.kind == "dml":
-            artifacts.write_run_files(self.out / artifacts.PEER_DIR, self._run_info(PEER_VIEW[self.view], self.view), None)
+            artifacts.write_run_files(
+                self.out / artifacts.PEER_DIR, self._run_info(PEER_VIEW[self.view], self.view), None
+            )
 
     def finished(self, state: dict | None) -> bool:
         """All epochs trained and the outputs written from the ``best.pt`` on disk."""
-        return (state is not None and state["epoch"] >= self.epochs
-                and all(artifacts.outputs_current(run_dir) for run_dir in self.member_dirs()))
+        return (
+            state is not None
+            and state["epoch"] >= self.epochs
+            and all(artifacts.outputs_current(run_dir) for run_dir in self.member_dirs())
+        )
 
     def setup(self, state: dict | None) -> None:
         """Build data and models, restore ``state`` (a resumed run's description is rewritten first)."""
@@ -323,16 +362,29 @@ class Training:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         batch_size = self.config["train"]["batch_size"]
         self.train_set = self._dataset("train", self.random_view)
-        self.sampler = EpochBatchSampler(len(self.train_set), batch_size, seed, shuffle=True, num_views=self.num_views,
-                                         random_view=self.random_view, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        self.sampler = EpochBatchSampler(
+            len(self.train_set),
+            batch_size,
+            seed,
+            shuffle=True,
+            num_views=self.num_views,
+            random_view=self.random_view,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
         pin = self.ctx.device.type == "cuda"
         workers = self.config["data"]["workers"]
         self.train_loader = make_loader(self.train_set, workers, pin, seed, batch_sampler=self.sampler)
         self.val_set = self._dataset("val", False) if self.ctx.is_main else None
         self.val_loader = None
         if self.val_set is not None and len(self.val_set):
-            self.val_loader = make_loader(self.val_set, workers, pin, seed + 1,
-                                          batch_sampler=EpochBatchSampler(len(self.val_set), batch_size, seed, shuffle=False))
+            self.val_loader = make_loader(
+                self.val_set,
+                workers,
+                pin,
+                seed + 1,
+                batch_sampler=EpochBatchSampler(len(self.val_set), batch_size, seed, shuffle=False),
+            )
         if state is not None:
             self._restore(state)
             self.saved_epoch = state["epoch"]
@@ -343,8 +395,11 @@ class Training:
             "epoch": epoch,
             "members": {
                 member.name: {
-                    "model": unwrap(member.model).state_dict(), "optimizer": member.optimizer.state_dict(),
-                    "scheduler": member.scheduler.state_dict(), "best_score": _number(member.best_score), "best_epoch": member.best_epoch,
+                    "model": unwrap(member.model).state_dict(),
+                    "optimizer": member.optimizer.state_dict(),
+                    "scheduler": member.scheduler.state_dict(),
+                    "best_score": _number(member.best_score),
+                    "best_epoch": member.best_epoch,
                 }
                 for member in self.members
             },
@@ -401,7 +456,9 @@ class Training:
                 loss = 0.0
                 real = batch["weight"] > 0
                 for position, member in enumerate(self.members):
-                    terms = member.objective(logits[position], batch["target"], self._distill_target(position, logits, batch))
+                    terms = member.objective(
+                        logits[position], batch["target"], self._distill_target(position, logits, batch)
+                    )
                     loss = loss + weighted_sum(terms["total"], batch["weight"])
                     for column, name in enumerate(term_names):
                         sums[position, column] += (terms[name].detach().double() * real).sum()
@@ -418,7 +475,9 @@ class Training:
                     bar.advance()
         sums = self.ctx.all_reduce_sum(sums).cpu()
         if not torch.isfinite(sums).all():
-            raise HoitoolError(f"{self.out}: training diverged in epoch {epoch} (loss is NaN or inf); lower the learning rate")
+            raise HoitoolError(
+                f"{self.out}: training diverged in epoch {epoch} (loss is NaN or inf); lower the learning rate"
+            )
         record = {}
         indices = torch.cat(seen_index).cpu().numpy()
         for position, member in enumerate(self.members):
@@ -428,7 +487,9 @@ class Training:
             gathered = self.ctx.gather((indices, torch.cat(seen_logits[position]).cpu().numpy()))
             all_index = np.concatenate([part[0] for part in gathered])
             all_logits = np.concatenate([part[1] for part in gathered])
-            record[f"{member.prefix}train_{self.metric}"] = score(all_logits, self.videos["train"].targets[all_index], self.multilabel)
+            record[f"{member.prefix}train_{self.metric}"] = score(
+                all_logits, self.videos["train"].targets[all_index], self.multilabel
+            )
         return record
 
     def _distill_target(self, position: int, logits: list[torch.Tensor], batch: dict) -> torch.Tensor | None:
@@ -464,11 +525,18 @@ class Training:
     # -- checkpoints -------------------------------------------------------------------
     def _save_best(self, member: Member, epoch: int, value: float | None) -> None:
         model_config = dict(self.config["model"], view=member.view)
-        save_checkpoint(artifacts.best_checkpoint(member.run_dir), {
-            "epoch": epoch, "score": _number(value), "metric": f"val_{self.metric}" if value is not None else None,
-            "model": unwrap(member.model).state_dict(), "model_config": model_config,
-            "in_dim": self.in_dim, "num_classes": self.manifest.num_classes,
-        })
+        save_checkpoint(
+            artifacts.best_checkpoint(member.run_dir),
+            {
+                "epoch": epoch,
+                "score": _number(value),
+                "metric": f"val_{self.metric}" if value is not None else None,
+                "model": unwrap(member.model).state_dict(),
+                "model_config": model_config,
+                "in_dim": self.in_dim,
+                "num_classes": self.manifest.num_classes,
+            },
+        )
         member.best_score, member.best_epoch = value, epoch
 
     def end_epoch(self, epoch: int, record: dict, started: float, rng_states: list[dict]) -> None:
@@ -484,7 +552,9 @@ class Training:
             if self.val_loader is None:  # no val split: the last epoch stands in, said so in the log
                 improved = True
             else:  # the first epoch is kept until a val score beats it (a tiny multi-label val split may score NaN)
-                improved = member.best_epoch is None or (value is not None and (member.best_score is None or value > member.best_score))
+                improved = member.best_epoch is None or (
+                    value is not None and (member.best_score is None or value > member.best_score)
+                )
             if improved:
                 self._save_best(member, epoch, value)
             record[f"{member.prefix}best"] = improved
@@ -492,9 +562,14 @@ class Training:
         append_jsonl(self.out / artifacts.METRICS_FILE, record)
         save_checkpoint(artifacts.last_checkpoint(self.out), self._state(epoch, rng_states))
         self.saved_epoch = epoch
-        summary = "  ".join(f"{key} {value:.4f}" for key, value in record.items()
-                            if isinstance(value, float) and key not in ("lr", "time"))
-        log.info(f"epoch {epoch}/{self.epochs}  {summary}  ({record['time']:.1f}s){'  *best' if record.get('best') else ''}")
+        summary = "  ".join(
+            f"{key} {value:.4f}"
+            for key, value in record.items()
+            if isinstance(value, float) and key not in ("lr", "time")
+        )
+        log.info(
+            f"epoch {epoch}/{self.epochs}  {summary}  ({record['time']:.1f}s){'  *best' if record.get('best') else ''}"
+        )
 
     # -- the whole run ------------------------------------------------------------------
     def fit(self, start_epoch: int, on_epoch_end: Callable[[int, dict], None] | None = None) -> int:
@@ -528,8 +603,14 @@ class Training:
             if not len(videos):
                 continue
             dataset = VideoDataset(self.reader, videos)
-            loader = make_loader(dataset, self.config["data"]["workers"], self.ctx.device.type == "cuda",
-                                 self.config["train"]["seed"], batch_size=self.config["train"]["batch_size"], persistent=False)
+            loader = make_loader(
+                dataset,
+                self.config["data"]["workers"],
+                self.ctx.device.type == "cuda",
+                self.config["train"]["seed"],
+                batch_size=self.config["train"]["batch_size"],
+                persistent=False,
+            )
             one_hot = videos.one_hot()
             with log.progress(f"outputs {member.view} {split}", len(loader)) as bar:
                 for batch in batches(loader):
@@ -548,11 +629,14 @@ class Training:
         for member in self.members:
             arrays = self.predict(member)
             best = load_checkpoint(artifacts.best_checkpoint(member.run_dir))
-            provenance = artifacts.outputs_provenance(member.run_dir, self.request.features, self.reader.fingerprint,
-                                                      best["epoch"], self.teacher_record)
+            provenance = artifacts.outputs_provenance(
+                member.run_dir, self.request.features, self.reader.fingerprint, best["epoch"], self.teacher_record
+            )
             write_outputs(member.run_dir, provenance=provenance, **arrays)
-            log.info(f"{member.run_dir}: outputs of {len(set(arrays['video_ids']))} videos "
-                         f"({len(arrays['video_ids'])} views) from best.pt (epoch {best['epoch']})")
+            log.info(
+                f"{member.run_dir}: outputs of {len(set(arrays['video_ids']))} videos "
+                f"({len(arrays['video_ids'])} views) from best.pt (epoch {best['epoch']})"
+            )
 
 
 def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
@@ -573,7 +657,10 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
         if training.finished(state):
             if ctx.is_main:
                 log.info(f"{request.out}: already finished ({start} epochs, outputs written); nothing to do")
-            best = {name: {"epoch": saved["best_epoch"], "score": saved["best_score"]} for name, saved in state["members"].items()}
+            best = {
+                name: {"epoch": saved["best_epoch"], "score": saved["best_score"]}
+                for name, saved in state["members"].items()
+            }
             return TrainResult(training.out, start, 0, best, already_finished=True)
         training.setup(state)
         if ctx.is_main:
@@ -598,10 +685,12 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 @contextlib.contextmanager
 def _kept_on_failure(training: Training):
     """An interrupt or a full disk becomes one line saying what was kept and how to resume."""
+
     def kept() -> str:
         if training.saved_epoch == 0:
             return "no checkpoint yet (the run restarts from epoch 1)"
         return f"{artifacts.last_checkpoint(training.out)} holds epoch {training.saved_epoch}/{training.epochs}"
+
     try:
         yield
     except Interrupted as exc:
@@ -611,8 +700,10 @@ def _kept_on_failure(training: Training):
         if exc.errno not in _NO_SPACE:
             raise
         writing = f" writing {Path(exc.filename).name}" if exc.filename else ""
-        raise HoitoolError(f"{training.out}: no space left on the device{writing} ({exc.strerror or exc}); "
-                           f"kept: {kept()}; free some space and run the same command again to resume") from None
+        raise HoitoolError(
+            f"{training.out}: no space left on the device{writing} ({exc.strerror or exc}); "
+            f"kept: {kept()}; free some space and run the same command again to resume"
+        ) from None
 
 
 def _number(value) -> float | None:

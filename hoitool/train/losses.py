@@ -80,7 +80,9 @@ class Objective:
     lambda1: float = 1.0
     lambda2: float = 0.0
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, logits: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         ce = supervised_loss(logits, targets, self.multilabel)
         if self.distill is None:
             return {"ce": ce, "total": ce}

@@ -71,7 +71,7 @@ PRESETS: dict[str, Preset] = {
     # Not from the paper: small and fast, for the synthetic demo dataset and smoke tests on a laptop CPU.
     "demo": Preset(
         description="small and fast (synthetic demo data): Adam 3e-3, 100 epochs, step 80, hidden 128, batch 16, "
-                    "frame-time encoding for every view",
+        "frame-time encoding for every view",
         config={
             # The synthetic global classes differ only by the order of events, which an unordered node set
             # cannot see: every view gets the frame-time encoding (the baseline too, so the comparison is fair).
@@ -124,8 +124,14 @@ def preset_name(preset: str | None, config_file) -> str | None:
     return load_config_file(config_file).get("preset")
 
 
-def resolve_training_config(distill: bool, preset: str | None, config_file=None, options: dict | None = None,
-                            overrides=(), teacher_view: str | None = None) -> dict:
+def resolve_training_config(
+    distill: bool,
+    preset: str | None,
+    config_file=None,
+    options: dict | None = None,
+    overrides=(),
+    teacher_view: str | None = None,
+) -> dict:
     """The resolved training config, in the precedence order of the module docstring."""
     name = preset_name(preset, config_file)
     defaults = apply_preset(training_defaults(distill), name, teacher_view)
@@ -146,8 +152,16 @@ def differences(old: dict, new: dict) -> list[str]:
     return [f"{key}: {lookup(old, key)!r} -> {lookup(new, key)!r}" for key in changed_keys(old, new)]
 
 
-def _number(config: dict, key: str, low: float, high: float | None = None, low_open: bool = False,
-            high_open: bool = True, integer: bool = False, optional: bool = False) -> None:
+def _number(
+    config: dict,
+    key: str,
+    low: float,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = True,
+    integer: bool = False,
+    optional: bool = False,
+) -> None:
     """Refuse ``key`` unless it is a number (an integer with ``integer``) in the stated range; one line naming it."""
     value = lookup(config, key)
     if optional and value is None:
@@ -155,7 +169,9 @@ def _number(config: dict, key: str, low: float, high: float | None = None, low_o
     kind = int if integer else (int, float)
     ok = isinstance(value, kind) and not isinstance(value, bool) and value == value  # NaN is no number
     if ok:
-        ok = (value > low if low_open else value >= low) and (high is None or (value < high if high_open else value <= high))
+        ok = (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high)
+        )
     if not ok:
         what = "an integer" if integer else "a number"
         low_text = f"> {low}" if low_open else f">= {low}"
@@ -200,7 +216,9 @@ def check_config(config: dict) -> None:
         _number(config, "distill.lambda2", 0)
         _flag(config, "distill.dml")
         if distill["lambda1"] == 0 and distill["lambda2"] == 0:
-            raise UsageError("distill.lambda1 and distill.lambda2 are both 0: the loss would be zero and nothing would train")
+            raise UsageError(
+                "distill.lambda1 and distill.lambda2 are both 0: the loss would be zero and nothing would train"
+            )
 
 
 def distill_loss_name(config: dict, multilabel: bool) -> str:

@@ -118,7 +118,7 @@ def split_frame_pattern(path: Path | str) -> tuple[Path, re.Pattern | None]:
         raise VideoReadError(f"{path}: a frame pattern has exactly one number field such as %d or %06d")
     width = int(fields[0] or 0)
     field = PATTERN_FIELD.search(path.name)
-    before, after = path.name[: field.start()], path.name[field.end():]
+    before, after = path.name[: field.start()], path.name[field.end() :]
     digits = rf"(\d{{{width},}})" if width else r"(\d+)"
     return path.parent, re.compile(re.escape(before) + digits + re.escape(after) + r"\Z")
 
@@ -131,7 +131,9 @@ def series_name(name: str) -> str:
 def _list_images(folder: Path, pattern: re.Pattern | None = None) -> list[str]:
     """Image names in ``folder`` (those matching ``pattern`` where one is given)."""
     if not folder.is_dir():
-        raise VideoReadError(f"{folder}: frame folder not found" if not folder.exists() else f"{folder}: not a folder of frames")
+        raise VideoReadError(
+            f"{folder}: frame folder not found" if not folder.exists() else f"{folder}: not a folder of frames"
+        )
     try:
         with os.scandir(folder) as entries:
             names = [entry.name for entry in entries if entry.is_file()]
@@ -256,14 +258,18 @@ def _probe_video(path: Path) -> VideoInfo:
             if packet.size == 0:  # the demuxer's end-of-stream flush packet
                 continue
             if packet.is_corrupt:
-                raise VideoReadError(f"{path}: truncated or damaged: packet {count + 1} of the video stream is incomplete")
+                raise VideoReadError(
+                    f"{path}: truncated or damaged: packet {count + 1} of the video stream is incomplete"
+                )
             count += 1
         if not (height and width) and count:
             container.seek(0)
             first = next(container.decode(stream))
             height, width = first.height, first.width
     except (av.FFmpegError, OSError, ValueError, StopIteration) as exc:
-        raise VideoReadError(f"{path}: unreadable video ({_reason(exc) if str(exc) else 'no decodable frame'})") from None
+        raise VideoReadError(
+            f"{path}: unreadable video ({_reason(exc) if str(exc) else 'no decodable frame'})"
+        ) from None
     finally:
         container.close()
     if count == 0:
@@ -298,7 +304,9 @@ def _read_video(path: Path, indices: np.ndarray) -> np.ndarray:
                 break
     except (av.FFmpegError, OSError, ValueError) as exc:
         missing = min(wanted - found.keys(), default=last)
-        raise VideoReadError(f"{path}: decode error after {decoded} frames, need frame {missing} ({_reason(exc)})") from None
+        raise VideoReadError(
+            f"{path}: decode error after {decoded} frames, need frame {missing} ({_reason(exc)})"
+        ) from None
     finally:
         container.close()
     if len(found) < len(wanted):
