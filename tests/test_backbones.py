@@ -195,7 +195,7 @@ def test_every_frame_takes_the_nearest_slice_of_the_real_output(arch, layer, cou
     inputs = [slow, torch.arange(count)] if arch == "slowfast_r50" else [torch.arange(count)]
     maps = backbone.feature_map(clip)
     channel = 0
-    for direct, seen in zip(outs, inputs):
+    for direct, seen in zip(outs, inputs, strict=True):
         steps = direct.shape[2]
         if arch != "slowfast_r50":
             assert steps in (count // backbone.temporal_stride, -(-count // backbone.temporal_stride)), steps

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import nullcontext
+from typing import cast
 
 import torch
 import torchvision
@@ -90,10 +91,11 @@ def backbone_table() -> list[dict]:
 def _truncate(model: nn.Module, arch: str, layer: str) -> nn.Sequential:
     """The modules from the input up to and including ``layer`` (the rest is dropped to save memory)."""
     if arch == "s3d":
-        return nn.Sequential(*list(model.features.children())[: _S3D_END[layer]])
+        return nn.Sequential(*list(cast(nn.Module, model.features).children())[: _S3D_END[layer]])
     last = int(layer[-1])
-    stem = [model.conv1, model.bn1, model.relu, model.maxpool] if arch not in _VIDEO_RESNETS else [model.stem]
-    return nn.Sequential(*stem, *(getattr(model, f"layer{i}") for i in range(1, last + 1)))
+    names = ["conv1", "bn1", "relu", "maxpool"] if arch not in _VIDEO_RESNETS else ["stem"]
+    names += [f"layer{i}" for i in range(1, last + 1)]
+    return nn.Sequential(*(cast(nn.Module, getattr(model, name)) for name in names))
 
 
 class Backbone:
@@ -141,14 +143,15 @@ class Backbone:
 
     def frame_slices(self, count: int, steps: list[int]) -> list[torch.Tensor]:
         """For each pathway with ``steps`` temporal slices, the slice each of the ``count`` frames takes."""
-        inputs = self.network.input_frames(count) if hasattr(self.network, "input_frames") else [None]
+        input_frames = getattr(self.network, "input_frames", None)
+        inputs = input_frames(count) if callable(input_frames) else [None]
         if len(steps) != len(inputs):
             raise ValueError(f"{self.arch}: {len(steps)} pathway outputs for {len(inputs)} pathways")
         # A pathway that sees a subset of the frames (SlowFast's slow one) strides over its own input.
         strides = [self.temporal_stride if frames is None else 1 for frames in inputs]
         offsets = [self.spec.temporal_offset if frames is None else 0.0 for frames in inputs]
         return [nearest_slice(slice_centres(n, stride, offset, frames), count)
-                for n, stride, offset, frames in zip(steps, strides, offsets, inputs)]
+                for n, stride, offset, frames in zip(steps, strides, offsets, inputs, strict=True)]
 
     @torch.inference_mode()
     def feature_map(self, frames: torch.Tensor, batch: int = 32) -> torch.Tensor:
@@ -166,7 +169,8 @@ class Backbone:
         slices = self.frame_slices(count, [m.shape[1] for m in maps])
         # Per frame, each pathway's slice; pathways side by side in channels (RoIAlign is per channel, so
         # pooling the joint map is pooling each pathway and concatenating, as PySlowFast's RoI head does).
-        return torch.cat([m.permute(1, 0, 2, 3)[index.to(m.device)] for m, index in zip(maps, slices)], dim=1)
+        per_frame = [m.permute(1, 0, 2, 3)[index.to(m.device)] for m, index in zip(maps, slices, strict=True)]
+        return torch.cat(per_frame, dim=1)
 
     def pooled(self, frames: torch.Tensor, batch: int = 32) -> torch.Tensor:
         """Whole-frame features (T, C): the global average of each frame's feature map."""

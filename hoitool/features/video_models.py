@@ -16,6 +16,7 @@ RoI head concatenates its per-pathway RoIAlign outputs.
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 import torch
 from torch import nn
@@ -103,6 +104,7 @@ def build_network(arch: str, layer: str, weights, seed: int) -> tuple[nn.Module,
     model, fingerprint = load_model(arch, weights, seed=seed, default_enum=WEIGHTS[arch], builder=builder,
                                     pretrained=False)
     end = LAYERS[arch][layer][0]
+    blocks = list(cast(nn.ModuleList, model.blocks))[:end]
     if arch == "slowfast_r50":
-        return SlowFastTrunk(nn.ModuleList(model.blocks[:end])), fingerprint
-    return nn.Sequential(*model.blocks[:end]), fingerprint
+        return SlowFastTrunk(nn.ModuleList(blocks)), fingerprint
+    return nn.Sequential(*blocks), fingerprint
