@@ -98,6 +98,10 @@ def test_single_label_eval_writes_metrics_tables_and_plot(tmp_path, capsys):
     assert per_class[0] == "class_index,class,precision,recall,f1,support" and len(per_class) == 7
     assert sum(int(line.rsplit(",", 1)[1]) for line in per_class[1:]) == 12
     assert (run / "eval" / "confusion_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "eval" / "confusion_test.pdf").read_bytes()[:5] == b"%PDF-"
+    title = f"run [test] accuracy {skm.accuracy_score(labels, predicted):.3f}"
+    assert f"<!-- {title} -->" in (run / "eval" / "confusion_test.svg").read_text()  # the SVG's text, as drawn
+    assert {"confusion_pdf", "confusion_svg"} <= set(metrics["files"])
     confusion = np.loadtxt(run / "eval" / "confusion_test.csv", delimiter=",", skiprows=1, usecols=range(1, 7))
     assert (confusion == skm.confusion_matrix(labels, predicted, labels=range(6))).all()
     assert "accuracy (top-1)" in out
@@ -116,6 +120,9 @@ def test_multi_label_eval_scores_both_maps_and_its_submission_rescores_identical
     sk = skm.average_precision_score(targets[:, has_positives], scores[:, has_positives], average="macro")
     assert metrics["metrics"]["map_sklearn"] == pytest.approx(sk, abs=1e-12)
     assert metrics["main_metric"] == "map_sklearn" and metrics["counts"]["videos_without_labels"] == 1
+    title = f"run [test] official mAP {official[0]:.3f}"
+    assert f"<!-- {title} -->" in (run / "eval" / "per_class_ap_test.svg").read_text()
+    assert (run / "eval" / "per_class_ap_test.pdf").read_bytes()[:5] == b"%PDF-"
     submission = run / "eval" / "submission_test.txt"
     sub_ids, sub_scores = read_submission(submission, num_classes=6)
     assert sub_ids == ids and np.allclose(sub_scores, scores, rtol=0, atol=1e-15)

@@ -89,6 +89,8 @@ def _single_label_metrics(
         "per_class": f"per_class_{split}{tag}.csv",
         "confusion_csv": f"confusion_{split}{tag}.csv",
         "confusion_png": f"confusion_{split}{tag}.png",
+        "confusion_pdf": f"confusion_{split}{tag}.pdf",
+        "confusion_svg": f"confusion_{split}{tag}.svg",
     }
     rows = [
         [i, name, *(repr(float(prf[key][i])) for key in ("precision", "recall", "f1")), int(prf["support"][i])]
@@ -102,7 +104,9 @@ def _single_label_metrics(
     )
     from hoitool.eval.plots import plot_confusion_matrix  # matplotlib only when plotting
 
-    plot_confusion_matrix(confusion, classes, out_dir / files["confusion_png"], title)
+    plot_confusion_matrix(
+        confusion, classes, out_dir / files["confusion_png"], f"{title} accuracy {values['accuracy']:.3f}"
+    )
     return values, files
 
 
@@ -131,6 +135,8 @@ def _multi_label_metrics(
     files = {
         "per_class_ap": f"per_class_ap_{split}{tag}.csv",
         "per_class_ap_png": f"per_class_ap_{split}{tag}.png",
+        "per_class_ap_pdf": f"per_class_ap_{split}{tag}.pdf",
+        "per_class_ap_svg": f"per_class_ap_{split}{tag}.svg",
         "submission": f"submission_{split}{tag}.txt",
     }
     rows = [
@@ -141,7 +147,9 @@ def _multi_label_metrics(
     write_text(out_dir / files["per_class_ap"], _csv_text(header, rows))
     from hoitool.eval.plots import plot_per_class_ap
 
-    plot_per_class_ap(official_ap, classes, out_dir / files["per_class_ap_png"], title)
+    plot_per_class_ap(
+        official_ap, classes, out_dir / files["per_class_ap_png"], f"{title} official mAP {official_map:.3f}"
+    )
     write_submission(out_dir / files["submission"], ids, scores)
     counts.update(
         {

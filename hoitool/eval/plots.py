@@ -1,7 +1,8 @@
-"""PNG plots of eval results, drawn with matplotlib's Agg canvas.
+"""Plots of eval results (PNG, plus PDF and SVG beside it), drawn with matplotlib's Agg canvas.
 
 Figures are built with ``matplotlib.figure.Figure`` and saved through the Agg
 canvas directly, so no global pyplot backend is switched and nothing needs a display.
+PNG is for a quick look, PDF and SVG (vector) for papers and slides.
 """
 
 from __future__ import annotations
@@ -18,10 +19,21 @@ _MAX_LABELLED_CLASSES = 60  # beyond this, tick labels overlap into a black smea
 _MAX_ANNOTATED_CLASSES = 20  # beyond this, cell counts are unreadable
 
 
+FORMATS = ("png", "pdf", "svg")  # every plot is written in each, same stem
+# No creation date in the vector files, so the same eval writes the same bytes.
+_METADATA = {"png": None, "pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
+def plot_paths(path: Path | str) -> list[Path]:
+    """The files a plot named ``path`` (its PNG) is written to: one per format, same stem."""
+    return [Path(path).with_suffix(f".{fmt}") for fmt in FORMATS]
+
+
 def _save(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    for fmt, target in zip(FORMATS, plot_paths(path), strict=True):
+        with atomic_path(target) as tmp:
+            figure.savefig(tmp, format=fmt, dpi=100, bbox_inches="tight", metadata=_METADATA[fmt])
 
 
 def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: Path | str, title: str) -> None:

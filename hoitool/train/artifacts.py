@@ -50,8 +50,12 @@ _EVAL_FILES = (
     "metrics_*.json",
     "per_class_*.csv",
     "per_class_*.png",
+    "per_class_*.pdf",
+    "per_class_*.svg",
     "confusion_*.csv",
     "confusion_*.png",
+    "confusion_*.pdf",
+    "confusion_*.svg",
     "submission_*.txt",
     "*_map.json",
     "*_ap.csv",
@@ -283,11 +287,11 @@ def load_teacher_logits(
             f"{teacher_dir / RUN_INFO}: the teacher's classes differ from the manifest's ({len(run.classes)} vs {len(classes)})"
         )
     _check_teacher_provenance(teacher_dir, outputs_json, run.provenance, features_fingerprint, force)
-    rows = {}
-    for row in np.flatnonzero(run.split == "train"):
-        rows[(str(run.video_ids[row]), int(run.view_index[row]))] = row
+    rows: dict[tuple[str, int], int] = {}
+    for index in np.flatnonzero(run.split == "train"):
+        rows[(str(run.video_ids[index]), int(run.view_index[index]))] = int(index)
     table = np.zeros((len(video_ids), views, run.logits.shape[1]), dtype=np.float32)
-    missing = []
+    missing: list[str] = []
     for position, video_id in enumerate(video_ids):
         for view in range(views):
             row = rows.get((video_id, view))
