@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import cast
 
 import numpy as np
 import torch
 import torchvision
+from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import boxes as box_ops
 
@@ -149,21 +151,25 @@ def build_box_model(
         raise UsageError(f"top_k must be at least 1, got {top_k}")
     nms_iou = DEFAULT_NMS_IOU[source] if nms_iou is None else float(nms_iou)
     state, fingerprint = resolve_weights(arch, weights, default_weights_enum(arch), seed=seed)
-    overrides = {"min_size": min_size, "max_size": max_size}
+    overrides: dict[str, int | float | None] = {"min_size": min_size, "max_size": max_size}
     if source == "rpn":  # the detector keeps its RPN as trained; only the proposals' own NMS is ours
         overrides.update(
             rpn_pre_nms_top_n_test=RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n_test=RPN_POST_NMS_TOP_N, rpn_nms_thresh=nms_iou
         )
-    network = build_seeded(
-        torchvision.models.get_model_builder(arch),
-        seed,
-        weights=None,
-        weights_backbone=None,
-        num_classes=_num_classes(state),
-        box_score_thresh=score_threshold,
-        box_nms_thresh=nms_iou,
-        box_detections_per_img=top_k,
-        **{k: v for k, v in overrides.items() if v is not None},
+    builder = torchvision.models.get_model_builder(arch)  # every BOX_ARCHS builder returns a FasterRCNN
+    network = cast(
+        FasterRCNN,
+        build_seeded(
+            builder,
+            seed,
+            weights=None,
+            weights_backbone=None,
+            num_classes=_num_classes(state),
+            box_score_thresh=score_threshold,
+            box_nms_thresh=nms_iou,
+            box_detections_per_img=top_k,
+            **{k: v for k, v in overrides.items() if v is not None},
+        ),
     )
     if state is not None:
         load_checked(network, state, f"{weights or 'default weights'} ({arch})")

@@ -13,7 +13,7 @@ from hoitool.cli.app import cache_app
 from hoitool.errors import HoitoolError
 
 
-def _human(size: int) -> str:
+def _human(size: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
             return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"

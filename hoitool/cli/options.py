@@ -40,7 +40,7 @@ def setting(schema: type, key: str, *flags: str, **extra: Any) -> Any:
     """A stage option that sets config ``key``: its help and default come from the schema (declared once)."""
     help_text = option_help(schema, key).replace("[", "\\[")  # rich markup would swallow "[config: ...]"
     info = typer.Option(None, *flags, help=help_text, **extra)
-    info.config_key = key  # type: ignore[attr-defined]  # read back by setting_values
+    info.config_key = key  # read back by setting_values
     return info
 
 

@@ -214,7 +214,7 @@ def _format_score(value: float) -> str:
 
 def align_submission(ids: list[str], scores: np.ndarray, gt: CharadesGT) -> AlignedSubmission:
     """Place submitted rows in ground-truth order; everything else stays -inf (official steps 1-2)."""
-    has_labels = gt.labels.any(axis=1)
+    has_labels = np.asarray(gt.labels.any(axis=1))
     row_of = {video: row for row, video in enumerate(gt.ids)}
     aligned = np.full(gt.labels.shape, -np.inf)
     filled = np.zeros(len(gt.ids), dtype=bool)

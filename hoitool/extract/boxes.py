@@ -51,7 +51,7 @@ def _sample(manifest: Manifest, video, frames: int, clips: int):
 def pack(frame_boxes: list[FrameBoxes], top_k: int) -> dict[str, np.ndarray]:
     """List of T per-frame boxes -> padded (T, K, ...) arrays, best scores first."""
     count = len(frame_boxes)
-    out = {
+    out: dict[str, np.ndarray] = {
         "boxes": np.zeros((count, top_k, 4), np.float32),
         "scores": np.zeros((count, top_k), np.float32),
         "labels": np.full((count, top_k), -1, np.int64),

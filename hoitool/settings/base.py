@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from hoitool.errors import UsageError
 
@@ -52,7 +53,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _requirement(problem: dict) -> str:
+def _requirement(problem: ErrorDetails) -> str:
     """'must be ...' from one pydantic problem."""
     message = problem["msg"]
     if problem["type"] in ("model_type", "model_attributes_type", "dict_type"):

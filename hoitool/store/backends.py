@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from hoitool.errors import UsageError
 from hoitool.store.schema import META_ATTR
 
 SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
+Mode = Literal["r", "r+", "a", "w", "w-"]  # the open modes both backends accept
 
 
 def backend_name(path: Path | str) -> str:
@@ -24,7 +26,7 @@ def backend_name(path: Path | str) -> str:
 class HDF5Backend:
     """One HDF5 file; gzip-compressed, one chunk per array per video."""
 
-    def __init__(self, path: Path | str, mode: str = "r"):
+    def __init__(self, path: Path | str, mode: Mode = "r"):
         import h5py
 
         os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # read-only use on NFS/Lustre
@@ -75,7 +77,7 @@ class HDF5Backend:
 class ZarrBackend:
     """A Zarr v3 directory; zstd-compressed, one chunk per array per video."""
 
-    def __init__(self, path: Path | str, mode: str = "r"):
+    def __init__(self, path: Path | str, mode: Mode = "r"):
         import zarr
 
         self.path = Path(path)
@@ -85,7 +87,7 @@ class ZarrBackend:
 
     def read_meta(self) -> dict:
         raw = self.root.attrs.get(META_ATTR)
-        return json.loads(raw) if raw is not None else {}
+        return json.loads(cast(str, raw)) if raw is not None else {}  # write_meta stores a JSON string
 
     def write_meta(self, meta: dict) -> None:
         self.root.attrs[META_ATTR] = json.dumps(meta, sort_keys=True)
@@ -135,7 +137,7 @@ class ZarrBackend:
         pass
 
 
-def open_backend(path: Path | str, mode: str = "r", backend: str | None = None):
+def open_backend(path: Path | str, mode: Mode = "r", backend: str | None = None):
     """Open a store; ``backend`` overrides the suffix (temporary files have none)."""
     path = Path(path)
     cls = HDF5Backend if (backend or backend_name(path)) == "hdf5" else ZarrBackend

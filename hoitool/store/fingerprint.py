@@ -11,7 +11,7 @@ import numpy as np
 def _update(digest, name: str, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array)
     digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-    digest.update(memoryview(array).cast("B") if array.size else b"")
+    digest.update(array.data.cast("B") if array.size else b"")
 
 
 def video_digest(arrays: dict[str, np.ndarray]) -> str:

@@ -151,7 +151,7 @@ class StagedStore:
         payload = dict(arrays)
         payload[ATTRS_KEY] = np.frombuffer(json.dumps(attrs or {}, sort_keys=True).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
-        np.savez(buffer, **payload)
+        np.savez(buffer, allow_pickle=False, **payload)  # schema dtypes are numeric; parts load without pickle
         with atomic_path(self._part(video_id)) as tmp:
             tmp.write_bytes(buffer.getvalue())
 

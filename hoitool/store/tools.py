@@ -11,7 +11,7 @@ from hoitool.errors import UsageError
 from hoitool.io.lock import release
 from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
 from hoitool.store.ownership import check_ours
-from hoitool.store.reader import open_store
+from hoitool.store.reader import StoreReader, open_store
 from hoitool.store.schema import ARRAYS, OPTIONAL_ARRAYS
 from hoitool.store.staging import clean_temporaries, sidecar, write_failures, write_store, writer_lock
 
@@ -124,7 +124,8 @@ def verify_store(path: Path) -> list[str]:
 
 def shard_set_problems(readers: list) -> tuple[list[str], dict]:
     """What keeps the inputs from being one complete ``--shard i/n`` set, and which shards they are."""
-    problems, seen = [], {}
+    problems: list[str] = []
+    seen: dict[tuple[int, int], Path] = {}
     for reader in readers:
         shard = reader.provenance.get("shard")
         if not (isinstance(shard, (list, tuple)) and len(shard) == 2):
@@ -201,7 +202,7 @@ def _merge(readers: list, out: Path, force: bool, allow_partial: bool) -> dict:
             "or --allow-partial to write a store marked partial"
         )
     partial = shard_set if problems else None
-    owner: dict[str, object] = {}
+    owner: dict[str, StoreReader] = {}
     for reader in readers:
         for video_id in reader.video_ids:
             if video_id in owner:

@@ -19,6 +19,7 @@ import io
 import pickle
 import random
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ FORMAT = "hoitool.checkpoint/2"  # /2: RNG states as tensors, loadable with weig
 def capture_rng_state() -> dict:
     """Every global random state a training epoch can consume, as tensors and numbers."""
     version, words, gauss = random.getstate()
-    name, keys, position, has_gauss, cached = np.random.get_state()
+    legacy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())  # legacy=True: the tuple
+    name, keys, position, has_gauss, cached = legacy_state
     state = {
         "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
         "numpy": {

@@ -118,6 +118,7 @@ def split_frame_pattern(path: Path | str) -> tuple[Path, re.Pattern | None]:
         raise VideoReadError(f"{path}: a frame pattern has exactly one number field such as %d or %06d")
     width = int(fields[0] or 0)
     field = PATTERN_FIELD.search(path.name)
+    assert field is not None  # findall found exactly one
     before, after = path.name[: field.start()], path.name[field.end() :]
     digits = rf"(\d{{{width},}})" if width else r"(\d+)"
     return path.parent, re.compile(re.escape(before) + digits + re.escape(after) + r"\Z")
@@ -174,7 +175,7 @@ def list_frame_files(source: Path | str) -> list[Path]:
     if pattern is None:
         _check_one_series(folder, names)
         return [folder / name for name in sorted(names, key=_natural_key)]
-    numbered = sorted((int(pattern.match(name).group(1)), name) for name in names)
+    numbered = sorted((int(match.group(1)), name) for name in names if (match := pattern.match(name)))  # all match
     for (number, name), (next_number, next_name) in itertools.pairwise(numbered):
         if number == next_number:
             raise VideoReadError(f"{folder}: {name} and {next_name} both have frame number {number}")
