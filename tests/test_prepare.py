@@ -11,7 +11,8 @@ import pytest
 from hoitool.boxes.jsonl import read_boxes_jsonl
 from hoitool.datasets.cad120 import KINECT, OBJECT_CLASSES, Intrinsics, person_box, prepare_cad120
 from hoitool.datasets.charades import prepare_charades, read_csv
-from hoitool.datasets.folder import hold_out_groups, prepare_folder, stored_path, stratified_split
+from hoitool.datasets.common import hold_out_groups, stored_path, stratified_split
+from hoitool.datasets.folder import prepare_folder
 from hoitool.datasets.ssv2 import prepare_ssv2
 from hoitool.errors import UsageError
 from hoitool.manifest import Manifest

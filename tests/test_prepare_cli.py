@@ -11,7 +11,7 @@ import pytest
 import yaml
 from test_prepare import charades_row, write_cad120_root, write_charades_root
 
-from hoitool.cli.prepare import run_prepare
+from hoitool.datasets.common import run_prepare
 from hoitool.datasets.folder import prepare_folder
 from hoitool.errors import UsageError
 

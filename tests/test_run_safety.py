@@ -14,7 +14,7 @@ import torch
 from helpers import run_cli, run_cli_raw
 from test_train import make_features, request, state_dicts_equal
 
-from hoitool.cli.prepare import run_prepare
+from hoitool.datasets.common import run_prepare
 from hoitool.datasets.folder import prepare_folder
 from hoitool.errors import HoitoolError, Interrupted, UsageError
 from hoitool.train import artifacts, loop

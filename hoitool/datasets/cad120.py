@@ -23,15 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from hoitool.boxes.jsonl import FrameBoxes
-from hoitool.datasets.folder import (
-    ANNOTATIONS_FILE,
-    SkipLog,
-    stored_path,
-    stratified_split,
-    write_prepared,
-)
+from hoitool.datasets.common import ANNOTATIONS_FILE, SkipLog, stored_path, stratified_split, write_prepared
+from hoitool.datasets.registry import register_preparer
 from hoitool.errors import UsageError
 from hoitool.manifest import Manifest, VideoEntry
+from hoitool.settings.prepare import Cad120Settings
 
 OBJECT_TYPES = ("medcinebox", "cup", "bowl", "box", "milk", "book", "microwave", "plate", "remote", "cloth")
 PERSON = "person"
@@ -371,3 +367,19 @@ def prepare_cad120(
         },
     )
     return write_prepared(manifest, out, log, boxes=boxes, where=root)
+
+
+@register_preparer("cad120", Cad120Settings)
+def build(config: Cad120Settings, out: Path) -> Manifest:
+    """CAD-120: frames, activity labels, object and person boxes, sub-activity segments."""
+    camera = config.intrinsics
+    return prepare_cad120(
+        Path(str(config.root)),
+        out,
+        fold=config.fold,
+        val=config.val,
+        seed=config.seed,
+        strict=config.strict,
+        intrinsics=Intrinsics(fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy),
+        person_margin=config.person_margin,
+    )

@@ -13,9 +13,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from hoitool.datasets.folder import SkipLog, count_images, hold_out_groups, stored_path, write_prepared
+from hoitool.datasets.common import SkipLog, count_images, hold_out_groups, stored_path, write_prepared
+from hoitool.datasets.registry import register_preparer
 from hoitool.errors import UsageError
 from hoitool.manifest import Manifest, VideoEntry
+from hoitool.settings.prepare import CharadesSettings
 
 CLASSES_FILE = "Charades_v1_classes.txt"
 TRAIN_CSV = "Charades_v1_train.csv"
@@ -157,3 +159,18 @@ def prepare_charades(
         },
     )
     return write_prepared(manifest, out, log, where=root)
+
+
+@register_preparer("charades", CharadesSettings)
+def build(config: CharadesSettings, out: Path) -> Manifest:
+    """Charades v1 (multi-label): train CSV -> train + val (held out by subject), test CSV -> test."""
+    return prepare_charades(
+        Path(str(config.root)),
+        out,
+        frames=config.frames,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        video_dir=config.video_dir,
+        frames_dir=config.frames_dir,
+        strict=config.strict,
+    )

@@ -1,4 +1,4 @@
-"""Prepare a plain folder of videos, and the building blocks every preparer shares.
+"""Prepare a plain folder of videos: class sub-folders, or flat with a labels CSV.
 
 Two layouts (docs/datasets.md):
 
@@ -9,149 +9,23 @@ Two layouts (docs/datasets.md):
 
 The split is stratified by class (by label set for multi-label data) and
 depends only on the file names and the seed, never on the listing order.
-
-The shared helpers (``stored_path``, ``SkipLog``, ``hold_out_groups``,
-``write_prepared``) live here because the folder preparer is the generic one
-the dataset-specific preparers specialise.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import os
-import random
-from collections import defaultdict
 from pathlib import Path
 
-from hoitool.boxes.jsonl import FrameBoxes, write_boxes_jsonl
+from hoitool.datasets.common import SkipLog, count_images, stored_path, stratified_split, write_prepared
+from hoitool.datasets.registry import register_preparer
 from hoitool.errors import UsageError
-from hoitool.io.atomic import atomic_path, write_text
 from hoitool.manifest import Manifest, VideoEntry
-from hoitool.video.reader import (
-    PATTERN_FIELD,
-    MixedFramesError,
-    VideoReadError,
-    list_frame_files,
-)
+from hoitool.settings.prepare import FolderSettings
+from hoitool.video.reader import PATTERN_FIELD
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-MANIFEST_FILE = "manifest.json"
-ANNOTATIONS_FILE = "annotations.jsonl"
-WARNINGS_FILE = "prepare_warnings.jsonl"
-DATASET_MARKER = (
-    ".hoitool-dataset.json"  # written first by `hoitool prepare`: this folder is hoitool's prepared dataset
-)
-DATASET_FORMAT = "hoitool.dataset/1"
 
 
-# -- shared by every preparer -------------------------------------------------
-def stored_path(path: Path | str, out: Path | str) -> str:
-    """How a path is written in the manifest: relative to OUT when inside it (so the
-    prepared set can move), else absolute. Symlinks are kept, not followed."""
-    absolute = Path(os.path.abspath(path))
-    out_dir = Path(os.path.abspath(out))
-    if absolute.is_relative_to(out_dir):
-        return absolute.relative_to(out_dir).as_posix()
-    return str(absolute)
-
-
-def count_images(source: Path, hint: str = "") -> int:
-    """Frames of a frame folder or frame pattern as the extraction stages will read them (0 if none).
-
-    A folder mixing image series (e.g. RGB and depth) is a one-line UsageError here,
-    at prepare time, rather than a doubled frame count that every stage trusts.
-    """
-
-    try:
-        return len(list_frame_files(source))
-    except MixedFramesError as exc:
-        raise UsageError(f"{exc}{hint}") from None
-    except VideoReadError:
-        return 0
-
-
-class SkipLog:
-    """Videos left out of the manifest and why; written to ``OUT/prepare_warnings.jsonl``.
-
-    A missing video is skipped, not fatal, unless ``strict``: one absent file
-    should not cost a whole dataset's preparation.
-    """
-
-    def __init__(self, strict: bool = False):
-        self.strict = strict
-        self.records: list[dict] = []
-
-    def missing(self, video: str, path: Path, what: str = "video") -> None:
-        if self.strict:
-            raise UsageError(f"{path}: {what} of {video!r} not found (without --strict it would be skipped)")
-        self.records.append({"video": video, "reason": f"{what} not found", "path": str(path)})
-
-    def skip(self, video: str, reason: str, path: Path | None = None) -> None:
-        """A video left out for a known dataset reason (never fatal, even with --strict)."""
-        record = {"video": video, "reason": reason}
-        if path is not None:
-            record["path"] = str(path)
-        self.records.append(record)
-
-    def write(self, out: Path) -> None:
-        path = out / WARNINGS_FILE
-        if self.records:
-            write_text(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in self.records))
-        elif path.exists():
-            path.unlink()
-
-
-def hold_out_groups(videos_per_group: dict[str, int], fraction: float, seed: int) -> set[str]:
-    """Groups (e.g. subjects) held out to hold about ``fraction`` of the videos.
-
-    The groups are shuffled by ``seed`` from their sorted order (so the choice is
-    deterministic) and taken in that order while each brings the held-out count
-    closer to the target; at least one group always stays in.
-    """
-    if not 0 <= fraction < 1:
-        raise UsageError(f"validation fraction {fraction} must be in [0, 1)")
-    groups = sorted(videos_per_group)
-    random.Random(seed).shuffle(groups)
-    target = fraction * sum(videos_per_group.values())
-    held: set[str] = set()
-    taken = 0
-    for group in groups[:-1]:
-        if taken >= target:
-            break
-        if taken + videos_per_group[group] - target < target - taken:  # closer with it than without
-            held.add(group)
-            taken += videos_per_group[group]
-    return held
-
-
-def write_prepared(
-    manifest: Manifest,
-    out: Path,
-    log: SkipLog,
-    boxes: dict[str, dict[int, FrameBoxes]] | None = None,
-    where: Path | None = None,
-) -> Manifest:
-    """Write boxes, warnings and finally ``manifest.json`` (last: its presence means done)."""
-    if not manifest.videos:
-        raise UsageError(f"{where or out}: no usable videos found ({len(log.records)} skipped)")
-    out.mkdir(parents=True, exist_ok=True)
-    annotations = out / ANNOTATIONS_FILE
-    if boxes:
-        with atomic_path(annotations) as tmp:
-            for video in sorted(boxes):
-                write_boxes_jsonl(tmp, video, boxes[video])
-    elif annotations.exists():
-        annotations.unlink()
-    log.write(out)
-    manifest.extra["skipped_videos"] = len(log.records)
-    manifest.root = out.resolve()
-    manifest.save(out / MANIFEST_FILE)
-    return manifest
-
-
-# -- the folder preparer ------------------------------------------------------
 def _find_source(base: Path, name: str, extensions: tuple[str, ...]) -> tuple[Path, str] | None:
     """``base/name.<ext>`` (a video) or ``base/name/`` (a frame folder)."""
     folder = base / name
@@ -220,24 +94,6 @@ def _read_labels_csv(path: Path) -> list[tuple[str, list[str]]]:
             seen.add(video_id)
             rows.append((video_id, labels))
     return rows
-
-
-def stratified_split(keys: dict[str, str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
-    """``{video: split}``: per stratum, shuffle the sorted ids by ``seed`` and cut test, val, train."""
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise UsageError(f"split fractions val={val_fraction}, test={test_fraction}: each in [0, 1), sum below 1")
-    strata: dict[str, list[str]] = defaultdict(list)
-    for video, key in keys.items():
-        strata[key].append(video)
-    splits: dict[str, str] = {}
-    for key in sorted(strata):
-        videos = sorted(strata[key])
-        random.Random(f"{seed}:{key}").shuffle(videos)
-        n_test = round(len(videos) * test_fraction)
-        n_val = round(len(videos) * val_fraction)
-        for position, video in enumerate(videos):
-            splits[video] = "test" if position < n_test else "val" if position < n_test + n_val else "train"
-    return splits
 
 
 def prepare_folder(
@@ -319,3 +175,19 @@ def prepare_folder(
         },
     )
     return write_prepared(manifest, out, log, where=root)
+
+
+@register_preparer("folder", FolderSettings)
+def build(config: FolderSettings, out: Path) -> Manifest:
+    """A folder of videos or frame folders: ROOT/<class>/<video>, or flat with --labels; stratified split."""
+    return prepare_folder(
+        Path(str(config.root)),
+        out,
+        labels=config.labels,
+        extensions=config.extensions,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        strict=config.strict,
+        frame_pattern=config.frame_pattern,
+    )

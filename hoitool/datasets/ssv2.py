@@ -27,14 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from hoitool.boxes.jsonl import FrameBoxes
-from hoitool.datasets.folder import (
-    ANNOTATIONS_FILE,
-    SkipLog,
-    stored_path,
-    write_prepared,
-)
+from hoitool.datasets.common import ANNOTATIONS_FILE, SkipLog, stored_path, write_prepared
+from hoitool.datasets.registry import register_preparer
 from hoitool.errors import UsageError
 from hoitool.manifest import Manifest, VideoEntry
+from hoitool.settings.prepare import Ssv2Settings
 
 PREFIX = "something-something-v2"
 LABELS_FILE = f"{PREFIX}-labels.json"
@@ -246,3 +243,11 @@ def prepare_ssv2(
     )
     kept_boxes = {video: frames for video, frames in annotated.items() if video in kept and frames}
     return write_prepared(manifest, out, log, boxes=kept_boxes, where=root)
+
+
+@register_preparer("ssv2", Ssv2Settings)
+def build(config: Ssv2Settings, out: Path) -> Manifest:
+    """Something-Something v2: train -> train, validation -> val; the unlabelled test list is left out."""
+    return prepare_ssv2(
+        Path(str(config.root)), out, video_dir=config.video_dir, strict=config.strict, boxes=config.boxes
+    )

@@ -41,10 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from hoitool.boxes.jsonl import FrameBoxes
-from hoitool.datasets.folder import ANNOTATIONS_FILE, SkipLog, write_prepared
+from hoitool.datasets.common import ANNOTATIONS_FILE, SkipLog, write_prepared
+from hoitool.datasets.registry import register_preparer
 from hoitool.errors import UsageError
 from hoitool.io.atomic import atomic_path
 from hoitool.manifest import Manifest, VideoEntry
+from hoitool.settings.prepare import SyntheticSettings
 
 GENERATOR_VERSION = 2  # 2: the order classes' context is named "order" (was "global"); class sets
 COLOURS = ("red", "green", "blue")  # also the colour wheel: each one's "next" is the one after it
@@ -528,6 +530,13 @@ def generate(out_dir: Path | str, videos_per_class: int = 12, num_frames: int = 
         },
     )
     return write_prepared(manifest, out_dir, SkipLog(), boxes=boxes)
+
+
+@register_preparer("synthetic", SyntheticSettings)
+def build(config: SyntheticSettings, out: Path) -> Manifest:
+    """Generate a small synthetic HOI video set with ground-truth boxes (needs no download)."""
+    return generate(out, videos_per_class=config.videos_per_class, num_frames=config.frames, size=config.size,
+                    seed=config.seed, fps=float(config.fps))
 
 
 def _scene_record(scene: Scene) -> list[dict]:

@@ -1,10 +1,26 @@
-"""``prepare <dataset>``: every dataset's settings and their defaults."""
+"""``prepare <dataset>``: every dataset's settings and their defaults.
+
+``hoitool prepare <dataset>`` has one option per top-level field (``--video-dir`` for ``video_dir``;
+nested sections such as ``intrinsics`` only through ``--config``/``--set``). A field marked with
+:func:`path_field` takes a path, recorded absolute; ``flag`` in a field's extra spells its option
+another way (``--frames/--videos``).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import Field
 
 from hoitool.settings.base import Section
+
+
+def path_field(default: Any, description: str) -> Any:
+    """A field holding a file or folder path (or a list of them): its option is recorded as an absolute path."""
+    return Field(default, description=description, json_schema_extra={"path": True})
+
+
+ROOT_DESCRIPTION = "the dataset's raw folder, in its official layout"
 
 
 class SyntheticSettings(Section):
@@ -16,8 +32,12 @@ class SyntheticSettings(Section):
 
 
 class CharadesSettings(Section):
-    root: str | None = Field(None, description="the dataset's raw folder, in its official layout")
-    frames: bool = Field(False, description="read the RGB frame folders instead of the mp4 videos")
+    root: str | None = path_field(None, ROOT_DESCRIPTION)
+    frames: bool = Field(
+        False,
+        description="read the RGB frame folders instead of the mp4 videos",
+        json_schema_extra={"flag": "--frames/--videos"},
+    )
     video_dir: str = Field("Charades_v1_480", description="folder of the mp4 videos under the root")
     frames_dir: str = Field("Charades_v1_rgb", description="folder of the frame folders under the root")
     val_fraction: float = Field(
@@ -35,7 +55,7 @@ class IntrinsicsSettings(Section):
 
 
 class Cad120Settings(Section):
-    root: str | None = Field(None, description="the dataset's raw folder, in its official layout")
+    root: str | None = path_field(None, ROOT_DESCRIPTION)
     fold: str | None = Field(None, description="the test subject of a leave-one-subject-out fold (e.g. Subject1)")
     val: str | float = Field(0.2, description="a training subject's name, or a fraction of the training videos")
     seed: int = Field(0, description="seed of the validation split")
@@ -45,16 +65,18 @@ class Cad120Settings(Section):
 
 
 class Ssv2Settings(Section):
-    root: str | None = Field(None, description="the dataset's raw folder, in its official layout")
+    root: str | None = path_field(None, ROOT_DESCRIPTION)
     video_dir: str = Field(".", description="folder of the videos under the root")
     strict: bool = Field(False, description="fail on a missing video instead of skipping it")
-    boxes: list[str] = Field([], description="Something-Else box annotation files (parts) used as dataset boxes")
+    boxes: list[str] = path_field([], "Something-Else box annotation files (parts) used as dataset boxes")
 
 
 class FolderSettings(Section):
-    root: str | None = Field(None, description="a folder of videos, one sub-folder per class (or with --labels)")
-    labels: str | None = Field(None, description="a CSV of video,label rows instead of class sub-folders")
-    extensions: list[str] = Field(["mp4", "avi", "webm", "mkv", "mov"], description="video file extensions to take")
+    root: str | None = path_field(None, "a folder of videos, one sub-folder per class (or with --labels)")
+    labels: str | None = path_field(None, "a CSV of video,label rows instead of class sub-folders")
+    extensions: list[str] = Field(
+        ["mp4", "avi", "webm", "mkv", "mov"], min_length=1, description="video file extensions to take"
+    )
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the videos held out for validation")
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the videos held out for testing")
     seed: int = Field(0, description="seed of the split")
