@@ -9,6 +9,7 @@ Layout (docs/training.md)::
     RUN/checkpoints/last.pt      full training state, every epoch
     RUN/checkpoints/best.pt      weights of the best epoch on the val split
     RUN/metrics.jsonl            one line per epoch
+    RUN/tensorboard/main|peer/   TensorBoard event files of those lines (train.tensorboard)
     RUN/outputs.npz/.json        logits of every video and view of every split (hoitool.eval.runs)
     RUN/peer/...                 the second model of a --dml run (run.json, best.pt, outputs)
     RUN/eval/...                 written by ``hoitool eval``
@@ -33,6 +34,7 @@ from hoitool.eval.runs import OUTPUTS_JSON, OUTPUTS_NPZ, RUN_INFO, load_run, rea
 from hoitool.io.atomic import read_jsonl, write_json, write_text
 from hoitool.io.digest import file_sha256
 from hoitool.io.lock import exclusive_lock
+from hoitool.train.board import TENSORBOARD_DIR
 
 RUN_FORMAT = "hoitool.run/1"
 KINDS = ("teacher", "student", "dml")
@@ -67,6 +69,9 @@ OWNED = {
     PEER_DIR: (RUN_INFO, OUTPUTS_NPZ, OUTPUTS_JSON),
     f"{PEER_DIR}/checkpoints": ("best.pt",),
     f"{PEER_DIR}/{EVAL_DIR}": _EVAL_FILES,
+    TENSORBOARD_DIR: (),
+    f"{TENSORBOARD_DIR}/main": ("events.out.tfevents.*",),
+    f"{TENSORBOARD_DIR}/peer": ("events.out.tfevents.*",),
 }
 
 

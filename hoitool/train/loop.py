@@ -46,6 +46,7 @@ from hoitool.settings.training import DistillStageSettings, TeacherSettings
 from hoitool.store import open_store
 from hoitool.train import artifacts
 from hoitool.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from hoitool.train.board import Board, require_tensorboard
 from hoitool.train.data import (
     EpochBatchSampler,
     SplitVideos,
@@ -159,6 +160,7 @@ class Training:
         self.epochs = self.config["train"]["epochs"]
         self.saved_epoch = 0  # the epoch last.pt holds (what an interrupted run keeps)
         self.lock = None
+        self.board: Board | None = None  # TensorBoard writers (train.tensorboard, rank 0)
         self.amp_dtype = self._amp_dtype()
         self.reader = open_store(request.features)
         if self.reader.kind != "features":
@@ -388,6 +390,8 @@ class Training:
         if state is not None:
             self._restore(state)
             self.saved_epoch = state["epoch"]
+        if self.config["train"]["tensorboard"] and self.ctx.is_main:
+            self.board = Board(self.out, {member.name: member.prefix for member in self.members}, self.saved_epoch)
 
     # -- state -------------------------------------------------------------------
     def _state(self, epoch: int, rng_states: list[dict]) -> dict:
@@ -560,6 +564,8 @@ class Training:
             record[f"{member.prefix}best"] = improved
         record["time"] = round(time.monotonic() - started, 3)
         append_jsonl(self.out / artifacts.METRICS_FILE, record)
+        if self.board is not None:
+            self.board.write(record)
         save_checkpoint(artifacts.last_checkpoint(self.out), self._state(epoch, rng_states))
         self.saved_epoch = epoch
         summary = "  ".join(
@@ -648,6 +654,8 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
     schema = TeacherSettings if request.kind == "teacher" else DistillStageSettings
     request.config = resolved(schema, request.config)
     check_config(request.config)
+    if request.config["train"]["tensorboard"]:
+        require_tensorboard()
     ctx = init_distributed(request.config["runtime"]["device"])
     training = None
     try:
@@ -674,6 +682,8 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
         ctx.barrier()  # other ranks leave the process group only after rank 0 is done with it
         return TrainResult(training.out, training.epochs, trained, _best(training))
     finally:
+        if training is not None and training.board is not None:
+            training.board.close()
         if training is not None and training.lock is not None:
             release(training.lock)  # also for DataLoader workers that may outlive this call for a moment
         ctx.shutdown()

@@ -16,7 +16,14 @@ from hoitool.errors import UsageError
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 
 # Keys that only say *how* to run, not *what* is trained; they may change when a run is resumed.
-RUNTIME_KEYS = ("data.workers", "data.preload", "data.memory_budget_gb", "data.manifest", "runtime.device")
+RUNTIME_KEYS = (
+    "data.workers",
+    "data.preload",
+    "data.memory_budget_gb",
+    "data.manifest",
+    "runtime.device",
+    "train.tensorboard",  # a view of metrics.jsonl: may be turned on or off when resuming
+)
 
 
 def training_defaults(distill: bool) -> dict:
