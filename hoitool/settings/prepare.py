@@ -28,7 +28,7 @@ class SyntheticSettings(Section):
     frames: int = Field(24, ge=2, description="frames per rendered video")
     size: int = Field(128, ge=32, description="frame side in pixels")
     seed: int = Field(0, description="seed of the rendered scenes and the split")
-    fps: int = Field(8, ge=1, description="frame rate of the rendered videos")
+    fps: int = Field(8, ge=1, description="frame rate written into the rendered videos")
 
 
 class CharadesSettings(Section):
@@ -41,7 +41,10 @@ class CharadesSettings(Section):
     video_dir: str = Field("Charades_v1_480", description="folder of the mp4 videos under the root")
     frames_dir: str = Field("Charades_v1_rgb", description="folder of the frame folders under the root")
     val_fraction: float = Field(
-        0.1, ge=0.0, lt=1.0, description="fraction of the training videos held out for validation"
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="about this share of the training videos held out as val, whole subjects at a time",
     )
     seed: int = Field(0, description="seed of the validation split")
     strict: bool = Field(False, description="fail on a missing video instead of skipping it")
@@ -66,19 +69,23 @@ class Cad120Settings(Section):
 
 class Ssv2Settings(Section):
     root: str | None = path_field(None, ROOT_DESCRIPTION)
-    video_dir: str = Field(".", description="folder of the videos under the root")
+    video_dir: str = Field(".", description="folder of the <id>.webm videos, relative to the root")
     strict: bool = Field(False, description="fail on a missing video instead of skipping it")
-    boxes: list[str] = path_field([], "Something-Else box annotation files (parts) used as dataset boxes")
+    boxes: list[str] = path_field(
+        [], "Something-Else box annotation files (one --boxes per part): the dataset's own boxes"
+    )
 
 
 class FolderSettings(Section):
     root: str | None = path_field(None, "a folder of videos, one sub-folder per class (or with --labels)")
-    labels: str | None = path_field(None, "a CSV of video,label rows instead of class sub-folders")
+    labels: str | None = path_field(
+        None, "a CSV of `id,label` or `id,label1;label2` rows for a flat folder (else: one sub-folder per class)"
+    )
     extensions: list[str] = Field(
         ["mp4", "avi", "webm", "mkv", "mov"], min_length=1, description="video file extensions to take"
     )
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the videos held out for validation")
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the videos held out for testing")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of each class held out as val")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of each class held out as test")
     seed: int = Field(0, description="seed of the split")
     strict: bool = Field(False, description="fail on an unreadable video instead of skipping it")
     frame_pattern: str | None = Field(
