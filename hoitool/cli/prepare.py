@@ -80,7 +80,7 @@ def _option_type(annotation: Any, is_path: bool) -> tuple[Any, bool]:
     return (Path if is_path else annotation), False
 
 
-def _options(schema: type) -> list[tuple[inspect.Parameter, str, bool]]:
+def _options(schema: type[BaseModel]) -> list[tuple[inspect.Parameter, str, bool]]:
     """One keyword parameter per top-level field (nested sections: --config/--set only), with its key and YAML flag."""
     found = []
     for key, field in schema.model_fields.items():

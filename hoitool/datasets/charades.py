@@ -76,13 +76,14 @@ def read_csv(path: Path, num_classes: int) -> list[CharadesRow]:
     rows: list[CharadesRow] = []
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
+        header = reader.fieldnames or []
+        missing = [column for column in REQUIRED_COLUMNS if column not in header]
         if missing:
             raise UsageError(f"{path}:1: header lacks column(s) {', '.join(missing)}")
         for record in reader:
             where = f"{path}:{reader.line_num}"
             if None in record or any(record[column] is None for column in REQUIRED_COLUMNS):
-                raise UsageError(f"{where}: expected {len(reader.fieldnames)} fields as in the header")
+                raise UsageError(f"{where}: expected {len(header)} fields as in the header")
             video_id = record["id"].strip()
             if not video_id:
                 raise UsageError(f"{where}: empty video id")

@@ -29,9 +29,14 @@ _NOT_DATASETS = {"common", "registry"}
 class Preparer(Protocol):
     """What ``prepare <name>`` runs: a settings schema, a check before OUT is touched, and a build."""
 
-    name: str
-    settings: type[Section]
-    summary: str
+    @property
+    def name(self) -> str: ...  # read-only members, so a frozen dataclass is a Preparer
+
+    @property
+    def settings(self) -> type[Section]: ...
+
+    @property
+    def summary(self) -> str: ...
 
     def check(self, config: Any) -> None:
         """Raise :class:`~hoitool.errors.UsageError` for a config the build cannot use (nothing written yet)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,7 @@ def _frame_boxes(frame, where: str, video: str) -> tuple[int, FrameBoxes]:
     return int(match["number"]) - 1, item
 
 
-def read_something_else(paths: list[Path | str]) -> dict[str, dict[int, FrameBoxes]]:
+def read_something_else(paths: Sequence[Path | str]) -> dict[str, dict[int, FrameBoxes]]:
     """Something-Else annotation files (parts ``{video: [frames]}`` or one video's frame list) -> boxes per video."""
     videos: dict[str, dict[int, FrameBoxes]] = {}
     source: dict[str, Path] = {}
@@ -184,7 +185,11 @@ def _count_test_videos(path: Path) -> int:
 
 
 def prepare_ssv2(
-    root: Path | str, out: Path | str, video_dir: str = ".", strict: bool = False, boxes: list[Path | str] | None = None
+    root: Path | str,
+    out: Path | str,
+    video_dir: str = ".",
+    strict: bool = False,
+    boxes: Sequence[Path | str] | None = None,
 ) -> Manifest:
     """Manifest of Something-Something v2 (train and validation; videos ``<video_dir>/<id>.webm``),
     with the Something-Else boxes of ``boxes`` (annotation files) as the dataset's own boxes."""
