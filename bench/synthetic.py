@@ -32,8 +32,8 @@ import torch
 
 from hoitool.datasets.synthetic import CONTEXTS
 from hoitool.datasets.synthetic_features import FeatureSet, context_means, generate_split, view_ceilings
+from hoitool.losses import Objective
 from hoitool.nn.models import build_model
-from hoitool.train.losses import Objective
 
 VIEWS = ("baseline", "local", "global")
 
@@ -115,7 +115,7 @@ def train(view: str, train_set: FeatureSet, val_set: FeatureSet, test_set: Featu
     """Train one ``build_model`` view in memory; keep the epoch best on val; return its run and logits on ``eval_sets``.
 
     ``teacher`` (train videos x classes) adds the distillation term of
-    :class:`hoitool.train.losses.Objective`; ``extra`` videos carry only
+    :class:`hoitool.losses.Objective`; ``extra`` videos carry only
     ``extra_teacher`` targets (no label, no supervised term).
     """
     start = time.perf_counter()

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from hoitool.device import resolve_device
+from hoitool.losses import supervised_loss
 from hoitool.manifest import Manifest, VideoEntry
 from hoitool.nn.models import build_model
 from hoitool.store import StagedStore, open_store
 from hoitool.train.data import EpochBatchSampler, ViewDataset, batches, collate, make_loader, split_videos
-from hoitool.train.losses import supervised_loss
 
 # Charades-like graphs (T=32 frames x K=15 boxes of 512-d, GLIDN's I3D setting) and a small variant
 SIZES = {

@@ -34,6 +34,16 @@ def test_no_library_module_imports_the_cli():
     assert not offenders, "library modules importing the CLI:\n" + "\n".join(offenders)
 
 
+def test_nn_does_not_import_train():
+    """Models sit below training: hoitool/nn may use hoitool.losses, never hoitool.train."""
+    offenders = []
+    for path in sorted((PACKAGE / "nn").rglob("*.py")):
+        bad = sorted(name for name in _imports(path) if name == "hoitool.train" or name.startswith("hoitool.train."))
+        if bad:
+            offenders.append(f"{path.relative_to(PACKAGE.parent)}: {', '.join(bad)}")
+    assert not offenders, "nn modules importing hoitool.train:\n" + "\n".join(offenders)
+
+
 def test_importing_the_library_does_not_set_up_a_cli():
     """Every library module imported (a notebook's view): no typer, no rich console, no hoitool.cli."""
     modules = sorted(

@@ -5,16 +5,24 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_cli
 
-from hoitool.train.losses import (
+from hoitool.errors import UsageError
+from hoitool.losses import (
     Objective,
     binary_kd_loss,
-    distill_loss,
+    get_distill_loss,
     kd_loss,
     l2_loss,
+    list_distill_losses,
+    register_distill_loss,
+    registry,
     supervised_loss,
     weighted_sum,
 )
+from hoitool.settings.base import validate
+from hoitool.settings.training import DistillSettings
+from hoitool.train.presets import check_config, training_defaults
 
 
 def test_kd_matches_batchmean_kl_times_t_squared():
@@ -108,7 +116,74 @@ def test_objective_combines_terms_and_detaches_teacher():
 
 def test_unknown_distill_loss_and_missing_teacher_are_refused():
     logits = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match="unknown distillation loss"):
-        distill_loss("mse", logits, logits, 1.0)
+    with pytest.raises(UsageError, match=r"unknown distillation loss 'mse' \(registered: bce, kd, l2\)"):
+        get_distill_loss("mse")
+    with pytest.raises(UsageError, match="unknown distillation loss 'mse'"):
+        Objective(multilabel=False, distill="mse")  # refused when built, before any batch
     with pytest.raises(ValueError, match="needs teacher"):
         Objective(multilabel=False, distill="kd")(logits, torch.tensor([0, 1]))
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """A copy of the registry, so a loss registered by a test is gone after it."""
+    monkeypatch.setattr(registry, "_DISTILL_LOSSES", dict(registry._DISTILL_LOSSES))
+
+
+def test_registry_lists_the_three_glidn_losses_by_their_functions():
+    assert list_distill_losses() == ["bce", "kd", "l2"]
+    assert get_distill_loss("kd") is kd_loss
+    assert get_distill_loss("l2") is l2_loss
+    assert get_distill_loss("bce") is binary_kd_loss
+
+
+def test_a_registered_loss_is_usable_by_objective_settings_and_check_config(scratch_registry):
+    @register_distill_loss("l1")
+    def l1_loss(student, teacher, temperature):
+        return (torch.sigmoid(student / temperature) - torch.sigmoid(teacher / temperature)).abs().mean(dim=1)
+
+    assert "l1" in list_distill_losses() and get_distill_loss("l1") is l1_loss
+    student, teacher = torch.tensor([[0.0, 0.0]]), torch.tensor([[100.0, -100.0]])
+    terms = Objective(multilabel=True, distill="l1", lambda1=0.0, lambda2=2.0)(student, torch.ones(1, 2), teacher)
+    assert terms["distill"].tolist() == pytest.approx([0.5])  # |1 - 0.5| and |0 - 0.5|, mean over classes
+    assert terms["total"].tolist() == pytest.approx([1.0])
+    assert validate(DistillSettings, {"loss": "l1"}).loss == "l1"
+    config = training_defaults(distill=True)
+    config["distill"]["loss"] = "l1"
+    check_config(config)  # train() accepts it too
+
+
+def test_registering_a_taken_or_reserved_name_is_refused(scratch_registry):
+    with pytest.raises(ValueError, match="already registered as 'kd'"):
+        register_distill_loss("kd")(l2_loss)
+    with pytest.raises(ValueError, match="cannot name"):
+        register_distill_loss("auto")(l2_loss)
+    assert get_distill_loss("kd") is kd_loss
+
+
+def test_settings_refuse_an_unregistered_loss_in_one_line():
+    assert validate(DistillSettings, {"loss": "auto"}).loss == "auto"
+    with pytest.raises(UsageError) as refused:
+        validate(DistillSettings, {"loss": "nope"})
+    assert (
+        str(refused.value) == "config key 'loss' = 'nope': must be auto or a registered distillation loss (bce, kd, l2)"
+    )
+
+
+def test_distill_cli_refuses_an_unknown_loss_before_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        ["distill", tmp_path / "feats.h5", "--dml", "--view", "local", "--out", out, "--loss", "nope"], capsys
+    )
+    assert code == 2
+    assert "'distill.loss' = 'nope': must be auto or a registered distillation loss (bce, kd, l2)" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_distill_help_lists_the_registered_losses(capsys):
+    code, out, _ = run_cli(["distill", "--help"], capsys)
+    assert code == 0
+    assert "registered distillation loss: bce, kd, l2" in " ".join(out.replace("│", " ").split())

@@ -89,7 +89,7 @@ def distill_command(
     teacher: Optional[Path] = typer.Option(
         None, "--teacher", help="Teacher run directory (from train-teacher); its outputs are checked for staleness."
     ),
-    loss: Optional[Literal["auto", "kd", "l2", "bce"]] = setting(S, "distill.loss", "--loss"),
+    loss: Optional[str] = setting(S, "distill.loss", "--loss"),  # the schema checks the name against the registry
     temperature: Optional[float] = setting(S, "distill.T", "--T"),
     lambda1: Optional[float] = setting(S, "distill.lambda1", "--lambda1"),
     lambda2: Optional[float] = setting(S, "distill.lambda2", "--lambda2"),

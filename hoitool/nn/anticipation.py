@@ -17,7 +17,7 @@ network A (the student) sees it only up to ``t - tau`` and learns the label at `
 * :func:`scores_at_lead_times` -- a model's scores on the truncated inputs at each lead time asked for;
 * :func:`unlabelled_videos` -- the set U of Eq. 1, from the manifest or a list of ids.
 
-Every loss returns one value per sample (``(B,)``), like ``hoitool.train.losses``.
+Every loss returns one value per sample (``(B,)``), like ``hoitool.losses``.
 See docs/method-anticipation.md.
 """
 
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from hoitool.errors import UsageError
+from hoitool.losses import binary_kd_loss, kd_loss, supervised_loss
 from hoitool.nn.models import ContextGraphNet, masked_pool
-from hoitool.train.losses import binary_kd_loss, kd_loss, supervised_loss
 
 PENALTIES = ("l2", "huber")
 DIRECTIONS = ("both", "student", "teacher")

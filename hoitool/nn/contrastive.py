@@ -19,7 +19,7 @@ and the instances are the human-object node pairs of its frames.
   frame, from both nodes and their box geometry, scored against interaction text embeddings.
 
 All losses take embeddings of any scale (they are L2-normalised inside) and return one value per
-video, ``(B,)``, like ``hoitool.train.losses``.
+video, ``(B,)``, like ``hoitool.losses``.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hoitool.errors import UsageError
-from hoitool.train.losses import supervised_loss
+from hoitool.losses import supervised_loss
 
 TEMPORAL = ("mean", "trn")
 IGNORE = -1  # an object slot without a label (the dataset has no object names for the video)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from hoitool.losses import AUTO, list_distill_losses
 from hoitool.settings.base import Section
 
 View = Literal["global", "local", "baseline"]
@@ -76,13 +77,23 @@ class RuntimeSettings(Section):
 
 
 class DistillSettings(Section):
-    loss: Literal["auto", "kd", "l2", "bce"] = Field(
-        "auto", description="auto: kd (softmax KL) for single-label data, l2 (GLIDN Eq. 3) for multi-label data"
+    loss: str = Field(
+        AUTO,
+        description="auto (kd, softmax KL, for single-label data; l2, GLIDN Eq. 3, for multi-label data) "
+        f"or a registered distillation loss: {', '.join(list_distill_losses())}",
     )
     T: float = Field(10.0, gt=0, description="distillation temperature")
     lambda1: float = Field(1.0, ge=0, description="weight of the CE/BCE term")
     lambda2: float = Field(4.0, ge=0, description="weight of the distillation term")
     dml: bool = Field(False, description="Deep Mutual Learning: two views trained jointly from scratch")
+
+    @field_validator("loss")
+    @classmethod
+    def _registered_loss(cls, name: str) -> str:
+        """Any loss in the registry (hoitool.losses), so adding one needs no change here."""
+        if name != AUTO and name not in list_distill_losses():
+            raise ValueError(f"must be {AUTO} or a registered distillation loss ({', '.join(list_distill_losses())})")
+        return name
 
 
 class TeacherSettings(Section):

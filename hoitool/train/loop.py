@@ -39,6 +39,7 @@ from hoitool.eval.metrics import accuracy, sklearn_style_map
 from hoitool.eval.runs import write_outputs
 from hoitool.io.atomic import append_jsonl
 from hoitool.io.lock import release
+from hoitool.losses import Objective, supervised_loss, weighted_sum
 from hoitool.manifest import Manifest
 from hoitool.nn.models import build_model
 from hoitool.settings import resolved
@@ -58,7 +59,6 @@ from hoitool.train.data import (
     split_videos,
 )
 from hoitool.train.distributed import DistContext, init_distributed, unwrap
-from hoitool.train.losses import Objective, supervised_loss, weighted_sum
 from hoitool.train.presets import check_config, differences, distill_loss_name, identity
 
 KINDS = artifacts.KINDS

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from hoitool.config import changed_keys, load_config_file, lookup, resolve_config, set_dotted
 from hoitool.errors import UsageError
+from hoitool.losses import AUTO, list_distill_losses
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 
 # Keys that only say *how* to run, not *what* is trained; they may change when a run is resumed.
@@ -217,7 +218,7 @@ def check_config(config: dict) -> None:
     _flag(config, "data.random_view")
     distill = config.get("distill")
     if distill is not None:
-        _choice(config, "distill.loss", ("auto", "kd", "l2", "bce"))
+        _choice(config, "distill.loss", (AUTO, *list_distill_losses()))
         _number(config, "distill.T", 0, low_open=True)
         _number(config, "distill.lambda1", 0)
         _number(config, "distill.lambda2", 0)
