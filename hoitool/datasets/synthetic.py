@@ -155,6 +155,7 @@ def turn_plan(rule: ClassRule, cast: Cast) -> list[tuple[int, int]]:
         colour_of_kind = np.argsort(cast.kind_of_colour)
         objects = [int(colour_of_kind[KINDS.index(kind)]) for kind in rule.kind_order]
         return [(int((cast.reflection - o) % 3), o) for o in objects]
+    assert rule.returns is not None  # every rule sets one of shift, kind_order, returns
     again = int(2 * (rule.returns + cast.reflection) % 3)  # the object o with shift (2o - reflection) = returns (mod 3)
     others = iter([o for o in cast.turn_order if o != again])
     objects = [again if turn in RETURN_TURNS else next(others) for turn in range(rule.turns)]
@@ -330,7 +331,7 @@ def _background(scene: Scene, size: int) -> np.ndarray:
     from PIL import Image
 
     big = size * SUPERSAMPLE
-    texture = Image.fromarray(((scene.background + 1) * 127.5).astype(np.uint8)).resize((big, big), Image.BICUBIC)
+    texture = Image.fromarray(((scene.background + 1) * 127.5).astype(np.uint8)).resize((big, big), Image.Resampling.BICUBIC)
     light = (np.asarray(texture, np.float32) / 127.5 - 1.0)[..., None] * 6.0
     rows = np.arange(big)[:, None, None]
     base = np.where(rows < GROUND_Y * big / CANVAS, WALL, FLOOR)
@@ -338,7 +339,8 @@ def _background(scene: Scene, size: int) -> np.ndarray:
 
 
 def _shade(colour: tuple[int, int, int], jitter: np.ndarray) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(colour, jitter))
+    red, green, blue = (int(np.clip(c + j, 0, 255)) for c, j in zip(colour, jitter))
+    return red, green, blue
 
 
 def render(scene: Scene, frame: int, num_frames: int, size: int, background: np.ndarray) -> tuple[np.ndarray, FrameBoxes]:
@@ -378,7 +380,7 @@ def render(scene: Scene, frame: int, num_frames: int, size: int, background: np.
     _draw_object(draw, xy, kind, frame_pose.object_centre,
                  _shade(RGB[COLOURS[scene.object_colours[turn]]], scene.shades[turn, 1]), k)
     disc(hand, HAND, fill=SKIN, outline=OUTLINE, width=max(1, round(0.4 * k)))
-    frame_array = np.asarray(image.resize((size, size), Image.BOX))
+    frame_array = np.asarray(image.resize((size, size), Image.Resampling.BOX))
     return frame_array, frame_boxes(scene, frame_pose, size)
 
 
