@@ -170,3 +170,14 @@ def test_a_registered_dataset_gets_a_cli_subcommand_with_its_options(toyset, tmp
     assert code == 2 and "config key 'count' = 0" in err and not (tmp_path / "out3").exists()
     code, stdout, _ = run_cli(["prepare", "toyset", "--help"], capsys)
     assert code == 0 and "COUNT videos named after" in stdout and "--no-shuffle" in stdout
+
+
+@pytest.mark.parametrize("name", ["cad120", "charades", "folder", "ssv2"])
+def test_each_setting_is_a_keyword_of_its_prepare_function(name):
+    """The builds pass the settings on by name, so a key the function does not take is caught here, not by a user."""
+    import importlib
+    import inspect
+
+    function = getattr(importlib.import_module(f"hoitool.datasets.{name}"), f"prepare_{name}")
+    keys = set(get_preparer(name).settings.model_fields) - {"root"}
+    assert keys <= set(inspect.signature(function).parameters) - {"root", "out"}

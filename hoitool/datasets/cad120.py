@@ -372,14 +372,6 @@ def prepare_cad120(
 @register_preparer("cad120", Cad120Settings)
 def build(config: Cad120Settings, out: Path) -> Manifest:
     """CAD-120: frames, activity labels, object and person boxes, sub-activity segments."""
-    camera = config.intrinsics
-    return prepare_cad120(
-        Path(str(config.root)),
-        out,
-        fold=config.fold,
-        val=config.val,
-        seed=config.seed,
-        strict=config.strict,
-        intrinsics=Intrinsics(fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy),
-        person_margin=config.person_margin,
-    )
+    keywords = config.model_dump(exclude={"root", "intrinsics"})  # the other keys are keyword arguments
+    camera = Intrinsics(**config.intrinsics.model_dump())
+    return prepare_cad120(Path(str(config.root)), out, intrinsics=camera, **keywords)

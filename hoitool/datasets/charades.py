@@ -165,13 +165,5 @@ def prepare_charades(
 @register_preparer("charades", CharadesSettings)
 def build(config: CharadesSettings, out: Path) -> Manifest:
     """Charades v1 (multi-label): train CSV -> train + val (held out by subject), test CSV -> test."""
-    return prepare_charades(
-        Path(str(config.root)),
-        out,
-        frames=config.frames,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        video_dir=config.video_dir,
-        frames_dir=config.frames_dir,
-        strict=config.strict,
-    )
+    keywords = config.model_dump(exclude={"root"})  # the settings' keys are the function's keyword arguments
+    return prepare_charades(Path(str(config.root)), out, **keywords)

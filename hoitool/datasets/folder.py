@@ -180,14 +180,5 @@ def prepare_folder(
 @register_preparer("folder", FolderSettings)
 def build(config: FolderSettings, out: Path) -> Manifest:
     """A folder of videos or frame folders: ROOT/<class>/<video>, or flat with --labels; stratified split."""
-    return prepare_folder(
-        Path(str(config.root)),
-        out,
-        labels=config.labels,
-        extensions=config.extensions,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        strict=config.strict,
-        frame_pattern=config.frame_pattern,
-    )
+    keywords = config.model_dump(exclude={"root"})  # the settings' keys are the function's keyword arguments
+    return prepare_folder(Path(str(config.root)), out, **keywords)

@@ -253,6 +253,5 @@ def prepare_ssv2(
 @register_preparer("ssv2", Ssv2Settings)
 def build(config: Ssv2Settings, out: Path) -> Manifest:
     """Something-Something v2: train -> train, validation -> val; the unlabelled test list is left out."""
-    return prepare_ssv2(
-        Path(str(config.root)), out, video_dir=config.video_dir, strict=config.strict, boxes=config.boxes
-    )
+    keywords = config.model_dump(exclude={"root"})  # the settings' keys are the function's keyword arguments
+    return prepare_ssv2(Path(str(config.root)), out, **keywords)
