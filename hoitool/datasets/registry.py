@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from hoitool.datasets.common import require_root
 from hoitool.errors import UsageError
 from hoitool.manifest import Manifest
 from hoitool.settings.base import Section
@@ -57,8 +58,6 @@ class FunctionPreparer:
 
     def check(self, config: Any) -> None:
         if "root" in self.settings.model_fields:
-            from hoitool.datasets.common import require_root
-
             require_root(config.root)
 
     def build(self, config: Any, out: Path) -> Manifest:
