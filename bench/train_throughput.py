@@ -131,7 +131,7 @@ def store_vs_ram_benchmark(args) -> dict:
         def ram_batches():
             ram_sampler.set_epoch(ram_sampler.epoch + 1)
             for refs in ram_sampler:
-                index = torch.tensor([ref.index for ref in refs])
+                index = torch.tensor([ref.position for ref in refs])
                 yield {name: value.index_select(0, index) for name, value in tensors.items()}
 
         paths = {"store": store_batches, "ram": ram_batches}

@@ -289,13 +289,13 @@ def test_sampler_shares_each_global_batch_across_ranks_with_mean_preserving_weig
     assert all(len(share) == len(reference) == 3 for share in shares)
     for step, global_batch in enumerate(reference):
         real = [ref for share in shares for ref in share[step] if ref.weight > 0]
-        assert sorted(ref.index for ref in real) == sorted(ref.index for ref in global_batch)
+        assert sorted(ref.position for ref in real) == sorted(ref.position for ref in global_batch)
         # DDP averages over ranks: sum of weights / world_size == 1 means the global batch mean
         assert sum(ref.weight for ref in real) / world_size == pytest.approx(1.0)
     # every rank gets a batch at every step (a zero-weight dummy when the last batch is smaller than the world)
     assert all(share[-1] for share in shares)
     # the order is a pure function of (seed, epoch)
     single.set_epoch(4)
-    assert [ref.index for batch in single for ref in batch] != [ref.index for batch in reference for ref in batch]
+    assert [ref.position for batch in single for ref in batch] != [ref.position for batch in reference for ref in batch]
     single.set_epoch(3)
     assert list(single) == reference

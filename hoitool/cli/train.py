@@ -137,7 +137,7 @@ def distill_command(
     options = dict(
         setting_values(distill_command, locals()), **{"model.view": view, "distill.dml": True if dml else None}
     )
-    teacher_view = PEER_VIEW[view] if dml else check_teacher_run(teacher).get("view")
+    teacher_view = PEER_VIEW[view] if teacher is None else check_teacher_run(teacher).get("view")  # None: --dml
     defaults = apply_preset(training_defaults(distill=True), preset_name(preset, config), teacher_view)
     resolved = stage_config(defaults, config, overrides, print_config, options, schema=DistillStageSettings)
     kind = "dml" if resolved["distill"]["dml"] else "student"

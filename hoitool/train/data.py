@@ -18,7 +18,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def split_videos(manifest: Manifest, store_ids: list[str], split: str) -> SplitV
 class SampleRef(NamedTuple):
     """What the sampler hands the dataset: which video, which view, and the sample's loss weight."""
 
-    index: int
+    position: int  # the video's position in the split (a field named index would shadow tuple.index)
     view: int
     weight: float
 
@@ -135,21 +135,21 @@ class _StoreBacked(Dataset):
 
 
 class ViewDataset(_StoreBacked):
-    """One (video, view) per item: ``dataset[SampleRef(index, view, weight)]``."""
+    """One (video, view) per item: ``dataset[SampleRef(position, view, weight)]``."""
 
     def __init__(self, reader, videos: SplitVideos, random_view: bool = False):
         super().__init__(reader, videos, views=None if random_view else 1)
 
     def __getitem__(self, ref: SampleRef) -> dict:
-        arrays = self.arrays(ref.index)
+        arrays = self.arrays(ref.position)
         view = ref.view % arrays["nodes"].shape[0]
         sample = {name: arrays[name][view] for name in ("nodes", "valid", "boxes")}
         sample.update(
             frame_size=arrays["frame_size"],
-            index=ref.index,
+            index=ref.position,
             view=view,
             weight=ref.weight,
-            target=self.videos.targets[ref.index],
+            target=self.videos.targets[ref.position],
         )
         return sample
 
@@ -319,7 +319,7 @@ def make_loader(
 def batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
     """Iterate a loader; the parent's store handle is closed first so forked workers never share it."""
     if loader.num_workers:
-        loader.dataset.release()
+        cast(_StoreBacked, loader.dataset).release()  # loaders here are built over store-backed datasets
     yield from loader
 
 
