@@ -17,7 +17,7 @@ from test_train import make_features, request, state_dicts_equal
 from hoitool.datasets.common import run_prepare
 from hoitool.datasets.folder import prepare_folder
 from hoitool.errors import HoitoolError, Interrupted, UsageError
-from hoitool.train import artifacts, loop
+from hoitool.train import artifacts, fit
 from hoitool.train.loop import train
 
 TINY = [
@@ -265,14 +265,14 @@ def test_a_different_config_is_still_refused_unless_forced(world, tmp_path, caps
 
 def _fail_last_checkpoint_at(monkeypatch, epoch_to_fail: int) -> None:
     """``last.pt`` of one epoch fails as on a full disk (after that epoch's metrics line and best.pt were written)."""
-    original = loop.save_checkpoint
+    original = fit.save_checkpoint  # last.pt is written by the epoch loop (hoitool.train.fit)
 
     def save(path, state):
         if Path(path).name == "last.pt" and state["epoch"] == epoch_to_fail:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         original(path, state)
 
-    monkeypatch.setattr(loop, "save_checkpoint", save)
+    monkeypatch.setattr(fit, "save_checkpoint", save)
 
 
 @pytest.mark.parametrize("epoch_to_fail, kept", [(1, "no checkpoint yet"), (2, "last.pt holds epoch 1/3")])

@@ -17,14 +17,16 @@ run directory (:mod:`hoitool.train.artifacts`). What it guarantees:
 * nothing is written before every check has passed, and only into a directory
   that is missing, empty or hoitool's run of the same kind, held under a lock
   (one process per run directory); running the same command again resumes.
+
+This module is the entry point (:func:`train`, :class:`TrainRequest`) and the set-up of a run
+(:class:`Training`: checks, members, data). The other jobs live one per module:
+:mod:`hoitool.train.fit` (the epoch loop), :mod:`hoitool.train.state` (the resume decision,
+``last.pt``'s state and its restore) and :mod:`hoitool.train.predict` (the outputs).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,36 +36,25 @@ import torch
 from torch import nn
 
 from hoitool import log
-from hoitool.errors import HoitoolError, Interrupted, StaleArtifactError, UsageError
-from hoitool.eval.metrics import accuracy, sklearn_style_map
-from hoitool.eval.runs import write_outputs
-from hoitool.io.atomic import append_jsonl
+from hoitool.errors import UsageError
 from hoitool.io.lock import release
-from hoitool.losses import Objective, supervised_loss, weighted_sum
+from hoitool.losses import Objective
 from hoitool.manifest import Manifest
 from hoitool.nn.models import build_model
 from hoitool.settings import resolved
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 from hoitool.store import open_store
 from hoitool.train import artifacts
-from hoitool.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from hoitool.train.board import Board, require_tensorboard
-from hoitool.train.data import (
-    EpochBatchSampler,
-    SplitVideos,
-    VideoDataset,
-    ViewDataset,
-    batches,
-    decide_preload,
-    make_loader,
-    split_videos,
-)
-from hoitool.train.distributed import DistContext, init_distributed, unwrap
-from hoitool.train.presets import check_config, differences, distill_loss_name, identity
+from hoitool.train.data import EpochBatchSampler, ViewDataset, decide_preload, make_loader, split_videos
+from hoitool.train.distributed import DistContext, init_distributed
+from hoitool.train.fit import Fitting, selection_metric
+from hoitool.train.predict import SPLITS, Prediction
+from hoitool.train.presets import check_config, distill_loss_name, identity
+from hoitool.train.state import RunState, kept_on_failure
 
 KINDS = artifacts.KINDS
 PEER_VIEW = {"global": "local", "local": "global"}
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -127,17 +118,6 @@ def make_scheduler(optimizer, schedule: dict, epochs: int):
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=schedule["gamma"])
 
 
-def selection_metric(multilabel: bool) -> str:
-    return "map" if multilabel else "accuracy"
-
-
-def score(logits: np.ndarray, targets: np.ndarray, multilabel: bool) -> float:
-    """Accuracy, or the PySlowFast-style mAP (classes without positives dropped: small val splits lack some)."""
-    if multilabel:
-        return sklearn_style_map(logits, targets)[0]
-    return accuracy(logits, targets)
-
-
 def default_label(kind: str, view: str, teacher_view: str | None) -> str:
     """Names as the paper's tables use them: 'global-context', 'global-teacher', 'DML (local)'."""
     if kind == "teacher":
@@ -147,8 +127,8 @@ def default_label(kind: str, view: str, teacher_view: str | None) -> str:
     return f"DML ({view})"
 
 
-class Training:
-    """Set up (fresh or resumed), fit, and write the outputs of one run."""
+class Training(RunState, Fitting, Prediction):
+    """Set up one run (checks, members, data); resume (:class:`RunState`), fit (:class:`Fitting`), outputs (:class:`Prediction`)."""
 
     def __init__(self, request: TrainRequest, ctx: DistContext):
         if request.kind not in KINDS:
@@ -196,10 +176,10 @@ class Training:
         if self.request.kind != "student":
             self.teacher_record, self.teacher_logits = None, None
             return
-        self.teacher_record = artifacts.teacher_fingerprint(self.request.teacher)
+        self.teacher_record = artifacts.teacher_fingerprint(self.teacher_dir)
         views = self.num_views if self.random_view else 1
         table = artifacts.load_teacher_logits(
-            self.request.teacher,
+            self.teacher_dir,
             self.reader.fingerprint,
             self.videos["train"].video_ids,
             views,
@@ -226,7 +206,7 @@ class Training:
         return Manifest.load(path)
 
     def _teacher_info(self) -> dict | None:
-        return artifacts.check_teacher_run(self.request.teacher) if self.request.kind == "student" else None
+        return artifacts.check_teacher_run(self.teacher_dir) if self.request.kind == "student" else None
 
     def _distill_settings(self) -> dict | None:
         if self.request.kind == "teacher":
@@ -261,50 +241,12 @@ class Training:
             "selection": f"val_{self.metric}",
         }
         if self.request.kind == "student":
-            info["teacher"] = str(Path(self.request.teacher).resolve())
+            info["teacher"] = str(self.teacher_dir.resolve())
         return info
-
-    def _check_resume(self) -> dict:
-        """Load ``last.pt`` after checking the run was made with this config and this store."""
-        saved = artifacts.saved_config(self.out)
-        if saved is not None:
-            changes = differences(identity(saved), identity(self.config))
-            if changes:
-                raise UsageError(
-                    f"{self.out}: already holds a run made with a different config ({'; '.join(changes[:4])}); "
-                    f"to continue it use the same options (or --config {self.out / artifacts.CONFIG_FILE}), "
-                    "to start over add --force (without --resume), or choose another --out"
-                )
-        state = load_checkpoint(artifacts.last_checkpoint(self.out))
-        if state["identity"].get("kind") != self.request.kind:
-            raise UsageError(f"{self.out}: holds a {state['identity'].get('kind')} run, not a {self.request.kind} run")
-        changes = differences(state["identity"], self.identity)
-        if changes:
-            raise UsageError(
-                f"{artifacts.last_checkpoint(self.out)}: was made with a different config ({'; '.join(changes[:4])})"
-            )
-        self._check_upstream(
-            "features store", self.request.features, state["features_fingerprint"], self.reader.fingerprint
-        )
-        if self.request.kind == "student":
-            now = artifacts.teacher_fingerprint(self.request.teacher)["outputs_sha256"]
-            self._check_upstream("teacher outputs", self.request.teacher, state["teacher"]["outputs_sha256"], now)
-        return state
-
-    def _check_upstream(self, what: str, path, recorded: str, current: str) -> None:
-        if recorded == current:
-            return
-        message = f"{path}: the {what} changed since {self.out} started ({recorded} -> {current})"
-        if not self.request.force:
-            raise StaleArtifactError(
-                message + "; --resume --force continues anyway, --force without --resume starts over"
-            )
-        log.warning(f"{message}; resuming anyway (--force)")
 
     def _build_member(self, name: str, view: str, run_dir: Path) -> Member:
         model_config = dict(self.config["model"], view=view)
-        model = build_model(model_config, self.in_dim, self.manifest.num_classes).to(self.ctx.device)
-        model = self.ctx.wrap(model)
+        model = self.ctx.wrap(build_model(model_config, self.in_dim, self.manifest.num_classes).to(self.ctx.device))
         optimizer = make_optimizer(model.parameters(), self.config["optim"])
         scheduler = make_scheduler(optimizer, self.config["schedule"], self.epochs)
         return Member(name, view, run_dir, model, optimizer, scheduler, self._objective())
@@ -316,41 +258,12 @@ class Training:
             dataset.preload(show_progress=self.ctx.is_main)
         return dataset
 
-    def member_dirs(self) -> list[Path]:
-        return [self.out, self.out / artifacts.PEER_DIR] if self.request.kind == "dml" else [self.out]
-
-    def prepare(self) -> dict | None:
-        """Lock the run directory, decide fresh start or resume (checking config and upstream); returns the state to resume.
-
-        A fresh run's ``run.json`` (hoitool's marker) is its first file.
-        """
-        if self.ctx.is_main:
-            self.lock = artifacts.lock_run_dir(self.out)
-        decision = artifacts.decide_run_dir(self.out, self.request.kind, self.request.resume, self.request.force)
-        self.ctx.barrier()  # every rank has looked at the directory before rank 0 may delete it
-        if decision in ("resume", "auto"):
-            return self._check_resume()
-        if self.ctx.is_main:
-            if decision == "replace":
-                artifacts.replace_run_dir(self.out)
-            self._write_run_files()
-        self.ctx.barrier()
-        return None
-
     def _write_run_files(self) -> None:
         artifacts.write_run_files(self.out, self._run_info(self.view, self.teacher_view), self.config)
         if self.request.kind == "dml":
             artifacts.write_run_files(
                 self.out / artifacts.PEER_DIR, self._run_info(PEER_VIEW[self.view], self.view), None
             )
-
-    def finished(self, state: dict | None) -> bool:
-        """All epochs trained and the outputs written from the ``best.pt`` on disk."""
-        return (
-            state is not None
-            and state["epoch"] >= self.epochs
-            and all(artifacts.outputs_current(run_dir) for run_dir in self.member_dirs())
-        )
 
     def setup(self, state: dict | None) -> None:
         """Build data and models, restore ``state`` (a resumed run's description is rewritten first)."""
@@ -393,257 +306,6 @@ class Training:
         if self.config["train"]["tensorboard"] and self.ctx.is_main:
             self.board = Board(self.out, {member.name: member.prefix for member in self.members}, self.saved_epoch)
 
-    # -- state -------------------------------------------------------------------
-    def _state(self, epoch: int, rng_states: list[dict]) -> dict:
-        return {
-            "epoch": epoch,
-            "members": {
-                member.name: {
-                    "model": unwrap(member.model).state_dict(),
-                    "optimizer": member.optimizer.state_dict(),
-                    "scheduler": member.scheduler.state_dict(),
-                    "best_score": _number(member.best_score),
-                    "best_epoch": member.best_epoch,
-                }
-                for member in self.members
-            },
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_states,  # one per rank
-            "sampler": self.sampler.state_dict(),
-            "loader_generator": self.train_loader.generator.get_state(),
-            "identity": self.identity,
-            "features_fingerprint": self.reader.fingerprint,
-            "teacher": self.teacher_record,
-        }
-
-    def _restore(self, state: dict) -> None:
-        for member in self.members:
-            saved = state["members"][member.name]
-            unwrap(member.model).load_state_dict(saved["model"])
-            member.optimizer.load_state_dict(saved["optimizer"])
-            member.scheduler.load_state_dict(saved["scheduler"])
-            member.best_score, member.best_epoch = saved["best_score"], saved["best_epoch"]
-        self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        restore_rng_state(rng[self.ctx.rank] if len(rng) == self.ctx.world_size else rng[0])
-        self.sampler.load_state_dict(state["sampler"])
-        self.train_loader.generator.set_state(state["loader_generator"])
-
-    # -- one epoch ----------------------------------------------------------------
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
-
-    def _to_device(self, batch: dict) -> dict:
-        return {name: value.to(self.ctx.device, non_blocking=True) for name, value in batch.items()}
-
-    def _forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["nodes"], batch["valid"], batch["boxes"], batch["frame_size"])
-
-    def train_epoch(self, epoch: int) -> dict:
-        """One pass over the train split; returns the epoch's mean loss terms and train metric per member."""
-        for member in self.members:
-            member.model.train()
-        term_names = ("ce", "distill", "total") if self.request.kind != "teacher" else ("ce", "total")
-        sums = torch.zeros(len(self.members), len(term_names) + 1, device=self.ctx.device, dtype=torch.float64)
-        seen_logits: list[list[torch.Tensor]] = [[] for _ in self.members]
-        seen_index: list[torch.Tensor] = []
-        steps = len(self.sampler)
-        progress = log.progress(f"epoch {epoch}/{self.epochs}", steps) if self.ctx.is_main else contextlib.nullcontext()
-        with progress as bar:
-            for batch in batches(self.train_loader):
-                batch = self._to_device(batch)
-                with self._autocast():
-                    logits = [self._forward(member.model, batch) for member in self.members]
-                logits = [value.float() for value in logits]
-                loss = 0.0
-                real = batch["weight"] > 0
-                for position, member in enumerate(self.members):
-                    terms = member.objective(
-                        logits[position], batch["target"], self._distill_target(position, logits, batch)
-                    )
-                    loss = loss + weighted_sum(terms["total"], batch["weight"])
-                    for column, name in enumerate(term_names):
-                        sums[position, column] += (terms[name].detach().double() * real).sum()
-                    sums[position, -1] += real.sum()
-                    seen_logits[position].append(logits[position].detach()[real])
-                seen_index.append(batch["index"][real])
-                for member in self.members:
-                    member.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                for member in self.members:
-                    self.scaler.step(member.optimizer)
-                self.scaler.update()
-                if bar is not None:
-                    bar.advance()
-        sums = self.ctx.all_reduce_sum(sums).cpu()
-        if not torch.isfinite(sums).all():
-            raise HoitoolError(
-                f"{self.out}: training diverged in epoch {epoch} (loss is NaN or inf); lower the learning rate"
-            )
-        record = {}
-        indices = torch.cat(seen_index).cpu().numpy()
-        for position, member in enumerate(self.members):
-            count = sums[position, -1].item()
-            for column, name in enumerate(term_names):
-                record[f"{member.prefix}loss_{name}"] = sums[position, column].item() / count
-            gathered = self.ctx.gather((indices, torch.cat(seen_logits[position]).cpu().numpy()))
-            all_index = np.concatenate([part[0] for part in gathered])
-            all_logits = np.concatenate([part[1] for part in gathered])
-            record[f"{member.prefix}train_{self.metric}"] = score(
-                all_logits, self.videos["train"].targets[all_index], self.multilabel
-            )
-        return record
-
-    def _distill_target(self, position: int, logits: list[torch.Tensor], batch: dict) -> torch.Tensor | None:
-        if self.request.kind == "student":
-            return self.teacher_logits[batch["index"], batch["view"] if self.random_view else 0]
-        if self.request.kind == "dml":
-            return logits[1 - position].detach()
-        return None
-
-    @torch.no_grad()
-    def validate(self) -> dict:
-        """Val loss and metric per member (rank 0); empty when there is no val split."""
-        if self.val_loader is None:
-            return {}
-        record = {}
-        targets = self.videos["val"].targets
-        for member in self.members:
-            model = unwrap(member.model)
-            model.eval()
-            outputs, indices = [], []
-            for batch in batches(self.val_loader):
-                batch = self._to_device(batch)
-                with self._autocast():
-                    outputs.append(self._forward(model, batch).float())
-                indices.append(batch["index"])
-            logits, index = torch.cat(outputs), torch.cat(indices).cpu().numpy()
-            target_tensor = torch.as_tensor(targets[index], device=self.ctx.device)
-            record[f"{member.prefix}val_loss"] = supervised_loss(logits, target_tensor, self.multilabel).mean().item()
-            record[f"{member.prefix}val_{self.metric}"] = score(logits.cpu().numpy(), targets[index], self.multilabel)
-            model.train()
-        return record
-
-    # -- checkpoints -------------------------------------------------------------------
-    def _save_best(self, member: Member, epoch: int, value: float | None) -> None:
-        model_config = dict(self.config["model"], view=member.view)
-        save_checkpoint(
-            artifacts.best_checkpoint(member.run_dir),
-            {
-                "epoch": epoch,
-                "score": _number(value),
-                "metric": f"val_{self.metric}" if value is not None else None,
-                "model": unwrap(member.model).state_dict(),
-                "model_config": model_config,
-                "in_dim": self.in_dim,
-                "num_classes": self.manifest.num_classes,
-            },
-        )
-        member.best_score, member.best_epoch = value, epoch
-
-    def end_epoch(self, epoch: int, record: dict, started: float, rng_states: list[dict]) -> None:
-        """Pick and save the best (val only), log the epoch, then write ``last.pt`` (rank 0)."""
-        if not self.ctx.is_main:
-            return
-        record.update(self.validate())
-        for member in self.members:
-            key = f"{member.prefix}val_{self.metric}"
-            value = record.get(key)
-            if value is not None and np.isnan(value):
-                value = None
-            if self.val_loader is None:  # no val split: the last epoch stands in, said so in the log
-                improved = True
-            else:  # the first epoch is kept until a val score beats it (a tiny multi-label val split may score NaN)
-                improved = member.best_epoch is None or (
-                    value is not None and (member.best_score is None or value > member.best_score)
-                )
-            if improved:
-                self._save_best(member, epoch, value)
-            record[f"{member.prefix}best"] = improved
-        record["time"] = round(time.monotonic() - started, 3)
-        append_jsonl(self.out / artifacts.METRICS_FILE, record)
-        if self.board is not None:
-            self.board.write(record)
-        save_checkpoint(artifacts.last_checkpoint(self.out), self._state(epoch, rng_states))
-        self.saved_epoch = epoch
-        summary = "  ".join(
-            f"{key} {value:.4f}"
-            for key, value in record.items()
-            if isinstance(value, float) and key not in ("lr", "time")
-        )
-        log.info(
-            f"epoch {epoch}/{self.epochs}  {summary}  ({record['time']:.1f}s){'  *best' if record.get('best') else ''}"
-        )
-
-    # -- the whole run ------------------------------------------------------------------
-    def fit(self, start_epoch: int, on_epoch_end: Callable[[int, dict], None] | None = None) -> int:
-        if self.ctx.is_main and self.val_loader is None:
-            log.info("no val videos: best.pt follows the last epoch (the test split is never used for selection)")
-        trained = 0
-        for epoch in range(start_epoch + 1, self.epochs + 1):
-            started = time.monotonic()
-            self.sampler.set_epoch(epoch)
-            record = {"epoch": epoch, "lr": self.members[0].optimizer.param_groups[0]["lr"]}
-            record.update(self.train_epoch(epoch))
-            for member in self.members:
-                member.scheduler.step()
-            rng_states = self.ctx.gather(capture_rng_state())  # every rank's, for last.pt
-            self.end_epoch(epoch, record, started, rng_states)
-            trained += 1
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, record)
-        return trained
-
-    @torch.no_grad()
-    def predict(self, member: Member) -> dict[str, np.ndarray]:
-        """Logits of the member's best weights for every video and view of every split."""
-        best = load_checkpoint(artifacts.best_checkpoint(member.run_dir))
-        model = build_model(best["model_config"], best["in_dim"], best["num_classes"])
-        model.load_state_dict(best["model"])
-        model.to(self.ctx.device).eval()
-        columns = {"video_ids": [], "view_index": [], "split": [], "logits": [], "targets": []}
-        for split in SPLITS:
-            videos: SplitVideos = self.videos[split]
-            if not len(videos):
-                continue
-            dataset = VideoDataset(self.reader, videos)
-            loader = make_loader(
-                dataset,
-                self.config["data"]["workers"],
-                self.ctx.device.type == "cuda",
-                self.config["train"]["seed"],
-                batch_size=self.config["train"]["batch_size"],
-                persistent=False,
-            )
-            one_hot = videos.one_hot()
-            with log.progress(f"outputs {member.view} {split}", len(loader)) as bar:
-                for batch in batches(loader):
-                    index = batch["index"].numpy()
-                    with self._autocast():
-                        logits = self._forward(model, self._to_device(batch)).float()
-                    columns["logits"].append(logits.cpu().numpy())
-                    columns["video_ids"].append(np.asarray(videos.video_ids, dtype=object)[index].astype(str))
-                    columns["view_index"].append(batch["view"].numpy())
-                    columns["split"].append(np.full(len(index), split))
-                    columns["targets"].append(one_hot[index])
-                    bar.advance()
-        return {name: np.concatenate(parts) for name, parts in columns.items()}
-
-    def write_outputs(self) -> None:
-        for member in self.members:
-            arrays = self.predict(member)
-            best = load_checkpoint(artifacts.best_checkpoint(member.run_dir))
-            provenance = artifacts.outputs_provenance(
-                member.run_dir, self.request.features, self.reader.fingerprint, best["epoch"], self.teacher_record
-            )
-            write_outputs(member.run_dir, provenance=provenance, **arrays)
-            log.info(
-                f"{member.run_dir}: outputs of {len(set(arrays['video_ids']))} videos "
-                f"({len(arrays['video_ids'])} views) from best.pt (epoch {best['epoch']})"
-            )
-
 
 def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Run (or resume, or finish) one training run; see the module docstring.
@@ -662,7 +324,7 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
         training = Training(request, ctx)
         state = training.prepare()
         start = state["epoch"] if state is not None else 0
-        if training.finished(state):
+        if state is not None and training.finished(state):
             if ctx.is_main:
                 log.info(f"{request.out}: already finished ({start} epochs, outputs written); nothing to do")
             best = {
@@ -675,7 +337,7 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
             if state is not None:
                 log.info(f"{request.out}: resuming after epoch {start}/{training.epochs}")
             artifacts.truncate_metrics(training.out, start)  # every start: no epoch is ever logged twice
-        with _kept_on_failure(training):
+        with kept_on_failure(training):
             trained = training.fit(start, on_epoch_end)
             if ctx.is_main:
                 training.write_outputs()
@@ -687,38 +349,6 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
         if training is not None and training.lock is not None:
             release(training.lock)  # also for DataLoader workers that may outlive this call for a moment
         ctx.shutdown()
-
-
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-@contextlib.contextmanager
-def _kept_on_failure(training: Training):
-    """An interrupt or a full disk becomes one line saying what was kept and how to resume."""
-
-    def kept() -> str:
-        if training.saved_epoch == 0:
-            return "no checkpoint yet (the run restarts from epoch 1)"
-        return f"{artifacts.last_checkpoint(training.out)} holds epoch {training.saved_epoch}/{training.epochs}"
-
-    try:
-        yield
-    except Interrupted as exc:
-        cause = str(exc).split(";")[0]
-        raise Interrupted(f"{cause}; {training.out}: {kept()}; run the same command again to resume") from None
-    except OSError as exc:
-        if exc.errno not in _NO_SPACE:
-            raise
-        writing = f" writing {Path(exc.filename).name}" if exc.filename else ""
-        raise HoitoolError(
-            f"{training.out}: no space left on the device{writing} ({exc.strerror or exc}); "
-            f"kept: {kept()}; free some space and run the same command again to resume"
-        ) from None
-
-
-def _number(value) -> float | None:
-    """A score as a plain float (numpy scalars would need pickle: checkpoints are data)."""
-    return None if value is None else float(value)
 
 
 def _best(training: Training) -> dict:
