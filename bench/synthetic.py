@@ -39,7 +39,9 @@ VIEWS = ("baseline", "local", "global")
 
 
 # -- statistics ------------------------------------------------------------------------------
-def bootstrap_mean(values: np.ndarray, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_mean(
+    values: np.ndarray, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean of (S, V) per-seed, per-test-video values and its percentile-bootstrap interval.
 
     Two stages, so both sources of variation count: draw S seeds with
@@ -57,7 +59,7 @@ def bootstrap_mean(values: np.ndarray, resamples: int = 2000, level: float = 0.9
         count = min(250, resamples - start)
         seed_index = rng.integers(seeds, size=(count, seeds, 1))
         video_index = rng.integers(videos, size=(count, seeds, videos))
-        means[start:start + count] = values[seed_index, video_index].mean(axis=(1, 2))
+        means[start : start + count] = values[seed_index, video_index].mean(axis=(1, 2))
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(values.mean()), float(low), float(high)
@@ -98,20 +100,34 @@ class Run:
 
 
 def tensors(data: FeatureSet) -> dict[str, torch.Tensor]:
-    return {"nodes": torch.from_numpy(data.nodes), "valid": torch.from_numpy(data.valid),
-            "labels": torch.from_numpy(data.labels)}
+    return {
+        "nodes": torch.from_numpy(data.nodes),
+        "valid": torch.from_numpy(data.valid),
+        "labels": torch.from_numpy(data.labels),
+    }
 
 
 @torch.no_grad()
 def predict(model, data: dict[str, torch.Tensor], batch: int = 512) -> torch.Tensor:
     model.eval()
-    out = [model(data["nodes"][i:i + batch], data["valid"][i:i + batch]) for i in range(0, len(data["labels"]), batch)]
+    out = [
+        model(data["nodes"][i : i + batch], data["valid"][i : i + batch]) for i in range(0, len(data["labels"]), batch)
+    ]
     return torch.cat(out)
 
 
-def train(view: str, train_set: FeatureSet, val_set: FeatureSet, test_set: FeatureSet, seed: int, settings: Settings,
-          teacher: np.ndarray | None = None, extra: FeatureSet | None = None, extra_teacher: np.ndarray | None = None,
-          eval_sets: tuple[FeatureSet, ...] = ()) -> tuple[Run, list[np.ndarray]]:
+def train(
+    view: str,
+    train_set: FeatureSet,
+    val_set: FeatureSet,
+    test_set: FeatureSet,
+    seed: int,
+    settings: Settings,
+    teacher: np.ndarray | None = None,
+    extra: FeatureSet | None = None,
+    extra_teacher: np.ndarray | None = None,
+    eval_sets: tuple[FeatureSet, ...] = (),
+) -> tuple[Run, list[np.ndarray]]:
     """Train one ``build_model`` view in memory; keep the epoch best on val; return its run and logits on ``eval_sets``.
 
     ``teacher`` (train videos x classes) adds the distillation term of
@@ -123,8 +139,13 @@ def train(view: str, train_set: FeatureSet, val_set: FeatureSet, test_set: Featu
     classes = len(train_set.classes)
     model = build_model({"view": view, "hidden": settings.hidden}, train_set.nodes.shape[-1], classes)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    objective = Objective(multilabel=False, distill="kd" if teacher is not None else None,
-                          temperature=settings.temperature, lambda1=settings.lambda1, lambda2=settings.lambda2)
+    objective = Objective(
+        multilabel=False,
+        distill="kd" if teacher is not None else None,
+        temperature=settings.temperature,
+        lambda1=settings.lambda1,
+        lambda2=settings.lambda2,
+    )
     data = tensors(train_set)
     labelled = torch.ones(len(train_set), dtype=torch.bool)
     targets = None if teacher is None else torch.as_tensor(teacher, dtype=torch.float32)
@@ -156,8 +177,15 @@ def train(view: str, train_set: FeatureSet, val_set: FeatureSet, test_set: Featu
     test_logits = predict(model, test)
     train_part = {key: value[: len(train_set)] for key, value in data.items()}
     train_accuracy = float((predict(model, train_part).argmax(1) == train_part["labels"]).float().mean())
-    run = Run(view, (test_logits.argmax(1) == test["labels"]).numpy(), test_logits.numpy(), train_accuracy,
-              best[1], best[0], time.perf_counter() - start)
+    run = Run(
+        view,
+        (test_logits.argmax(1) == test["labels"]).numpy(),
+        test_logits.numpy(),
+        train_accuracy,
+        best[1],
+        best[0],
+        time.perf_counter() - start,
+    )
     return run, [predict(model, tensors(extra_set)).numpy() for extra_set in eval_sets]
 
 
@@ -198,21 +226,43 @@ def main_table(runs: list[dict[str, Run]], tests: list[FeatureSet], resamples: i
         overall = float(ceilings[view].mean())
         cells += [f"{overall:.2f} / " + " / ".join(f"{ceiling[c]:.2f}" for c in contexts)]
         rows.append([view, *cells])
-    print_table(f"Test accuracy, mean over {len(runs)} seeds [95% bootstrap interval]; chance {1 / len(tests[0].classes):.3f}",
-                ["view", "all", *contexts, "ceiling all / " + " / ".join(contexts)], rows)
+    print_table(
+        f"Test accuracy, mean over {len(runs)} seeds [95% bootstrap interval]; chance {1 / len(tests[0].classes):.3f}",
+        ["view", "all", *contexts, "ceiling all / " + " / ".join(contexts)],
+        rows,
+    )
     rows = []
     for a, b in (("local", "baseline"), ("global", "baseline"), ("local", "global")):
         cells = []
         for context in ["all", *contexts]:
-            values = np.stack([seed_runs[a].test_correct[masks[context]].astype(float)
-                               - seed_runs[b].test_correct[masks[context]] for seed_runs in runs])
+            values = np.stack(
+                [
+                    seed_runs[a].test_correct[masks[context]].astype(float) - seed_runs[b].test_correct[masks[context]]
+                    for seed_runs in runs
+                ]
+            )
             cells.append(interval(values, resamples))
         rows.append([f"{a} - {b}", *cells])
-    print_table("Paired differences (same test videos and seeds) [95% bootstrap interval]",
-                ["difference", "all", *contexts], rows)
-    rows = [[f"{seed}", view, f"{r.train_accuracy:.3f}", f"{r.val_accuracy:.3f}", f"{r.test_correct.mean():.3f}",
-             str(r.best_epoch), f"{r.seconds:.1f}", flag(r, len(tests[0].classes), float(ceilings[view].mean()))]
-            for seed, seed_runs in enumerate(runs) for view, r in seed_runs.items() if view in VIEWS]
+    print_table(
+        "Paired differences (same test videos and seeds) [95% bootstrap interval]",
+        ["difference", "all", *contexts],
+        rows,
+    )
+    rows = [
+        [
+            f"{seed}",
+            view,
+            f"{r.train_accuracy:.3f}",
+            f"{r.val_accuracy:.3f}",
+            f"{r.test_correct.mean():.3f}",
+            str(r.best_epoch),
+            f"{r.seconds:.1f}",
+            flag(r, len(tests[0].classes), float(ceilings[view].mean())),
+        ]
+        for seed, seed_runs in enumerate(runs)
+        for view, r in seed_runs.items()
+        if view in VIEWS
+    ]
     print_table("Runs", ["seed", "view", "train acc", "val acc", "test acc", "best epoch", "s", "flag"], rows)
 
 
@@ -234,13 +284,22 @@ def cross_fitted(view: str, data: dict[str, FeatureSet], seed: int, settings: Se
     logits = np.zeros((len(train_set), len(train_set.classes)), np.float32)
     for fold in range(settings.folds):
         held = folds == fold
-        _, (out,) = train(view, train_set.subset(~held), data["val"], data["test"], seed + 100 + fold, settings,
-                          eval_sets=(train_set.subset(held),))
+        _, (out,) = train(
+            view,
+            train_set.subset(~held),
+            data["val"],
+            data["test"],
+            seed + 100 + fold,
+            settings,
+            eval_sets=(train_set.subset(held),),
+        )
         logits[held] = out
     return logits
 
 
-def smoothed_logits(labels: np.ndarray, classes: int, teacher: np.ndarray, temperature: float) -> tuple[np.ndarray, float]:
+def smoothed_logits(
+    labels: np.ndarray, classes: int, teacher: np.ndarray, temperature: float
+) -> tuple[np.ndarray, float]:
     """Label smoothing matched to the teacher: the same mean non-target mass at the same temperature.
 
     Returned as logits ``T * log(q)`` so the very same KD term (softmax(logits / T)) sees ``q``.
@@ -252,8 +311,9 @@ def smoothed_logits(labels: np.ndarray, classes: int, teacher: np.ndarray, tempe
     return (temperature * np.log(q)).astype(np.float32), epsilon
 
 
-def distill_runs(data, seed: int, plain: dict[str, Run], extra_logits: dict[str, np.ndarray],
-                 settings: Settings) -> dict[tuple[str, str], dict[str, Run]]:
+def distill_runs(
+    data, seed: int, plain: dict[str, Run], extra_logits: dict[str, np.ndarray], settings: Settings
+) -> dict[tuple[str, str], dict[str, Run]]:
     """Per direction (teacher view, student view): the student variants and controls of one seed.
 
     ``plain`` are the main table's runs (the CE-only students, and the full
@@ -269,12 +329,14 @@ def distill_runs(data, seed: int, plain: dict[str, Run], extra_logits: dict[str,
         variants = {
             "CE only": plain[student],
             "KD, cross-fitted teacher": train(*args, teacher=fitted[teacher_view])[0],
-            "KD + unlabelled videos": train(*args, teacher=fitted[teacher_view], extra=data["unlabelled"],
-                                            extra_teacher=extra_logits[teacher_view])[0],
+            "KD + unlabelled videos": train(
+                *args, teacher=fitted[teacher_view], extra=data["unlabelled"], extra_teacher=extra_logits[teacher_view]
+            )[0],
             f"control: label smoothing (eps={epsilon:.2f})": train(*args, teacher=smooth)[0],
             "control: self-distillation": train(*args, teacher=fitted[student])[0],
-            "control: self-distillation + unlabelled": train(*args, teacher=fitted[student], extra=data["unlabelled"],
-                                                             extra_teacher=extra_logits[student])[0],
+            "control: self-distillation + unlabelled": train(
+                *args, teacher=fitted[student], extra=data["unlabelled"], extra_teacher=extra_logits[student]
+            )[0],
             "control: shuffled teacher logits": train(*args, teacher=fitted[teacher_view][shuffle])[0],
         }
         results[(teacher_view, student)] = variants
@@ -294,13 +356,20 @@ def distill_table(per_seed: list[dict], tests: list[FeatureSet], resamples: int)
             for context in ["all", *contexts]:
                 values = np.stack([run.test_correct[masks[context]] for run in runs])
                 base = np.stack([run.test_correct[masks[context]] for run in plain])
-                cells.append(accuracy_cell(values, resamples) if position == 0 else interval(values - base.astype(float), resamples))
+                cells.append(
+                    accuracy_cell(values, resamples)
+                    if position == 0
+                    else interval(values - base.astype(float), resamples)
+                )
             train_acc = np.mean([run.train_accuracy for run in runs])
             flags = sum(bool(flag(run, len(tests[0].classes))) for run in runs)
             rows.append([name, *cells, f"{train_acc:.3f}", str(flags) if flags else ""])
-        print_table(f"{direction[0]} teacher -> {direction[1]} student: first row accuracy, then difference to it "
-                    "(same videos and seeds) [95% bootstrap interval]",
-                    ["student", "all", *contexts, "train acc", "runs at chance"], rows)
+        print_table(
+            f"{direction[0]} teacher -> {direction[1]} student: first row accuracy, then difference to it "
+            "(same videos and seeds) [95% bootstrap interval]",
+            ["student", "all", *contexts, "train acc", "runs at chance"],
+            rows,
+        )
 
 
 def main() -> None:
@@ -327,21 +396,27 @@ def main() -> None:
         data = seed_data(seed, args)
         init = 1000 + seed  # the initialisation seed moves with the data seed
         extra = (data["unlabelled"],) if args.distill else ()
-        trained = {view: train(view, data["train"], data["val"], data["test"], init, settings, eval_sets=extra)
-                   for view in VIEWS}
+        trained = {
+            view: train(view, data["train"], data["val"], data["test"], init, settings, eval_sets=extra)
+            for view in VIEWS
+        }
         runs.append({view: run for view, (run, _) in trained.items()})
         tests.append(data["test"])
         if args.distill:
             extra_logits = {view: outs[0] for view, (_, outs) in trained.items()}
             distilled.append(distill_runs(data, init, runs[-1], extra_logits, settings))
         print(f"seed {seed} done at {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"\n{args.seeds} seeds x {len(tests[0])} test videos ({args.videos} per class), {args.frames} frames x 2 boxes, "
-          f"D={args.dim}, noise {args.noise}; paper's configuration (no encodings, 1 GAT layer, 1 head, max pooling), "
-          f"hidden {args.hidden}, {args.epochs} epochs, Adam lr {settings.lr}")
+    print(
+        f"\n{args.seeds} seeds x {len(tests[0])} test videos ({args.videos} per class), {args.frames} frames x 2 boxes, "
+        f"D={args.dim}, noise {args.noise}; paper's configuration (no encodings, 1 GAT layer, 1 head, max pooling), "
+        f"hidden {args.hidden}, {args.epochs} epochs, Adam lr {settings.lr}"
+    )
     main_table(runs, tests, args.resamples)
     if args.distill:
-        print(f"\nKD: T={settings.temperature}, lambda1={settings.lambda1}, lambda2={settings.lambda2}, "
-              f"{settings.folds}-fold cross-fitted teacher logits; unlabelled: {args.videos} extra videos per class")
+        print(
+            f"\nKD: T={settings.temperature}, lambda1={settings.lambda1}, lambda2={settings.lambda2}, "
+            f"{settings.folds}-fold cross-fitted teacher logits; unlabelled: {args.videos} extra videos per class"
+        )
         distill_table(distilled, tests, args.resamples)
     print(f"\nwall time {time.perf_counter() - start:.0f} s")
 

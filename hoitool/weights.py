@@ -77,10 +77,11 @@ def file_fingerprint(path: Path) -> str:
 def fetch_instruction(arch: str, default_enum) -> str:
     """The one-line error for a default weights file that is not in the cache."""
     fetch = getattr(default_enum, "fetch", None) or (
-        f"import torchvision; torchvision.models.get_model('{arch}', weights='DEFAULT')")
+        f"import torchvision; torchvision.models.get_model('{arch}', weights='DEFAULT')"
+    )
     return (
         f"weights for {arch} not found at {cache_path(default_enum)}; on a machine with internet run: "
-        f"python -c \"{fetch}\" "
+        f'python -c "{fetch}" '
         f"(or download {default_enum.url}) then copy that file there, set TORCH_HOME, "
         f"or pass --weights PATH (or --weights random for testing)"
     )
@@ -96,13 +97,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if isinstance(loaded.get(key), Mapping):
                 loaded = loaded[key]
                 break
-    if not isinstance(loaded, Mapping) or not loaded or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    if (
+        not isinstance(loaded, Mapping)
+        or not loaded
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())
     ):
         raise UsageError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
     state = dict(loaded)
     if all(key.startswith("module.") for key in state):  # saved from DataParallel / DDP
-        state = {key[len("module."):]: value for key, value in state.items()}
+        state = {key[len("module.") :]: value for key, value in state.items()}
     return state
 
 

@@ -10,7 +10,8 @@ from hoitool.features.common import nearest_slice, slice_centres
 from hoitool.weights import load_model
 
 needs_pytorchvideo = pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("pytorchvideo") is None, reason="needs the video extra (pytorchvideo)")
+    __import__("importlib.util").util.find_spec("pytorchvideo") is None, reason="needs the video extra (pytorchvideo)"
+)
 
 
 def frames(count, size, seed=0):
@@ -132,8 +133,12 @@ def _support(network, count, size, pathway=0):
 
 # (arch, layer, frames): long enough that the middle slice's receptive field is not cut by the clip's ends.
 RECEPTIVE = [
-    ("r3d_18", "layer2", 40), ("r3d_18", "layer3", 72), ("mc3_18", "layer4", 24), ("s3d", "mixed_3c", 40),
-    ("s3d", "mixed_4f", 80), pytest.param("i3d_r50", "res2", 24, marks=needs_pytorchvideo),
+    ("r3d_18", "layer2", 40),
+    ("r3d_18", "layer3", 72),
+    ("mc3_18", "layer4", 24),
+    ("s3d", "mixed_3c", 40),
+    ("s3d", "mixed_4f", 80),
+    pytest.param("i3d_r50", "res2", 24, marks=needs_pytorchvideo),
     pytest.param("i3d_r50", "res3", 40, marks=needs_pytorchvideo),
     pytest.param("r3d_18", "layer4", 140, marks=pytest.mark.slow),
     pytest.param("r2plus1d_18", "layer4", 140, marks=pytest.mark.slow),
@@ -176,8 +181,13 @@ def test_slowfast_slice_centres_are_its_pathways_frames(pathway):
 
 
 VIDEO_BACKBONES = [
-    ("r3d_18", None), ("r2plus1d_18", None), ("mc3_18", None), ("s3d", None), ("r3d_18", "layer2"),
-    pytest.param("i3d_r50", None, marks=needs_pytorchvideo), pytest.param("i3d_r50", "res2", marks=needs_pytorchvideo),
+    ("r3d_18", None),
+    ("r2plus1d_18", None),
+    ("mc3_18", None),
+    ("s3d", None),
+    ("r3d_18", "layer2"),
+    pytest.param("i3d_r50", None, marks=needs_pytorchvideo),
+    pytest.param("i3d_r50", "res2", marks=needs_pytorchvideo),
     pytest.param("slowfast_r50", None, marks=needs_pytorchvideo),
 ]
 
@@ -206,7 +216,7 @@ def test_every_frame_takes_the_nearest_slice_of_the_real_output(arch, layer, cou
         for i in range(count):
             distance = (centres - i).abs()
             j = int(torch.nonzero(distance == distance.min())[0])  # the nearest; the earlier on a tie
-            part = maps[i, channel:channel + direct.shape[1]]
+            part = maps[i, channel : channel + direct.shape[1]]
             assert torch.equal(part, direct[0, :, j]), (i, j)
         channel += direct.shape[1]
     assert channel == backbone.dim == maps.shape[1]

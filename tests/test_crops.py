@@ -31,17 +31,29 @@ def textured_frame():
 def item_for(frame, boxes):
     boxes = np.asarray(boxes, np.float32).reshape(1, 1, -1, 4)
     return {
-        "frames": frame[None], "frame_slot": np.zeros((1, 1), np.int64), "boxes": boxes,
-        "valid": np.ones(boxes.shape[:3], bool), "frame_indices": np.zeros((1, 1), np.int64),
-        "frame_valid": np.ones((1, 1), bool), "frame_size": np.array([HEIGHT, WIDTH]),
+        "frames": frame[None],
+        "frame_slot": np.zeros((1, 1), np.int64),
+        "boxes": boxes,
+        "valid": np.ones(boxes.shape[:3], bool),
+        "frame_indices": np.zeros((1, 1), np.int64),
+        "frame_valid": np.ones((1, 1), bool),
+        "frame_size": np.array([HEIGHT, WIDTH]),
     }
 
 
 @pytest.fixture(scope="module")
 def cropper():
     """The features stage in mode=crop, its backbone's embedding replaced by a recorder of the crops it is given."""
-    config = resolve_config(FEATURES_DEFAULTS, overrides=[
-        "mode=crop", "backbone.arch=resnet18", "backbone.weights=random", f"crop_size={CROP}", "runtime.device=cpu"])
+    config = resolve_config(
+        FEATURES_DEFAULTS,
+        overrides=[
+            "mode=crop",
+            "backbone.arch=resnet18",
+            "backbone.weights=random",
+            f"crop_size={CROP}",
+            "runtime.device=cpu",
+        ],
+    )
     model = NodeFeatures(config)
     backbone = model.backbone
     seen = []
@@ -100,8 +112,14 @@ def test_box_clipped_by_a_spatial_crop_is_cut_from_the_source_where_the_view_end
     crops = cropper(item_for(frame, [straddling]), crops=3)
     assert len(crops) == 3 and all(c.shape[0] == 1 for c in crops)  # inside every view
     left_end = 224 * WIDTH / 298  # the left view's right edge, in source pixels
-    expected = roi_align(torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255,
-                         [torch.tensor([[440.0, 200.0, left_end, 260.0]])], CROP, 1.0, 0, True)[0]
+    expected = roi_align(
+        torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255,
+        [torch.tensor([[440.0, 200.0, left_end, 260.0]])],
+        CROP,
+        1.0,
+        0,
+        True,
+    )[0]
     assert torch.allclose(crops[0][0], expected, atol=1e-4)
     full = hand_crop(frame, straddling)
     assert torch.allclose(crops[1][0][:, 2:-2, 2:-2], full[:, 2:-2, 2:-2], atol=1e-5)  # the centre view holds it all
@@ -113,10 +131,44 @@ def test_a_store_made_by_the_earlier_method_is_not_resumed(tmp_path, capsys, mon
     generate(tmp_path / "data", videos_per_class=1, num_frames=4, size=48, seed=1)
     boxes = tmp_path / "boxes.h5"
     args = ["--workers", 0, "--device", "cpu"]
-    assert run_cli(["extract", "boxes", tmp_path / "data", "--out", boxes, "--source", "dataset", "--frames", 2,
-                    "--top-k", 2, *args], capsys)[0] == 0
-    command = ["extract", "features", boxes, "--out", tmp_path / "f.h5", "--backbone", "resnet18", "--weights",
-               "random", "--mode", "crop", "--set", "short_side=48", "--set", "crop_size=32", *args]
+    assert (
+        run_cli(
+            [
+                "extract",
+                "boxes",
+                tmp_path / "data",
+                "--out",
+                boxes,
+                "--source",
+                "dataset",
+                "--frames",
+                2,
+                "--top-k",
+                2,
+                *args,
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
+    command = [
+        "extract",
+        "features",
+        boxes,
+        "--out",
+        tmp_path / "f.h5",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--mode",
+        "crop",
+        "--set",
+        "short_side=48",
+        "--set",
+        "crop_size=32",
+        *args,
+    ]
     monkeypatch.setattr(features, "METHOD", "crops from frames resized to short_side")
     assert run_cli(command, capsys)[0] == 0
     monkeypatch.undo()

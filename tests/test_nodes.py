@@ -19,8 +19,9 @@ def resnet18():
 
 
 def rand_frames(count, height, width, seed=0):
-    return torch.randint(0, 256, (count, height, width, 3), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (count, height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_resize_and_normalise():
@@ -34,17 +35,24 @@ def test_resize_and_normalise():
     assert transform == BoxTransform(1.0, 1.0, 0.0, 0.0, 10, 10)
 
 
-@pytest.mark.parametrize("height, width, crop, offset", [
-    (40, 100, "left", (0, 0)), (40, 100, "center", (0, 30)), (40, 100, 2, (0, 60)),
-    (100, 40, "top", (0, 0)), (100, 40, 1, (30, 0)), (100, 40, "bottom", (60, 0)),
-])
+@pytest.mark.parametrize(
+    "height, width, crop, offset",
+    [
+        (40, 100, "left", (0, 0)),
+        (40, 100, "center", (0, 30)),
+        (40, 100, 2, (0, 60)),
+        (100, 40, "top", (0, 0)),
+        (100, 40, 1, (30, 0)),
+        (100, 40, "bottom", (60, 0)),
+    ],
+)
 def test_three_crops_along_the_long_side(height, width, crop, offset):
     source = rand_frames(1, height, width)
     full, _ = prepare_frames(source, short_side=None, mean=MEAN, std=STD)
     video, transform = prepare_frames(source, short_side=None, crop=crop, mean=MEAN, std=STD)
     y, x = offset
     assert video.shape == (1, 3, 40, 40) and (transform.offset_y, transform.offset_x) == (y, x)
-    assert torch.equal(video, full[:, :, y:y + 40, x:x + 40])
+    assert torch.equal(video, full[:, :, y : y + 40, x : x + 40])
     smaller, transform = prepare_frames(source, short_side=None, crop=crop, crop_size=20, mean=MEAN, std=STD)
     assert smaller.shape == (1, 3, 20, 20) and (transform.width, transform.height) == (20, 20)
 
@@ -59,9 +67,9 @@ def test_boxes_follow_the_pixels_through_resize_and_crop():
     x1, y1, x2, y2 = box[0]
     assert (x1, y1, x2, y2) == pytest.approx((17.0, 6.0, 30.0, 18.0))  # scale 0.5, offset x 15, clipped at 30
     image = video[0, 0]
-    assert image[int(y1) + 1:int(y2) - 1, int(x1) + 1:int(x2)].min() > 0.9
+    assert image[int(y1) + 1 : int(y2) - 1, int(x1) + 1 : int(x2)].min() > 0.9
     outside = torch.ones_like(image, dtype=torch.bool)
-    outside[int(y1) - 1:int(y2) + 1, int(x1) - 1:] = False
+    outside[int(y1) - 1 : int(y2) + 1, int(x1) - 1 :] = False
     assert image[outside].max() < 0.1
     back = transform.to_source(np.array([[x1, y1, 29.0, y2]], np.float32))
     assert back[0] == pytest.approx([64.0, 12.0, 88.0, 36.0])
@@ -91,8 +99,14 @@ def direct_roi(feature_map, boxes, valid, stride, pool):
     for t in range(valid.shape[0]):
         for k in range(valid.shape[1]):
             if valid[t, k]:
-                bins = roi_align(feature_map[t:t + 1], [boxes[t, k][None]], 7, spatial_scale=1 / stride,
-                                 sampling_ratio=2, aligned=True)[0]
+                bins = roi_align(
+                    feature_map[t : t + 1],
+                    [boxes[t, k][None]],
+                    7,
+                    spatial_scale=1 / stride,
+                    sampling_ratio=2,
+                    aligned=True,
+                )[0]
                 out[t, k] = bins.amax(dim=(1, 2)) if pool == "max" else bins.mean(dim=(1, 2))
     return out
 
@@ -139,7 +153,7 @@ def test_crop_node_features_embed_each_box_crop(resnet18):
     assert nodes.shape == (2, 3, resnet18.dim)
     assert not nodes[~valid].any()
     for t, k in valid.nonzero().tolist():
-        crop = roi_align(video[t:t + 1], [boxes[t, k][None]], 32, spatial_scale=1.0, sampling_ratio=0, aligned=True)
+        crop = roi_align(video[t : t + 1], [boxes[t, k][None]], 32, spatial_scale=1.0, sampling_ratio=0, aligned=True)
         assert torch.allclose(nodes[t, k], resnet18.embed_crops(crop)[0], atol=1e-5), (t, k)
     assert torch.allclose(crop_node_features(video, boxes, valid, resnet18, crop_size=32, batch=64), nodes, atol=1e-5)
     empty = crop_node_features(video, boxes, torch.zeros(2, 3, dtype=torch.bool), resnet18, crop_size=32)
@@ -149,8 +163,9 @@ def test_crop_node_features_embed_each_box_crop(resnet18):
 def test_crop_node_features_refuse_a_3d_backbone():
     video = torch.randn(4, 3, 32, 32)
     with pytest.raises(UsageError, match="2D backbone"):
-        crop_node_features(video, torch.zeros(4, 1, 4), torch.ones(4, 1, dtype=torch.bool),
-                           build_backbone("r3d_18", None, "random"))
+        crop_node_features(
+            video, torch.zeros(4, 1, 4), torch.ones(4, 1, dtype=torch.bool), build_backbone("r3d_18", None, "random")
+        )
 
 
 def test_3d_feature_map_to_roi_nodes():

@@ -90,8 +90,8 @@ def test_boxes_for_every_frame_match_the_pixels(manifest, boxes):
                 person, thing = (np.round(box).astype(int) for box in item.boxes)
                 assert person[2] <= thing[0] or thing[2] <= person[0], "the two boxes never overlap"
                 image = frames[index]
-                assert dominant_colour(image[person[1]:person[3], person[0]:person[2]]) == turn["person_colour"]
-                assert dominant_colour(image[thing[1]:thing[3], thing[0]:thing[2]]) == turn["object_colour"]
+                assert dominant_colour(image[person[1] : person[3], person[0] : person[2]]) == turn["person_colour"]
+                assert dominant_colour(image[thing[1] : thing[3], thing[0] : thing[2]]) == turn["object_colour"]
 
 
 def check_class_rules(manifest, rules):

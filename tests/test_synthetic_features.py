@@ -71,8 +71,18 @@ def test_shapes_and_determinism():
     assert len(small) == 3 and small.classes == data.classes
 
 
-@pytest.mark.parametrize("bad", [{"frames": 12}, {"frames": 5, "class_set": "default"}, {"dim": 4}, {"slots": 1}, {"videos_per_class": 0},
-                                 {"split": "dev"}, {"class_set": "huge"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"frames": 12},
+        {"frames": 5, "class_set": "default"},
+        {"dim": 4},
+        {"slots": 1},
+        {"videos_per_class": 0},
+        {"split": "dev"},
+        {"class_set": "huge"},
+    ],
+)
 def test_bad_arguments(bad):
     arguments = {"split": "train", "videos_per_class": 2, **bad}
     with pytest.raises(UsageError):
@@ -105,9 +115,14 @@ def test_ceilings_by_construction(small):
     ceilings = view_ceilings(small)
     contexts = small.contexts
     assert context_means(ceilings["baseline"], contexts) == pytest.approx(
-        {"local": CHANCE, "cross-frame": CHANCE, "order": CHANCE})
-    assert context_means(ceilings["local"], contexts) == pytest.approx({"local": 1, "cross-frame": 1 / 6, "order": 1 / 6})
-    assert context_means(ceilings["global"], contexts) == pytest.approx({"local": 1 / 6, "cross-frame": 1, "order": 1 / 6})
+        {"local": CHANCE, "cross-frame": CHANCE, "order": CHANCE}
+    )
+    assert context_means(ceilings["local"], contexts) == pytest.approx(
+        {"local": 1, "cross-frame": 1 / 6, "order": 1 / 6}
+    )
+    assert context_means(ceilings["global"], contexts) == pytest.approx(
+        {"local": 1 / 6, "cross-frame": 1, "order": 1 / 6}
+    )
     assert ceilings["ordered"] == pytest.approx(np.ones(9))
 
 
@@ -161,7 +176,9 @@ def test_single_boxes_and_box_with_time_are_at_chance(splits):
         features = nodes.reshape(-1, nodes.shape[-1])
         if with_time:
             time = np.broadcast_to(np.eye(frames)[None, :, None], (len(data), frames, 2, frames)).reshape(-1, frames)
-            features = np.concatenate([features, time, np.einsum("nd,nt->ndt", features, time).reshape(len(features), -1)], 1)
+            features = np.concatenate(
+                [features, time, np.einsum("nd,nt->ndt", features, time).reshape(len(features), -1)], 1
+            )
         labels = np.repeat(data.labels, frames * 2)
         keep = rng.choice(len(labels), 8000, replace=False)
         return features[keep], labels[keep]
@@ -176,7 +193,9 @@ def test_single_boxes_and_box_with_time_are_at_chance(splits):
 def test_box_with_time_tells_the_order_classes(splits):
     """The positive control of the check above: the same features do tell the order classes."""
     train, test = (split.subset(split.context_of() == "order") for split in (splits["train"], splits["test"]))
-    score = fit_score(per_video(train, descriptor_x_time), train.labels, per_video(test, descriptor_x_time), test.labels)
+    score = fit_score(
+        per_video(train, descriptor_x_time), train.labels, per_video(test, descriptor_x_time), test.labels
+    )
     assert score > 0.9, score
 
 
@@ -193,20 +212,25 @@ def test_descriptor_x_time_tells_no_order_free_class(splits, context):
     """Pooled descriptor x frame time is the whole ordered video read linearly: it may see the turn structure
     (three or five turns: which context), but tells no local class and no cross-frame class from the others."""
     train, test = (split.subset(split.context_of() == context) for split in (splits["train"], splits["test"]))
-    score = fit_score(per_video(train, descriptor_x_time), train.labels, per_video(test, descriptor_x_time), test.labels)
+    score = fit_score(
+        per_video(train, descriptor_x_time), train.labels, per_video(test, descriptor_x_time), test.labels
+    )
     assert score < 1 / 3 + 0.05, score
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("features, context", [(same_frame_pairs, "local"), (cross_frame_pairs, "cross-frame"),
-                                               (ordered_pairs, "order")])
+@pytest.mark.parametrize(
+    "features, context", [(same_frame_pairs, "local"), (cross_frame_pairs, "cross-frame"), (ordered_pairs, "order")]
+)
 def test_each_context_is_solved_by_its_relation(splits, features, context):
     """The relation a context needs separates its classes (among themselves) from the same descriptors."""
     train, test = (split.subset(split.context_of() == context) for split in (splits["train"], splits["test"]))
     score = fit_score(per_video(train, features), train.labels, per_video(test, features), test.labels)
     assert score > 0.9, score
     if context != "local":  # and the local relation cannot tell the non-local classes apart
-        local = fit_score(per_video(train, same_frame_pairs), train.labels, per_video(test, same_frame_pairs), test.labels)
+        local = fit_score(
+            per_video(train, same_frame_pairs), train.labels, per_video(test, same_frame_pairs), test.labels
+        )
         assert local < 1 / 3 + 0.06, local
 
 
@@ -223,10 +247,15 @@ def test_the_set_of_boxes_and_of_frames_is_the_same_in_every_class_version(small
     data = small
     for scene in range(5):
         versions = np.flatnonzero(data.scenes == scene)
-        box_sets = {frozenset(map(tuple, data.nodes[v, :, :2].reshape(-1, data.nodes.shape[-1]).round(6))) for v in versions}
+        box_sets = {
+            frozenset(map(tuple, data.nodes[v, :, :2].reshape(-1, data.nodes.shape[-1]).round(6))) for v in versions
+        }
         assert len(box_sets) == 1
-        frame_sets = {frozenset(map(tuple, data.nodes[v].reshape(data.nodes.shape[1], -1).round(6)))
-                      for v in versions if data.contexts[data.labels[v]] != "local"}
+        frame_sets = {
+            frozenset(map(tuple, data.nodes[v].reshape(data.nodes.shape[1], -1).round(6)))
+            for v in versions
+            if data.contexts[data.labels[v]] != "local"
+        }
         assert len(frame_sets) == 1  # the local view's input, too, is the same for all six non-local classes
 
 
@@ -244,8 +273,9 @@ def test_bootstrap_matches_scipy_on_one_seed():
     stats = pytest.importorskip("scipy.stats")
     values = np.random.default_rng(3).random(400) < 0.3
     mean, low, high = load_bench().bootstrap_mean(values[None].astype(float), resamples=4000)
-    reference = stats.bootstrap((values.astype(float),), np.mean, method="percentile", n_resamples=4000,
-                                random_state=1).confidence_interval
+    reference = stats.bootstrap(
+        (values.astype(float),), np.mean, method="percentile", n_resamples=4000, random_state=1
+    ).confidence_interval
     assert mean == pytest.approx(values.mean())
     assert low == pytest.approx(reference.low, abs=0.01) and high == pytest.approx(reference.high, abs=0.01)
 
@@ -266,7 +296,9 @@ def test_smoothing_control_matches_the_teacher_non_target_mass():
     logits, epsilon = bench.smoothed_logits(labels, 9, teacher, temperature=4.0)
     soft_teacher = torch.softmax(torch.as_tensor(teacher) / 4.0, 1).numpy()
     soft = torch.softmax(torch.as_tensor(logits) / 4.0, 1).numpy()
-    assert 1 - soft[np.arange(50), labels].mean() == pytest.approx(1 - soft_teacher[np.arange(50), labels].mean(), abs=1e-5)
+    assert 1 - soft[np.arange(50), labels].mean() == pytest.approx(
+        1 - soft_teacher[np.arange(50), labels].mean(), abs=1e-5
+    )
     assert epsilon == pytest.approx(1 - soft_teacher[np.arange(50), labels].mean(), abs=1e-5)
     assert np.allclose(np.delete(soft, labels[0], axis=1)[0], epsilon / 8, atol=1e-6)
 
@@ -280,7 +312,17 @@ def test_training_loop_runs_every_objective():
     teacher = np.random.default_rng(0).normal(size=(len(data["train"]), 9)).astype(np.float32)
     extra = np.zeros((len(data["unlabelled"]), 9), np.float32)
     for view in bench.VIEWS:
-        run, (logits,) = bench.train(view, data["train"], data["val"], data["test"], 0, settings, teacher=teacher,
-                                     extra=data["unlabelled"], extra_teacher=extra, eval_sets=(data["unlabelled"],))
+        run, (logits,) = bench.train(
+            view,
+            data["train"],
+            data["val"],
+            data["test"],
+            0,
+            settings,
+            teacher=teacher,
+            extra=data["unlabelled"],
+            extra_teacher=extra,
+            eval_sets=(data["unlabelled"],),
+        )
         assert logits.shape == (len(data["unlabelled"]), 9) and run.test_correct.shape == (len(data["test"]),)
         assert 1 <= run.best_epoch <= 2 and 0 <= run.train_accuracy <= 1

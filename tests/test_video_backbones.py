@@ -17,8 +17,9 @@ from hoitool.features.video_models import WEIGHTS, slow_frames
 from hoitool.store import open_store
 from hoitool.weights import cache_path
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("pytorchvideo") is None,
-                                reason="needs the video extra (pip install 'hoitool[video]')")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("pytorchvideo") is None, reason="needs the video extra (pip install 'hoitool[video]')"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +55,9 @@ def test_weights_in_the_model_zoo_layout_load(tmp_path, arch):
     kept = backbone.network.state_dict()
     prefix = "" if arch == "i3d_r50" else "blocks."  # the SlowFast trunk keeps the blocks as a ModuleList
     key = f"{prefix}0.multipathway_blocks.0.conv.weight" if arch == "slowfast_r50" else "0.conv.weight"
-    assert torch.equal(kept[key], state["blocks.0.conv.weight" if arch == "i3d_r50" else
-                                         "blocks.0.multipathway_blocks.0.conv.weight"])
+    assert torch.equal(
+        kept[key], state["blocks.0.conv.weight" if arch == "i3d_r50" else "blocks.0.multipathway_blocks.0.conv.weight"]
+    )
     for name, value in kept.items():  # every parameter of the cut network is the file's
         source = name if arch == "slowfast_r50" else f"blocks.{name}"
         assert torch.equal(value, state[source]), name
@@ -74,8 +76,10 @@ def test_default_weights_are_read_from_torch_hub_cache(tmp_path):
     state = zoo_state("i3d_r50", 3)
     torch.save({"model_state": state}, path)
     backbone = build_backbone("i3d_r50", "res2")
-    assert torch.equal(backbone.network.state_dict()["1.res_blocks.0.branch1_conv.weight"],
-                       state["blocks.1.res_blocks.0.branch1_conv.weight"])
+    assert torch.equal(
+        backbone.network.state_dict()["1.res_blocks.0.branch1_conv.weight"],
+        state["blocks.1.res_blocks.0.branch1_conv.weight"],
+    )
 
 
 def test_weights_of_another_model_are_a_one_line_usage_error(tmp_path):
@@ -141,8 +145,24 @@ def boxes_store(tmp_path_factory):
 def boxes(root, capsys, frames):
     path = root / f"boxes{frames}.h5"
     if not path.exists():
-        code, _, err = run_cli(["extract", "boxes", root / "data", "--out", path, "--source", "dataset",
-                                "--frames", frames, "--top-k", 3, "--workers", 0], capsys)
+        code, _, err = run_cli(
+            [
+                "extract",
+                "boxes",
+                root / "data",
+                "--out",
+                path,
+                "--source",
+                "dataset",
+                "--frames",
+                frames,
+                "--top-k",
+                3,
+                "--workers",
+                0,
+            ],
+            capsys,
+        )
         assert code == 0, err
     return path
 
@@ -150,8 +170,26 @@ def boxes(root, capsys, frames):
 @pytest.mark.parametrize("arch, dim", [("i3d_r50", 2048), pytest.param("slowfast_r50", 2304, marks=pytest.mark.slow)])
 def test_features_store_end_to_end(boxes_store, capsys, arch, dim):
     out = boxes_store / f"{arch}.h5"
-    code, _, err = run_cli(["extract", "features", boxes(boxes_store, capsys, 8), "--out", out, "--backbone", arch,
-                            "--weights", "random", "--device", "cpu", "--workers", 0, "--set", "short_side=64"], capsys)
+    code, _, err = run_cli(
+        [
+            "extract",
+            "features",
+            boxes(boxes_store, capsys, 8),
+            "--out",
+            out,
+            "--backbone",
+            arch,
+            "--weights",
+            "random",
+            "--device",
+            "cpu",
+            "--workers",
+            0,
+            "--set",
+            "short_side=64",
+        ],
+        capsys,
+    )
     assert code == 0, err
     store = open_store(out)
     assert store.kind == "features" and store.attrs["dim"] == dim
@@ -163,8 +201,24 @@ def test_features_store_end_to_end(boxes_store, capsys, arch, dim):
 
 def test_clip_length_that_slowfast_cannot_take_is_refused_before_any_work(boxes_store, capsys):
     out = boxes_store / "refused.h5"
-    code, _, err = run_cli(["extract", "features", boxes(boxes_store, capsys, 6), "--out", out, "--backbone",
-                            "slowfast_r50", "--weights", "random", "--device", "cpu", "--workers", 0], capsys)
+    code, _, err = run_cli(
+        [
+            "extract",
+            "features",
+            boxes(boxes_store, capsys, 6),
+            "--out",
+            out,
+            "--backbone",
+            "slowfast_r50",
+            "--weights",
+            "random",
+            "--device",
+            "cpu",
+            "--workers",
+            0,
+        ],
+        capsys,
+    )
     assert code == 2 and "multiple of 4" in err and "got 6" in err
     assert not out.exists() and not list(boxes_store.glob("refused.h5*"))
 

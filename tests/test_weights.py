@@ -20,6 +20,7 @@ from hoitool.weights import (
 @pytest.fixture(autouse=True)
 def no_downloads(monkeypatch, tmp_path):
     """Any attempt to download fails the test; TORCH_HOME points at an empty temporary cache."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a download was attempted")
 

@@ -74,30 +74,70 @@ class ClassRule:
 
 CONTEXTS = ("local", "cross-frame", "order")
 LOCAL_RULES = (
-    ClassRule("hold_same_colour", "local", 0, None,
-              "every person holds an object of their own shirt colour"),
-    ClassRule("hold_next_colour", "local", 1, None,
-              "every person holds an object one colour on from their shirt (red->green, green->blue, blue->red)"),
-    ClassRule("hold_previous_colour", "local", 2, None,
-              "every person holds an object one colour back from their shirt (red->blue, green->red, blue->green)"),
+    ClassRule("hold_same_colour", "local", 0, None, "every person holds an object of their own shirt colour"),
+    ClassRule(
+        "hold_next_colour",
+        "local",
+        1,
+        None,
+        "every person holds an object one colour on from their shirt (red->green, green->blue, blue->red)",
+    ),
+    ClassRule(
+        "hold_previous_colour",
+        "local",
+        2,
+        None,
+        "every person holds an object one colour back from their shirt (red->blue, green->red, blue->green)",
+    ),
 )
 ORDER_RULES = (
-    ClassRule("ball_then_box_then_bottle", "order", None, ("ball", "box", "bottle"),
-              "the ball is held first, then the box, then the bottle"),
-    ClassRule("box_then_bottle_then_ball", "order", None, ("box", "bottle", "ball"),
-              "the box is held first, then the bottle, then the ball"),
-    ClassRule("bottle_then_ball_then_box", "order", None, ("bottle", "ball", "box"),
-              "the bottle is held first, then the ball, then the box"),
+    ClassRule(
+        "ball_then_box_then_bottle",
+        "order",
+        None,
+        ("ball", "box", "bottle"),
+        "the ball is held first, then the box, then the bottle",
+    ),
+    ClassRule(
+        "box_then_bottle_then_ball",
+        "order",
+        None,
+        ("box", "bottle", "ball"),
+        "the box is held first, then the bottle, then the ball",
+    ),
+    ClassRule(
+        "bottle_then_ball_then_box",
+        "order",
+        None,
+        ("bottle", "ball", "box"),
+        "the bottle is held first, then the ball, then the box",
+    ),
 )
 CROSS_FRAME_RULES = (
-    ClassRule("same_colour_pair_returns", "cross-frame", None, None,
-              "of three person-object pairs, the one sharing a colour is seen in three separate turns", returns=0),
-    ClassRule("next_colour_pair_returns", "cross-frame", None, None,
-              "of three person-object pairs, the one whose object is one colour on is seen in three separate turns",
-              returns=1),
-    ClassRule("previous_colour_pair_returns", "cross-frame", None, None,
-              "of three person-object pairs, the one whose object is one colour back is seen in three separate turns",
-              returns=2),
+    ClassRule(
+        "same_colour_pair_returns",
+        "cross-frame",
+        None,
+        None,
+        "of three person-object pairs, the one sharing a colour is seen in three separate turns",
+        returns=0,
+    ),
+    ClassRule(
+        "next_colour_pair_returns",
+        "cross-frame",
+        None,
+        None,
+        "of three person-object pairs, the one whose object is one colour on is seen in three separate turns",
+        returns=1,
+    ),
+    ClassRule(
+        "previous_colour_pair_returns",
+        "cross-frame",
+        None,
+        None,
+        "of three person-object pairs, the one whose object is one colour back is seen in three separate turns",
+        returns=2,
+    ),
 )
 # The rendered demo set's default (version-1 classes); "sharp" adds the cross-frame classes.
 CLASS_RULES = LOCAL_RULES + ORDER_RULES
@@ -119,8 +159,10 @@ def class_rules(class_set: str = "default") -> tuple[ClassRule, ...]:
 
 def describe_classes(class_set: str = "default") -> list[dict[str, str]]:
     """One row per class: name, context, what defines it, and what a model must see to tell it."""
-    return [{"name": rule.name, "context": rule.context, "rule": rule.description, "needs": NEEDS[rule.context]}
-            for rule in class_rules(class_set)]
+    return [
+        {"name": rule.name, "context": rule.context, "rule": rule.description, "needs": NEEDS[rule.context]}
+        for rule in class_rules(class_set)
+    ]
 
 
 # -- the class rules as turns: the one place that says who appears with what, and when --
@@ -199,7 +241,7 @@ def turn_bounds(num_frames: int, rng: np.random.Generator, turns: int = 3) -> li
     order = sorted(range(turns), key=lambda turn: (-(shares[turn] - lengths[turn]), ties[turn]))
     lengths[order[:leftover]] += 1
     ends = np.cumsum(lengths + 1)
-    return [(int(end - length - 1), int(end)) for end, length in zip(ends, lengths)]
+    return [(int(end - length - 1), int(end)) for end, length in zip(ends, lengths, strict=False)]
 
 
 def make_scene(rule: ClassRule, rng: np.random.Generator, num_frames: int) -> Scene:
@@ -236,7 +278,9 @@ def make_scene(rule: ClassRule, rng: np.random.Generator, num_frames: int) -> Sc
         sides=[int(side_of_colour[c]) for c in person_colours],
         sway_phase=float(sway_phase),
         bob_phase=float(bob_phase),
-        shades=np.stack([np.stack([shades[0, p], shades[1, o]]) for p, o in zip(person_colours, object_colours)]),
+        shades=np.stack(
+            [np.stack([shades[0, p], shades[1, o]]) for p, o in zip(person_colours, object_colours, strict=False)]
+        ),
         background=background,
     )
 
@@ -279,7 +323,9 @@ def pose(scene: Scene, frame: int, num_frames: int) -> Pose:
     turn = next(turn for turn, (start, end) in enumerate(scene.bounds) if start <= frame < end)
     side = scene.sides[turn]
     width, _ = OBJECT_SIZE[KINDS[scene.object_kinds[turn]]]
-    widest = max(w for w, _ in OBJECT_SIZE.values())  # not this object's width: where a person stands says nothing of it
+    widest = max(
+        w for w, _ in OBJECT_SIZE.values()
+    )  # not this object's width: where a person stands says nothing of it
     behind, ahead = HALF_TORSO + 3.0 + LIMB / 2 + SWAY, REACH + STICK + widest + SWAY  # extent from the body centre
     lowest, highest = MARGIN + behind, CANVAS - MARGIN - ahead
     if side < 0:
@@ -331,7 +377,9 @@ def _background(scene: Scene, size: int) -> np.ndarray:
     from PIL import Image
 
     big = size * SUPERSAMPLE
-    texture = Image.fromarray(((scene.background + 1) * 127.5).astype(np.uint8)).resize((big, big), Image.Resampling.BICUBIC)
+    texture = Image.fromarray(((scene.background + 1) * 127.5).astype(np.uint8)).resize(
+        (big, big), Image.Resampling.BICUBIC
+    )
     light = (np.asarray(texture, np.float32) / 127.5 - 1.0)[..., None] * 6.0
     rows = np.arange(big)[:, None, None]
     base = np.where(rows < GROUND_Y * big / CANVAS, WALL, FLOOR)
@@ -339,11 +387,13 @@ def _background(scene: Scene, size: int) -> np.ndarray:
 
 
 def _shade(colour: tuple[int, int, int], jitter: np.ndarray) -> tuple[int, int, int]:
-    red, green, blue = (int(np.clip(c + j, 0, 255)) for c, j in zip(colour, jitter))
+    red, green, blue = (int(np.clip(c + j, 0, 255)) for c, j in zip(colour, jitter, strict=False))
     return red, green, blue
 
 
-def render(scene: Scene, frame: int, num_frames: int, size: int, background: np.ndarray) -> tuple[np.ndarray, FrameBoxes]:
+def render(
+    scene: Scene, frame: int, num_frames: int, size: int, background: np.ndarray
+) -> tuple[np.ndarray, FrameBoxes]:
     """One RGB frame (size x size, drawn 4x larger and averaged down) and its boxes."""
     from PIL import Image, ImageDraw
 
@@ -369,16 +419,27 @@ def render(scene: Scene, frame: int, num_frames: int, size: int, background: np.
     limb((bx - 4, HIP_Y), (bx - 5, GROUND_Y))
     limb((bx + 4, HIP_Y), (bx + 5, GROUND_Y))
     limb((bx - side * (HALF_TORSO - 1), SHOULDER_Y + 2), (bx - side * (HALF_TORSO + 3), HIP_Y - 2))
-    draw.rounded_rectangle(xy((bx - HALF_TORSO, SHOULDER_Y - 4), (bx + HALF_TORSO, HIP_Y + 1)), radius=round(4 * k),
-                           fill=shirt, outline=OUTLINE, width=outline)
+    draw.rounded_rectangle(
+        xy((bx - HALF_TORSO, SHOULDER_Y - 4), (bx + HALF_TORSO, HIP_Y + 1)),
+        radius=round(4 * k),
+        fill=shirt,
+        outline=OUTLINE,
+        width=outline,
+    )
     limb((bx + side * (HALF_TORSO - 1), SHOULDER_Y + 2), hand)
     disc((bx, HEAD_Y), HEAD_R, fill=SKIN, outline=OUTLINE, width=outline)
     kind = KINDS[scene.object_kinds[turn]]
     width = OBJECT_SIZE[kind][0]
     stick_end = (frame_pose.object_centre[0] - side * width / 2, frame_pose.object_centre[1])
     draw.line(xy(hand, stick_end), fill=STICK_COLOUR, width=max(1, round(1.5 * k)))
-    _draw_object(draw, xy, kind, frame_pose.object_centre,
-                 _shade(RGB[COLOURS[scene.object_colours[turn]]], scene.shades[turn, 1]), k)
+    _draw_object(
+        draw,
+        xy,
+        kind,
+        frame_pose.object_centre,
+        _shade(RGB[COLOURS[scene.object_colours[turn]]], scene.shades[turn, 1]),
+        k,
+    )
     disc(hand, HAND, fill=SKIN, outline=OUTLINE, width=max(1, round(0.4 * k)))
     frame_array = np.asarray(image.resize((size, size), Image.Resampling.BOX))
     return frame_array, frame_boxes(scene, frame_pose, size)
@@ -392,21 +453,37 @@ def _draw_object(draw, xy, kind: str, centre: tuple[float, float], colour, k: fl
     dark = tuple(int(c * 0.55) for c in colour)
     outline = max(1, round(0.6 * k))
     if kind == "ball":
-        draw.ellipse(xy((cx - width / 2, cy - height / 2), (cx + width / 2, cy + height / 2)), fill=colour,
-                     outline=OUTLINE, width=outline)
+        draw.ellipse(
+            xy((cx - width / 2, cy - height / 2), (cx + width / 2, cy + height / 2)),
+            fill=colour,
+            outline=OUTLINE,
+            width=outline,
+        )
         for dx, dy in ((-3.5, -3.5), (3.5, -1.5), (-0.5, 4.0)):
             draw.ellipse(xy((cx + dx - 1.8, cy + dy - 1.8), (cx + dx + 1.8, cy + dy + 1.8)), fill=light)
     elif kind == "box":
-        draw.rectangle(xy((cx - width / 2, cy - height / 2), (cx + width / 2, cy + height / 2)), fill=colour,
-                       outline=OUTLINE, width=outline)
+        draw.rectangle(
+            xy((cx - width / 2, cy - height / 2), (cx + width / 2, cy + height / 2)),
+            fill=colour,
+            outline=OUTLINE,
+            width=outline,
+        )
         for offset in (-4.5, 0.0, 4.5):
-            draw.rectangle(xy((cx - width / 2 + 1, cy + offset - 1.1), (cx + width / 2 - 1, cy + offset + 1.1)), fill=dark)
+            draw.rectangle(
+                xy((cx - width / 2 + 1, cy + offset - 1.1), (cx + width / 2 - 1, cy + offset + 1.1)), fill=dark
+            )
     else:
         top = cy - height / 2
-        draw.rectangle(xy((cx - 2.0, top - BOTTLE_NECK), (cx + 2.0, top)), fill=(170, 170, 175), outline=OUTLINE,
-                       width=outline)
-        draw.rounded_rectangle(xy((cx - width / 2, top), (cx + width / 2, cy + height / 2)), radius=round(3 * k),
-                               fill=colour, outline=OUTLINE, width=outline)
+        draw.rectangle(
+            xy((cx - 2.0, top - BOTTLE_NECK), (cx + 2.0, top)), fill=(170, 170, 175), outline=OUTLINE, width=outline
+        )
+        draw.rounded_rectangle(
+            xy((cx - width / 2, top), (cx + width / 2, cy + height / 2)),
+            radius=round(3 * k),
+            fill=colour,
+            outline=OUTLINE,
+            width=outline,
+        )
         draw.rectangle(xy((cx - width / 2 + 1, cy - 2.5), (cx + width / 2 - 1, cy + 2.5)), fill=light)
 
 
@@ -479,8 +556,16 @@ def _check_arguments(videos_per_class: int, num_frames: int, size: int, fps: flo
         raise UsageError(f"fps={fps}: must be positive")
 
 
-def generate(out_dir: Path | str, videos_per_class: int = 12, num_frames: int = 24, size: int = 128,
-             seed: int = 0, fps: float = 8, codec: str | None = None, class_set: str = "default") -> Manifest:
+def generate(
+    out_dir: Path | str,
+    videos_per_class: int = 12,
+    num_frames: int = 24,
+    size: int = 128,
+    seed: int = 0,
+    fps: float = 8,
+    codec: str | None = None,
+    class_set: str = "default",
+) -> Manifest:
     """Render the synthetic set into ``out_dir`` and return its manifest (see the module docstring).
 
     The same arguments give byte-identical ``manifest.json`` and
@@ -513,20 +598,38 @@ def generate(out_dir: Path | str, videos_per_class: int = 12, num_frames: int = 
             encode_video(out_dir / source, frames, fps, codec)
             written.add(f"{video_id}.mp4")
             boxes[video_id] = frame_boxes_
-            videos.append(VideoEntry(
-                id=video_id, source=source, labels=[class_index], split=splits[position], kind="video", group=None,
-                fps=float(fps), num_frames=num_frames, annotations=ANNOTATIONS_FILE,
-                extra={"scene": int(index), "turns": _scene_record(scene)},
-            ))
+            videos.append(
+                VideoEntry(
+                    id=video_id,
+                    source=source,
+                    labels=[class_index],
+                    split=splits[position],
+                    kind="video",
+                    group=None,
+                    fps=float(fps),
+                    num_frames=num_frames,
+                    annotations=ANNOTATIONS_FILE,
+                    extra={"scene": int(index), "turns": _scene_record(scene)},
+                )
+            )
     for stale in (out_dir / VIDEO_DIR).iterdir():  # videos of an earlier, larger generation
         if VIDEO_NAME.match(stale.name) and stale.name not in written:
             stale.unlink()
     manifest = Manifest(
-        dataset="synthetic", classes=[rule.name for rule in rules], multilabel=False, videos=videos,
+        dataset="synthetic",
+        classes=[rule.name for rule in rules],
+        multilabel=False,
+        videos=videos,
         object_classes=list(OBJECT_CLASSES),
         extra={
-            "generator": "hoitool.datasets.synthetic", "generator_version": GENERATOR_VERSION, "codec": codec,
-            "seed": seed, "videos_per_class": videos_per_class, "num_frames": num_frames, "size": size, "fps": fps,
+            "generator": "hoitool.datasets.synthetic",
+            "generator_version": GENERATOR_VERSION,
+            "codec": codec,
+            "seed": seed,
+            "videos_per_class": videos_per_class,
+            "num_frames": num_frames,
+            "size": size,
+            "fps": fps,
             "class_context": {rule.name: rule.context for rule in rules},
             **({"class_set": class_set} if class_set != "default" else {}),
         },
@@ -537,13 +640,25 @@ def generate(out_dir: Path | str, videos_per_class: int = 12, num_frames: int = 
 @register_preparer("synthetic", SyntheticSettings)
 def build(config: SyntheticSettings, out: Path) -> Manifest:
     """Generate a small synthetic HOI video set with ground-truth boxes (needs no download)."""
-    return generate(out, videos_per_class=config.videos_per_class, num_frames=config.frames, size=config.size,
-                    seed=config.seed, fps=float(config.fps))
+    return generate(
+        out,
+        videos_per_class=config.videos_per_class,
+        num_frames=config.frames,
+        size=config.size,
+        seed=config.seed,
+        fps=float(config.fps),
+    )
 
 
 def _scene_record(scene: Scene) -> list[dict]:
     """The ground truth behind the pixels, per turn, for checks and docs; models never read it."""
-    return [{"frames": [start, end], "person_colour": COLOURS[scene.person_colours[turn]],
-             "object_colour": COLOURS[scene.object_colours[turn]], "object_kind": KINDS[scene.object_kinds[turn]],
-             "side": "left" if scene.sides[turn] < 0 else "right"}
-            for turn, (start, end) in enumerate(scene.bounds)]
+    return [
+        {
+            "frames": [start, end],
+            "person_colour": COLOURS[scene.person_colours[turn]],
+            "object_colour": COLOURS[scene.object_colours[turn]],
+            "object_kind": KINDS[scene.object_kinds[turn]],
+            "side": "left" if scene.sides[turn] < 0 else "right",
+        }
+        for turn, (start, end) in enumerate(scene.bounds)
+    ]

@@ -56,7 +56,9 @@ class FeatureSet:
     frame_size: np.ndarray  # (V, 2) float32, (H, W)
     labels: np.ndarray  # (V,) int64, index into classes
     scenes: np.ndarray  # (V,) int64: the class versions of one scene share it
-    frame_pairs: np.ndarray  # (V, T, 2) int64: (shirt colour, object colour) of each frame; ground truth, no model reads it
+    frame_pairs: (
+        np.ndarray
+    )  # (V, T, 2) int64: (shirt colour, object colour) of each frame; ground truth, no model reads it
     classes: tuple[str, ...]
     contexts: tuple[str, ...]  # per class
 
@@ -65,7 +67,9 @@ class FeatureSet:
 
     def subset(self, index) -> FeatureSet:
         """The videos at ``index`` (array of positions or a boolean mask)."""
-        per_video = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name not in ("classes", "contexts")}
+        per_video = {
+            f.name: getattr(self, f.name)[index] for f in fields(self) if f.name not in ("classes", "contexts")
+        }
         return FeatureSet(**per_video, classes=self.classes, contexts=self.contexts)
 
     def context_of(self) -> np.ndarray:
@@ -92,8 +96,10 @@ def appearance(seed: int, dim: int) -> Appearance:
 def _check(rules, frames: int, dim: int, slots: int, videos_per_class: int, noise: float) -> None:
     turns = sorted({rule.turns for rule in rules})
     if frames < 1 or any(frames % t or frames // t < POSES for t in turns):
-        raise UsageError(f"frames={frames}: must be a multiple of {int(np.lcm.reduce(turns))} with at least {POSES} "
-                         f"frames per turn (equal turns; the rules have {' or '.join(map(str, turns))} turns)")
+        raise UsageError(
+            f"frames={frames}: must be a multiple of {int(np.lcm.reduce(turns))} with at least {POSES} "
+            f"frames per turn (equal turns; the rules have {' or '.join(map(str, turns))} turns)"
+        )
     if dim < 8:
         raise UsageError(f"dim={dim}: need at least 8 descriptor dimensions")
     if slots < 2:
@@ -104,8 +110,17 @@ def _check(rules, frames: int, dim: int, slots: int, videos_per_class: int, nois
         raise UsageError(f"noise={noise}: must be >= 0")
 
 
-def generate_split(split: str, videos_per_class: int, seed: int = 0, frames: int = 15, dim: int = 32,
-                   slots: int = 2, noise: float = 0.5, look: float = 0.3, class_set: str = "sharp") -> FeatureSet:
+def generate_split(
+    split: str,
+    videos_per_class: int,
+    seed: int = 0,
+    frames: int = 15,
+    dim: int = 32,
+    slots: int = 2,
+    noise: float = 0.5,
+    look: float = 0.3,
+    class_set: str = "sharp",
+) -> FeatureSet:
     """``videos_per_class`` scenes of ``split``, each rendered once per class (see the module docstring).
 
     The same arguments give identical arrays; splits draw disjoint scenes, so
@@ -125,8 +140,9 @@ def generate_split(split: str, videos_per_class: int, seed: int = 0, frames: int
     scenes = np.tile(np.arange(videos_per_class), len(rules))
     for scene in range(videos_per_class):
         rng = np.random.default_rng([seed, SPLIT_KEYS[split], scene])
-        cast = Cast(tuple(int(c) for c in rng.permutation(3)), tuple(int(k) for k in rng.permutation(3)),
-                    int(rng.integers(3)))
+        cast = Cast(
+            tuple(int(c) for c in rng.permutation(3)), tuple(int(k) for k in rng.permutation(3)), int(rng.integers(3))
+        )
         looks = rng.normal(0.0, look / np.sqrt(dim), (2, 3, dim))  # [role][colour]: each entity's own shade
         poses = rng.normal(0.0, noise / np.sqrt(dim), (2, 3, POSES, dim))  # [role][colour][pose]
         clock = np.arange(frames) % POSES
@@ -141,13 +157,23 @@ def generate_split(split: str, videos_per_class: int, seed: int = 0, frames: int
             shirt, thing = frame_pairs[:, 0], frame_pairs[:, 1]
             kinds = np.asarray(cast.kind_of_colour)[thing]
             nodes[video, :, 0] = space.role[0] + space.colour[shirt] + looks[0, shirt] + poses[0, shirt, clock]
-            nodes[video, :, 1] = (space.role[1] + space.colour[thing] + space.kind[kinds] + looks[1, thing]
-                                  + poses[1, thing, clock])
+            nodes[video, :, 1] = (
+                space.role[1] + space.colour[thing] + space.kind[kinds] + looks[1, thing] + poses[1, thing, clock]
+            )
             valid[video, :, :2] = True
             boxes[video, :, :2] = _boxes(places[shirt], sides[shirt], sway, frames)
             pairs[video] = frame_pairs
-    return FeatureSet(nodes, valid, boxes, np.tile(np.asarray(FRAME_SIZE, np.float32), (count, 1)), labels,
-                      scenes, pairs, tuple(rule.name for rule in rules), tuple(rule.context for rule in rules))
+    return FeatureSet(
+        nodes,
+        valid,
+        boxes,
+        np.tile(np.asarray(FRAME_SIZE, np.float32), (count, 1)),
+        labels,
+        scenes,
+        pairs,
+        tuple(rule.name for rule in rules),
+        tuple(rule.context for rule in rules),
+    )
 
 
 def _boxes(x: np.ndarray, side: np.ndarray, sway: float, frames: int) -> np.ndarray:
@@ -211,5 +237,8 @@ def view_ceilings(data: FeatureSet, views=CEILING_VIEWS) -> dict[str, np.ndarray
 def context_means(per_class: np.ndarray, contexts: tuple[str, ...]) -> dict[str, float]:
     """(classes,) values -> their mean per context present (balanced classes: the per-context accuracy)."""
     contexts_array = np.asarray(contexts)
-    return {context: float(per_class[contexts_array == context].mean()) for context in CONTEXTS
-            if (contexts_array == context).any()}
+    return {
+        context: float(per_class[contexts_array == context].mean())
+        for context in CONTEXTS
+        if (contexts_array == context).any()
+    }

@@ -66,7 +66,12 @@ class NodeFeatures:
             raise UsageError("runtime.amp=true needs a CUDA device (mixed precision is not used on the CPU)")
         spec = config["backbone"]
         self.backbone = build_backbone(
-            spec["arch"], spec["layer"], spec["weights"], seed=spec["seed"], device=self.device, amp=config["runtime"]["amp"]
+            spec["arch"],
+            spec["layer"],
+            spec["weights"],
+            seed=spec["seed"],
+            device=self.device,
+            amp=config["runtime"]["amp"],
         )
         if config["mode"] == "crop" and self.backbone.kind != "2d":
             raise UsageError(f"mode=crop needs a 2D backbone, {spec['arch']} is {self.backbone.kind}")
@@ -90,21 +95,33 @@ class NodeFeatures:
         if config["mode"] == "roi":
             fmap = self.backbone.feature_map(images)
             nodes = roi_node_features(
-                fmap, image_boxes, valid, self.backbone.stride, output_size=config["roi_size"],
-                sampling_ratio=config["sampling_ratio"], pool=config["pool"],
+                fmap,
+                image_boxes,
+                valid,
+                self.backbone.stride,
+                output_size=config["roi_size"],
+                sampling_ratio=config["sampling_ratio"],
+                pool=config["pool"],
             )
             frame = fmap.float().mean(dim=(-2, -1)) if config["frame_features"] else None
         else:
             # The box as this view sees it (clipped to the spatial crop), cut from the source-resolution frame.
-            nodes = crop_node_features(source, transform.to_source(image_boxes), valid, self.backbone,
-                                       crop_size=config["crop_size"])
+            nodes = crop_node_features(
+                source, transform.to_source(image_boxes), valid, self.backbone, crop_size=config["crop_size"]
+            )
             frame = self.backbone.pooled(images) if config["frame_features"] else None
         return nodes, valid, frame
 
     def __call__(self, item: dict) -> tuple[dict, dict]:
         crops = ["none"] if self.config["crops"] == 1 else [0, 1, 2]
-        views: dict[str, list] = {"nodes": [], "valid": [], "frame_features": [], "boxes": [],
-                                  "frame_indices": [], "frame_valid": []}
+        views: dict[str, list] = {
+            "nodes": [],
+            "valid": [],
+            "frame_features": [],
+            "boxes": [],
+            "frame_indices": [],
+            "frame_valid": [],
+        }
         for clip in range(item["boxes"].shape[0]):
             frames = item["frames"][item["frame_slot"][clip]]
             source = self._source_frames(frames) if self.config["mode"] == "crop" else None
@@ -122,7 +139,9 @@ class NodeFeatures:
         return arrays, {"views": len(views["nodes"])}
 
 
-def extract_features(boxes_path: Path, out: Path, config: dict | FeaturesSettings, shard=None, force: bool = False) -> StageSummary:
+def extract_features(
+    boxes_path: Path, out: Path, config: dict | FeaturesSettings, shard=None, force: bool = False
+) -> StageSummary:
     config = resolved(FeaturesSettings, config)
     boxes = open_store(boxes_path)
     if boxes.kind != "boxes":
@@ -140,12 +159,26 @@ def extract_features(boxes_path: Path, out: Path, config: dict | FeaturesSetting
     wanted = {video.id for video in select_shard(manifest.videos, shard)}
     videos = [video_id for video_id in boxes.video_ids if video_id in wanted]
     prov = provenance(
-        "features", config, manifest_file, {"boxes": boxes.fingerprint, "boxes_path": str(Path(boxes_path).resolve())},
-        {"backbone": model.backbone.fingerprint}, shard,
+        "features",
+        config,
+        manifest_file,
+        {"boxes": boxes.fingerprint, "boxes_path": str(Path(boxes_path).resolve())},
+        {"backbone": model.backbone.fingerprint},
+        shard,
     )
     views = boxes.attrs.get("clips", 1) * config["crops"]
     return run_video_stage(
-        staged, videos, FramesLoader(manifest, Path(boxes_path)), model, prov, config["runtime"]["workers"],
-        "features", extra_meta={"views": views, "num_frames": boxes.attrs.get("frames"),
-                                "max_boxes": boxes.attrs.get("max_boxes"), "dim": model.backbone.dim},
+        staged,
+        videos,
+        FramesLoader(manifest, Path(boxes_path)),
+        model,
+        prov,
+        config["runtime"]["workers"],
+        "features",
+        extra_meta={
+            "views": views,
+            "num_frames": boxes.attrs.get("frames"),
+            "max_boxes": boxes.attrs.get("max_boxes"),
+            "dim": model.backbone.dim,
+        },
     )

@@ -30,8 +30,14 @@ TEMPORAL_MAPPING = "nearest slice centre (offset + j * temporal_stride)"
 
 _BASIC_2D = {"resnet18", "resnet34"}
 _BOTTLENECK_2D = {
-    "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
-    "wide_resnet50_2", "wide_resnet101_2",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
 }
 _VIDEO_RESNETS = {"r3d_18", "mc3_18", "r2plus1d_18"}
 # s3d's `features` is one nn.Sequential; a layer name ends it after this many modules.
@@ -49,7 +55,7 @@ def _layer_table(arch: str) -> dict[str, LayerSpec]:
     if arch in _VIDEO_RESNETS:
         # Stem: stride (1, 2, 2), no max-pool; layers 2-4 halve space, and time too except in MC3's 2D layers.
         return {
-            f"layer{i}": LayerSpec(64 * 2 ** (i - 1), 2 ** i, 1 if arch == "mc3_18" else 2 ** (i - 1))
+            f"layer{i}": LayerSpec(64 * 2 ** (i - 1), 2**i, 1 if arch == "mc3_18" else 2 ** (i - 1))
             for i in range(1, 5)
         }
     if arch == "s3d":
@@ -77,14 +83,19 @@ def backbone_table() -> list[dict]:
     for arch in SUPPORTED_BACKBONES:
         table = _layer_table(arch)
         layers = list(table)
-        rows.append({
-            "arch": arch, "kind": "3d" if arch in _VIDEO else "2d", "layers": layers, "default": default_layer(arch),
-            "dim": {layer: table[layer].dim for layer in layers},
-            "stride": {layer: table[layer].stride for layer in layers},
-            "temporal_stride": {layer: table[layer].temporal_stride for layer in layers},
-            "weights": "PyTorchVideo model zoo" if arch in _PYTORCHVIDEO else "torchvision",
-            "available": video_models.available() if arch in _PYTORCHVIDEO else True,
-        })
+        rows.append(
+            {
+                "arch": arch,
+                "kind": "3d" if arch in _VIDEO else "2d",
+                "layers": layers,
+                "default": default_layer(arch),
+                "dim": {layer: table[layer].dim for layer in layers},
+                "stride": {layer: table[layer].stride for layer in layers},
+                "temporal_stride": {layer: table[layer].temporal_stride for layer in layers},
+                "weights": "PyTorchVideo model zoo" if arch in _PYTORCHVIDEO else "torchvision",
+                "available": video_models.available() if arch in _PYTORCHVIDEO else True,
+            }
+        )
     return rows
 
 
@@ -101,8 +112,19 @@ def _truncate(model: nn.Module, arch: str, layer: str) -> nn.Sequential:
 class Backbone:
     """A frozen feature extractor; outputs stay on ``device`` as float32."""
 
-    def __init__(self, arch: str, layer: str, network: nn.Module, spec: LayerSpec, weights_spec: str,
-                 weights_fingerprint: str, mean, std, device: torch.device, amp: bool):
+    def __init__(
+        self,
+        arch: str,
+        layer: str,
+        network: nn.Module,
+        spec: LayerSpec,
+        weights_spec: str,
+        weights_fingerprint: str,
+        mean,
+        std,
+        device: torch.device,
+        amp: bool,
+    ):
         self.arch, self.layer, self.network, self.spec = arch, layer, network, spec
         self.kind = "3d" if arch in _VIDEO else "2d"
         self.dim, self.stride, self.temporal_stride = spec.dim, spec.stride, spec.temporal_stride
@@ -112,10 +134,18 @@ class Backbone:
         self.amp = bool(amp) and device.type == "cuda"  # autocast is never used on CPU
         video = self.kind == "3d"
         self.settings = {
-            "arch": arch, "layer": layer, "kind": self.kind, "dim": self.dim, "stride": self.stride,
-            "temporal_stride": self.temporal_stride, "weights": weights_spec,
-            "weights_fingerprint": weights_fingerprint, "mean": list(self.mean), "std": list(self.std),
-            "amp": self.amp, "temporal_mapping": TEMPORAL_MAPPING if video else None,
+            "arch": arch,
+            "layer": layer,
+            "kind": self.kind,
+            "dim": self.dim,
+            "stride": self.stride,
+            "temporal_stride": self.temporal_stride,
+            "weights": weights_spec,
+            "weights_fingerprint": weights_fingerprint,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "amp": self.amp,
+            "temporal_mapping": TEMPORAL_MAPPING if video else None,
             "temporal_offset": spec.temporal_offset if video else None,
             "torchvision": torchvision.__version__,
         }
@@ -135,11 +165,13 @@ class Backbone:
             return
         if count < self.min_frames:
             raise UsageError(
-                f"{self.arch} up to {self.layer} needs at least {self.min_frames} frames per clip, got {count}")
+                f"{self.arch} up to {self.layer} needs at least {self.min_frames} frames per clip, got {count}"
+            )
         if count % self.spec.frame_multiple:
             raise UsageError(
                 f"{self.arch} needs a number of frames per clip that is a multiple of {self.spec.frame_multiple} "
-                f"(its slow pathway takes every {self.spec.frame_multiple}th frame), got {count}")
+                f"(its slow pathway takes every {self.spec.frame_multiple}th frame), got {count}"
+            )
 
     def frame_slices(self, count: int, steps: list[int]) -> list[torch.Tensor]:
         """For each pathway with ``steps`` temporal slices, the slice each of the ``count`` frames takes."""
@@ -150,8 +182,10 @@ class Backbone:
         # A pathway that sees a subset of the frames (SlowFast's slow one) strides over its own input.
         strides = [self.temporal_stride if frames is None else 1 for frames in inputs]
         offsets = [self.spec.temporal_offset if frames is None else 0.0 for frames in inputs]
-        return [nearest_slice(slice_centres(n, stride, offset, frames), count)
-                for n, stride, offset, frames in zip(steps, strides, offsets, inputs, strict=True)]
+        return [
+            nearest_slice(slice_centres(n, stride, offset, frames), count)
+            for n, stride, offset, frames in zip(steps, strides, offsets, inputs, strict=True)
+        ]
 
     @torch.inference_mode()
     def feature_map(self, frames: torch.Tensor, batch: int = 32) -> torch.Tensor:

@@ -24,7 +24,9 @@ def _rois(boxes, valid, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     boxes = torch.as_tensor(boxes, dtype=torch.float32, device=device)
     valid = torch.as_tensor(valid, dtype=torch.bool, device=device)
     if boxes.ndim != 3 or boxes.shape[-1] != 4 or valid.shape != boxes.shape[:2]:
-        raise ValueError(f"expected boxes (T, K, 4) and valid (T, K), got {tuple(boxes.shape)} and {tuple(valid.shape)}")
+        raise ValueError(
+            f"expected boxes (T, K, 4) and valid (T, K), got {tuple(boxes.shape)} and {tuple(valid.shape)}"
+        )
     frame = torch.arange(boxes.shape[0], device=device, dtype=torch.float32)[:, None].expand(boxes.shape[:2])
     rois = torch.cat([frame[valid][:, None], boxes[valid]], dim=1)
     return rois, valid
@@ -47,8 +49,14 @@ def roi_node_features(
     count, slots = valid.shape
     out = torch.zeros(count, slots, feature_map.shape[1], dtype=feature_map.dtype, device=feature_map.device)
     if rois.shape[0]:
-        bins = roi_align(feature_map, rois.to(feature_map.dtype), output_size, spatial_scale=1.0 / stride,
-                         sampling_ratio=sampling_ratio, aligned=True)  # (L, C, 7, 7)
+        bins = roi_align(
+            feature_map,
+            rois.to(feature_map.dtype),
+            output_size,
+            spatial_scale=1.0 / stride,
+            sampling_ratio=sampling_ratio,
+            aligned=True,
+        )  # (L, C, 7, 7)
         out[valid] = bins.amax(dim=(2, 3)) if pool == "max" else bins.mean(dim=(2, 3))
     return out
 

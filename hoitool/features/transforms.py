@@ -54,8 +54,11 @@ class BoxTransform:
 
     def _vectors(self, boxes):
         """Boxes as floats (float32 unless already floating) and the per-column constants in that dtype."""
-        columns = ([self.scale_x, self.scale_y] * 2, [self.offset_x, self.offset_y] * 2,
-                   [float(self.width), float(self.height)] * 2)
+        columns = (
+            [self.scale_x, self.scale_y] * 2,
+            [self.offset_x, self.offset_y] * 2,
+            [float(self.width), float(self.height)] * 2,
+        )
         if isinstance(boxes, torch.Tensor):
             boxes = boxes if boxes.is_floating_point() else boxes.float()
             return (boxes, *(torch.tensor(v, dtype=boxes.dtype, device=boxes.device) for v in columns))
@@ -125,7 +128,7 @@ def prepare_frames(
     if index is not None:
         size = crop_size if crop_size is not None else min(new_h, new_w)
         y, x = crop_offsets(new_h, new_w, size, index)
-        video = video[:, :, y:y + size, x:x + size]
+        video = video[:, :, y : y + size, x : x + size]
         out_h = out_w = size
     mean_t = torch.tensor(mean, dtype=video.dtype, device=video.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=video.dtype, device=video.device).view(1, 3, 1, 1)

@@ -101,8 +101,9 @@ def build_network(arch: str, layer: str, weights, seed: int) -> tuple[nn.Module,
     """PyTorchVideo's ``arch`` with the resolved weights, cut after ``layer``; (network, weights fingerprint)."""
     hub = _hub()
     builder = getattr(hub, arch)
-    model, fingerprint = load_model(arch, weights, seed=seed, default_enum=WEIGHTS[arch], builder=builder,
-                                    pretrained=False)
+    model, fingerprint = load_model(
+        arch, weights, seed=seed, default_enum=WEIGHTS[arch], builder=builder, pretrained=False
+    )
     end = LAYERS[arch][layer][0]
     blocks = list(cast(nn.ModuleList, model.blocks))[:end]
     if arch == "slowfast_r50":
