@@ -53,12 +53,12 @@ class TrainSettings(Section):
     seed: int = Field(0, description="seed of initialisation, batch order and dropout")
     amp: bool = Field(False, description="mixed precision (CUDA only)")
     amp_dtype: Literal["bf16", "fp16"] = Field("bf16", description="dtype of mixed precision")
-
     tensorboard: bool = Field(
         False,
         description="also write TensorBoard event files under RUN/tensorboard/ (metrics.jsonl stays the record; "
         "needs pip install 'hoitool[tensorboard]')",
     )
+
 
 class DataSettings(Section):
     preload: bool | Literal["auto"] = Field(
