@@ -144,7 +144,7 @@ def build_box_model(
     which boxes are mapped back from.
     """
     if source not in DEFAULT_NMS_IOU:
-        raise UsageError(f"box model source must be one of {', '.join(DEFAULT_NMS_IOU)}, not {source!r}")
+        raise UsageError(f"box source must be one of {', '.join(DEFAULT_NMS_IOU)}, not {source!r}")
     if arch not in BOX_ARCHS:
         raise UsageError(f"unsupported box model {arch!r}; choose one of {', '.join(BOX_ARCHS)}")
     if top_k < 1:

@@ -12,6 +12,7 @@ import sys
 from typing import Optional
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 
 from hoitool import __version__
 from hoitool.cli import console
@@ -77,7 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
     try:
-        app(args=argv, prog_name="hoitool")
+        code = app(args=argv, prog_name="hoitool", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # bare `hoitool` or `hoitool prepare`: the help, as typer shows it
+        exc.show()
+        sys.exit(0)
+    except ClickException as exc:  # a bad option value or a missing argument: one line, exit 2
+        console.error(f"{exc.format_message()} (see --help)")
+        sys.exit(exc.exit_code)
     except HoitoolError as exc:
         console.error(str(exc))
         sys.exit(exc.exit_code)
@@ -85,3 +92,4 @@ def main(argv: list[str] | None = None) -> None:
         error = os_error_message(exc)
         console.error(str(error))
         sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
