@@ -43,8 +43,7 @@ def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
     """Set the CLI's verbosity and route the library's messages and progress to this console."""
     _verbosity["level"] = 0 if quiet else 2 if verbose else 1
     if _handler not in log.logger.handlers:
-        log.logger.addHandler(_handler)
-        log.logger.propagate = False
+        log.logger.addHandler(_handler)  # records still propagate (pytest's caplog, a host's own logging)
     log.logger.setLevel(_LEVELS[_verbosity["level"]])
     log.set_progress_factory(progress)
 
