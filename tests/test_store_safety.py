@@ -564,3 +564,10 @@ def test_extract_features_from_a_partial_boxes_store_warns(synthetic, tmp_path):
     result = hoitool("extract", "features", partial, "--out", tmp_path / "f.h5", *FEATURE_ARGS, check=0)
     assert f"warning: {partial} is a partial store" in " ".join(result.stderr.split())
     assert "missing shards 1/2" in " ".join(result.stderr.split())
+    features = open_store(tmp_path / "f.h5")
+    assert features.partial["missing_shards"] == partial_missing(partial)
+    assert features.partial["upstream"] == str(partial.resolve())  # training on it warns in turn
+
+
+def partial_missing(path: Path) -> list:
+    return open_store(path).partial["missing_shards"]

@@ -180,5 +180,7 @@ def extract_features(
             "num_frames": boxes.attrs.get("frames"),
             "max_boxes": boxes.attrs.get("max_boxes"),
             "dim": model.backbone.dim,
+            # made from a partial boxes store: this store is partial too, so training on it warns as well
+            **({"partial": dict(boxes.partial, upstream=str(Path(boxes_path).resolve()))} if boxes.partial else {}),
         },
     )
