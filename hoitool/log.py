@@ -2,7 +2,7 @@
 
 The library never prints and never imports the CLI. It logs to the ``hoitool`` logger
 and reports progress through :func:`progress`; the front end decides how both look.
-The CLI (``hoitool.cli.console``) shows rich output on a terminal and plain lines in a
+The CLI (its ``console`` module) shows rich output on a terminal and plain lines in a
 pipe; in a notebook, ``logging.basicConfig(level=logging.INFO)`` shows the same lines.
 """
 

@@ -30,6 +30,7 @@ import yaml
 
 from hoitool import __version__, log
 from hoitool.errors import HoitoolError, StaleArtifactError, UsageError
+from hoitool.eval.evaluate import EVAL_DIR  # where eval writes inside a run (owned by the run)
 from hoitool.eval.runs import OUTPUTS_JSON, OUTPUTS_NPZ, RUN_INFO, load_run, read_run_info
 from hoitool.io.atomic import read_jsonl, write_json, write_text
 from hoitool.io.digest import file_sha256
@@ -43,7 +44,6 @@ METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".hoitool.lock"
 LOCK_GRACE_S = 3.0  # workers of a just-killed run may need a moment to die (and drop the lock)
 PEER_DIR = "peer"
-EVAL_DIR = "eval"  # hoitool.cli.evaluate.EVAL_DIR (the library does not import the CLI)
 DATASET_MARKER = "manifest.json"  # a prepared dataset (hoitool prepare) is never taken for a run
 
 # What hoitool writes in a run directory (glob patterns per folder), each also with the temporaries
