@@ -23,7 +23,7 @@ app = typer.Typer(
     help="Human-object interaction context graphs and their distillation (GLIDN), as resumable stages.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # hoitool --install-completion (bash, zsh, fish, PowerShell)
     rich_markup_mode="rich",
 )
 prepare_app = typer.Typer(help="Prepare a dataset into a manifest.", no_args_is_help=True)
