@@ -63,6 +63,7 @@ def info_command(
         ("upstream", json.dumps(provenance.get("upstream"))),
         ("weights", json.dumps(provenance.get("weights"))),
         ("code version", str(provenance.get("code_version"))),
+        ("code commit", str(provenance.get("code_commit"))),
         ("config", json.dumps(provenance.get("config"), sort_keys=True)),
     ]
     for key, value in rows:

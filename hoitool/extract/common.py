@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hoitool import __version__
+from hoitool.io.gitinfo import code_commit
 
 
 def content_config(config: dict) -> dict:
@@ -20,5 +21,6 @@ def provenance(stage: str, config: dict, manifest: Path, upstream: dict, weights
         "upstream": upstream,
         "weights": weights,
         "code_version": __version__,
+        "code_commit": code_commit(),
         "shard": list(shard) if shard else None,
     }

@@ -34,6 +34,7 @@ from hoitool.eval.evaluate import EVAL_DIR  # where eval writes inside a run (ow
 from hoitool.eval.runs import OUTPUTS_JSON, OUTPUTS_NPZ, RUN_INFO, load_run, read_run_info
 from hoitool.io.atomic import read_jsonl, write_json, write_text
 from hoitool.io.digest import file_sha256
+from hoitool.io.gitinfo import code_commit
 from hoitool.io.lock import exclusive_lock
 from hoitool.train.board import TENSORBOARD_DIR
 
@@ -254,6 +255,7 @@ def outputs_provenance(
         "features": {"path": str(Path(features_path).resolve()), "fingerprint": features_fingerprint},
         "teacher": teacher,
         "hoitool_version": __version__,
+        "code_commit": code_commit(),
     }
 
 
