@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 from helpers import run_cli, run_cli_raw
+from test_extract import FEATURE_ARGS, hoitool
 from test_store import HEADER, build
 from test_store import features as video_arrays
 
@@ -24,26 +25,7 @@ from hoitool.store import StagedStore, open_store
 from hoitool.store.reader import DamagedStoreError
 from hoitool.store.tools import merge_stores, store_info, verify_store
 
-FEATURE_ARGS = [
-    "--backbone",
-    "resnet18",
-    "--weights",
-    "random",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-    "--set",
-    "short_side=64",
-]
 BOXES_ARGS = ["--source", "dataset", "--frames", "4", "--top-k", "4", "--workers", "0"]
-
-
-def hoitool(*args, check=None):
-    result = subprocess.run([sys.executable, "-m", "hoitool", *map(str, args)], capture_output=True, text=True)
-    if check is not None:
-        assert result.returncode == check, result.stderr
-    return result
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
