@@ -74,8 +74,12 @@ class StagedStore:
         what = f"{kind} store" if what == "output" else what
         check_ours(self.path, kind, what)  # before anything is created: never touch what hoitool did not write
         self._lock = writer_lock(self.path)
-        clean_temporaries(self.path)
-        self._check_existing(force, what)
+        try:
+            clean_temporaries(self.path)
+            self._check_existing(force, what)
+        except BaseException:  # refused (stale, damaged, interrupted): release the lock now, not at garbage collection
+            self.close()
+            raise
 
     # -- start-up ------------------------------------------------------------
 
