@@ -30,6 +30,25 @@ FEATURES_DEFAULTS = FeaturesSettings().model_dump()  # the defaults live, descri
 METHOD = "crops from source-resolution frames; 3D slices by nearest centre"
 
 
+def pooled_cells(fmap: torch.Tensor, grid: int) -> torch.Tensor:
+    """Feature maps (T, C, h, w) -> (T, grid*grid, C): average-pooled to a fixed grid, cells row-major.
+
+    A fixed grid keeps every store's cells comparable whatever the frame size (7x7: the map of a
+    224-pixel frame at stride 32), and the array small enough to keep per frame.
+    """
+    cells = torch.nn.functional.adaptive_avg_pool2d(fmap.float(), grid)
+    return cells.flatten(2).transpose(1, 2)
+
+
+def map_content(config: dict) -> dict:
+    """The content config, without the frame-map keys when maps are off: a store made before they existed resumes."""
+    content = content_config(config)
+    if not content.get("frame_maps"):
+        content.pop("frame_maps", None)
+        content.pop("frame_map_grid", None)
+    return content
+
+
 class FramesLoader:
     """Worker side: the video's boxes from the boxes store and the decoded frames they were found on."""
 
@@ -104,13 +123,19 @@ class NodeFeatures:
                 pool=config["pool"],
             )
             frame = fmap.float().mean(dim=(-2, -1)) if config["frame_features"] else None
+            cells = pooled_cells(fmap, config["frame_map_grid"]) if config["frame_maps"] else None
         else:
             # The box as this view sees it (clipped to the spatial crop), cut from the source-resolution frame.
             nodes = crop_node_features(
                 source, transform.to_source(image_boxes), valid, self.backbone, crop_size=config["crop_size"]
             )
             frame = self.backbone.pooled(images) if config["frame_features"] else None
-        return nodes, valid, frame
+            cells = (
+                pooled_cells(self.backbone.feature_map(images), config["frame_map_grid"])
+                if config["frame_maps"]
+                else None
+            )
+        return nodes, valid, frame, cells
 
     def __call__(self, item: dict) -> tuple[dict, dict]:
         crops = ["none"] if self.config["crops"] == 1 else [0, 1, 2]
@@ -118,6 +143,7 @@ class NodeFeatures:
             "nodes": [],
             "valid": [],
             "frame_features": [],
+            "frame_maps": [],
             "boxes": [],
             "frame_indices": [],
             "frame_valid": [],
@@ -126,11 +152,13 @@ class NodeFeatures:
             frames = item["frames"][item["frame_slot"][clip]]
             source = self._source_frames(frames) if self.config["mode"] == "crop" else None
             for crop in crops:
-                nodes, valid, frame = self._view(frames, source, item["boxes"][clip], item["valid"][clip], crop)
+                nodes, valid, frame, cells = self._view(frames, source, item["boxes"][clip], item["valid"][clip], crop)
                 views["nodes"].append(nodes.float().cpu().numpy().astype(np.float16))
                 views["valid"].append(valid.cpu().numpy())
                 if frame is not None:
                     views["frame_features"].append(frame.float().cpu().numpy().astype(np.float16))
+                if cells is not None:
+                    views["frame_maps"].append(cells.cpu().numpy().astype(np.float16))
                 views["boxes"].append(item["boxes"][clip])
                 views["frame_indices"].append(item["frame_indices"][clip])
                 views["frame_valid"].append(item["frame_valid"][clip])
@@ -153,7 +181,7 @@ def extract_features(
     if boxes.attrs.get("frames"):
         model.backbone.check_clip_length(int(boxes.attrs["frames"]))  # before any work, not at the first video
     # The backbone's fingerprint (weights, temporal mapping) and the crop method guard resuming like the config.
-    guarded = {**content_config(config), "backbone_fingerprint": model.backbone.fingerprint, "method": METHOD}
+    guarded = {**map_content(config), "backbone_fingerprint": model.backbone.fingerprint, "method": METHOD}
     header = {"config": guarded, "upstream": boxes.fingerprint}
     staged = StagedStore(out, "features", header, force=force, what="features store")
     wanted = {video.id for video in select_shard(manifest.videos, shard)}
@@ -180,6 +208,7 @@ def extract_features(
             "num_frames": boxes.attrs.get("frames"),
             "max_boxes": boxes.attrs.get("max_boxes"),
             "dim": model.backbone.dim,
+            **({"frame_map_grid": config["frame_map_grid"]} if config["frame_maps"] else {}),
             # made from a partial boxes store: this store is partial too, so training on it warns as well
             **({"partial": dict(boxes.partial, upstream=str(Path(boxes_path).resolve()))} if boxes.partial else {}),
         },

@@ -38,4 +38,10 @@ class FeaturesSettings(Section):
     )
     crop_size: int = Field(224, ge=16, description="side of each box crop in mode=crop")
     frame_features: bool = Field(True, description="also store whole-frame features (baselines, context)")
+    frame_maps: bool = Field(
+        False,
+        description="also store each frame's backbone map, average-pooled to frame_map_grid x frame_map_grid "
+        "cells, float16 (array frame_maps; dual attention over map cells)",
+    )
+    frame_map_grid: int = Field(7, ge=1, le=32, description="cells per side of the stored frame maps")
     runtime: FeaturesRuntime = Field(default_factory=FeaturesRuntime)

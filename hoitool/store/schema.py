@@ -36,7 +36,12 @@ ARRAYS = {
         "nodes": ("float16", 4),  # (V, T, K, D) node features
     },
 }
-OPTIONAL_ARRAYS = {"features": {"frame_features": ("float16", 3)}}  # (V, T, D) whole-frame features
+OPTIONAL_ARRAYS = {
+    "features": {
+        "frame_features": ("float16", 3),  # (V, T, D) whole-frame features
+        "frame_maps": ("float16", 4),  # (V, T, g*g, D) each frame's map average-pooled to a g x g grid
+    }
+}
 
 
 def video_key(video_id: str) -> str:
