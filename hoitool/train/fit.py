@@ -22,6 +22,7 @@ from hoitool.errors import HoitoolError
 from hoitool.eval.metrics import accuracy, sklearn_style_map
 from hoitool.io.atomic import append_jsonl
 from hoitool.losses import supervised_loss, weighted_sum
+from hoitool.losses.gradients import combine, gradient_norms, shares
 from hoitool.train import artifacts
 from hoitool.train.checkpoint import capture_rng_state, save_checkpoint
 from hoitool.train.data import batches
@@ -58,12 +59,19 @@ class Fitting(TrainingParts):
         return model(batch["nodes"], batch["valid"], batch["boxes"], batch["frame_size"])
 
     def train_epoch(self, epoch: int) -> dict:
-        """One pass over the train split; returns the epoch's mean loss terms and train metric per member."""
+        """One pass over the train split; returns the epoch's mean loss terms, gradient shares and train metric per member.
+
+        Per member and step: the named terms and weights (:meth:`_loss_terms`), their weighted sum
+        into the step's loss, and each weighted term's gradient norm at the outputs it read
+        (:func:`hoitool.losses.gradients.gradient_norms`: ``autograd.grad`` through the loss
+        functions only, every step, so the share needs no sampling and costs little). The epoch's
+        ``grad_share_<name>`` is the term's summed norm over the summed norms of all terms.
+        """
         for member in self.members:
             member.model.train()
-        term_names = ("ce", "distill", "total") if self.request.kind != "teacher" else ("ce", "total")
-        sums = torch.zeros(len(self.members), len(term_names) + 1, device=self.ctx.device, dtype=torch.float64)
+        sums: list[_TermSums] = [_TermSums() for _ in self.members]
         seen_logits: list[list[torch.Tensor]] = [[] for _ in self.members]
+        seen_targets: list[torch.Tensor] = []
         seen_index: list[torch.Tensor] = []
         steps = len(self.sampler)
         progress = log.progress(f"epoch {epoch}/{self.epochs}", steps) if self.ctx.is_main else contextlib.nullcontext()
@@ -75,16 +83,15 @@ class Fitting(TrainingParts):
                 logits = [value.float() for value in logits]
                 loss: torch.Tensor | float = 0.0
                 real = batch["weight"] > 0
-                for position, member in enumerate(self.members):
-                    terms = member.objective(
-                        logits[position], batch["target"], self._distill_target(position, logits, batch)
-                    )
-                    loss = loss + weighted_sum(terms["total"], batch["weight"])
-                    for column, name in enumerate(term_names):
-                        sums[position, column] += (terms[name].detach().double() * real).sum()
-                    sums[position, -1] += real.sum()
+                for position in range(len(self.members)):
+                    terms, weights, outputs = self._loss_terms(position, logits, batch)
+                    total = combine(terms, weights)
+                    loss = loss + weighted_sum(total, batch["weight"])
+                    norms = gradient_norms(terms, weights, batch["weight"], outputs)
+                    sums[position].add({**terms, "total": total}, norms, real)
                     seen_logits[position].append(logits[position].detach()[real])
                 seen_index.append(batch["index"][real])
+                seen_targets.append(batch["target"][real])
                 for member in self.members:
                     member.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(cast(torch.Tensor, loss)).backward()
@@ -93,24 +100,34 @@ class Fitting(TrainingParts):
                 self.scaler.update()
                 if bar is not None:
                     bar.advance()
-        sums = self.ctx.all_reduce_sum(sums).cpu()
-        if not torch.isfinite(sums).all():
+        reduced = self.ctx.all_reduce_sum(torch.stack([part.vector() for part in sums])).cpu()
+        if not torch.isfinite(reduced).all():
             raise HoitoolError(
                 f"{self.out}: training diverged in epoch {epoch} (loss is NaN or inf); lower the learning rate"
             )
         record = {}
         indices = torch.cat(seen_index).cpu().numpy()
+        targets = torch.cat(seen_targets).cpu().numpy()
         for position, member in enumerate(self.members):
-            count = sums[position, -1].item()
-            for column, name in enumerate(term_names):
-                record[f"{member.prefix}loss_{name}"] = sums[position, column].item() / count
-            gathered = self.ctx.gather((indices, torch.cat(seen_logits[position]).cpu().numpy()))
-            all_index = np.concatenate([part[0] for part in gathered])
-            all_logits = np.concatenate([part[1] for part in gathered])
-            record[f"{member.prefix}train_{self.metric}"] = score(
-                all_logits, self.videos["train"].targets[all_index], self.multilabel
-            )
+            record.update(sums[position].record(reduced[position], member.prefix))
+            gathered = self.ctx.gather((indices, targets, torch.cat(seen_logits[position]).cpu().numpy()))
+            all_targets = np.concatenate([part[1] for part in gathered])
+            all_logits = np.concatenate([part[2] for part in gathered])
+            record[f"{member.prefix}train_{self.metric}"] = score(all_logits, all_targets, self.multilabel)
         return record
+
+    def _loss_terms(
+        self, position: int, logits: list[torch.Tensor], batch: dict
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[torch.Tensor]]:
+        """Member ``position``'s named per-sample terms, their weights, and the outputs they read.
+
+        The one place a training method adds a term: put it in ``terms`` and its weight in
+        ``weights`` (and any model output it reads, besides the logits, in the list); it is then
+        part of the loss, logged as ``loss_<name>`` and measured as ``grad_share_<name>``.
+        """
+        objective = self.members[position].objective
+        terms = objective.terms(logits[position], batch["target"], self._distill_target(position, logits, batch))
+        return terms, objective.weights(), [logits[position]]
 
     def _distill_target(self, position: int, logits: list[torch.Tensor], batch: dict) -> torch.Tensor | None:
         if self.request.kind == "student":
@@ -210,3 +227,35 @@ class Fitting(TrainingParts):
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
         return trained
+
+
+class _TermSums:
+    """An epoch's sums per named term (values of real samples, gradient norms per step) and the sample count.
+
+    Names come in the order the objective gives them (the same on every rank), so one stacked
+    vector per member is all-reduced under DDP.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+        self.norms: dict[str, torch.Tensor] = {}
+        self.count: torch.Tensor | float = 0.0
+
+    def add(self, terms: dict[str, torch.Tensor], norms: dict[str, torch.Tensor], real: torch.Tensor) -> None:
+        for name, value in terms.items():
+            self.values[name] = self.values.get(name, 0.0) + (value.detach().double() * real).sum()
+        for name, norm in norms.items():
+            self.norms[name] = self.norms.get(name, 0.0) + norm.detach()
+        self.count = self.count + real.sum().double()
+
+    def vector(self) -> torch.Tensor:
+        return torch.stack([*self.values.values(), *self.norms.values(), torch.as_tensor(self.count)]).double()
+
+    def record(self, reduced: torch.Tensor, prefix: str) -> dict[str, float]:
+        """``loss_<name>`` (per-video means) and ``grad_share_<name>`` from the all-reduced vector."""
+        count = reduced[-1].item()
+        record = {f"{prefix}loss_{name}": reduced[i].item() / count for i, name in enumerate(self.values)}
+        offset = len(self.values)
+        norms = {name: reduced[offset + i].item() for i, name in enumerate(self.norms)}
+        record.update({f"{prefix}grad_share_{name}": value for name, value in shares(norms).items()})
+        return record
