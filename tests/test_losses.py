@@ -21,8 +21,8 @@ from hoitool.losses import (
     weighted_sum,
 )
 from hoitool.settings.base import validate
-from hoitool.settings.training import DistillSettings
-from hoitool.train.presets import check_config, training_defaults
+from hoitool.settings.training import DistillSettings, DistillStageSettings
+from hoitool.train.presets import training_defaults
 
 
 def test_kd_matches_batchmean_kl_times_t_squared():
@@ -140,7 +140,7 @@ def test_registry_lists_the_three_glidn_losses_by_their_functions():
     assert get_distill_loss("bce") is binary_kd_loss
 
 
-def test_a_registered_loss_is_usable_by_objective_settings_and_check_config(scratch_registry):
+def test_a_registered_loss_is_usable_by_objective_and_the_training_schema(scratch_registry):
     @register_distill_loss("l1")
     def l1_loss(student, teacher, temperature):
         return (torch.sigmoid(student / temperature) - torch.sigmoid(teacher / temperature)).abs().mean(dim=1)
@@ -153,7 +153,7 @@ def test_a_registered_loss_is_usable_by_objective_settings_and_check_config(scra
     assert validate(DistillSettings, {"loss": "l1"}).loss == "l1"
     config = training_defaults(distill=True)
     config["distill"]["loss"] = "l1"
-    check_config(config)  # train() accepts it too
+    validate(DistillStageSettings, config)  # train() accepts it too
 
 
 def test_registering_a_taken_or_reserved_name_is_refused(scratch_registry):

@@ -26,6 +26,11 @@ from hoitool.settings.training import DistillStageSettings, TeacherSettings
         ({"model": {"hidden": 10, "heads": 3}}, "model.hidden (10) must be a multiple of model.heads (3)"),
         ({"optim": 3}, "config key 'optim' = 3: must be a mapping of keys to values (a config section)"),
         ({"distill": {"lambda2": -0.5}}, "config key 'distill.lambda2' = -0.5: must be greater than or equal to 0"),
+        ({"train": {"seed": -1}}, "config key 'train.seed' = -1: must be greater than or equal to 0"),
+        (
+            {"distill": {"lambda1": 0.0, "lambda2": 0.0}},
+            "distill.lambda1 and distill.lambda2 are both 0: the loss would be zero and nothing would train",
+        ),
     ],
 )
 def test_bad_values_are_one_line_naming_key_value_and_rule(data, message):

@@ -50,7 +50,7 @@ class ScheduleSettings(Section):
 class TrainSettings(Section):
     epochs: int = Field(30, ge=1, description="number of epochs")
     batch_size: int = Field(16, ge=1, description="global batch size in videos (split across DDP ranks)")
-    seed: int = Field(0, description="seed of initialisation, batch order and dropout")
+    seed: int = Field(0, ge=0, description="seed of initialisation, batch order and dropout")
     amp: bool = Field(False, description="mixed precision (CUDA only)")
     amp_dtype: Literal["bf16", "fp16"] = Field("bf16", description="dtype of mixed precision")
     tensorboard: bool = Field(
@@ -94,6 +94,15 @@ class DistillSettings(Section):
         if name != AUTO and name not in list_distill_losses():
             raise ValueError(f"must be {AUTO} or a registered distillation loss ({', '.join(list_distill_losses())})")
         return name
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> DistillSettings:
+        """Both weights 0 make the loss zero: nothing would train (a rule across two keys)."""
+        if self.lambda1 == 0 and self.lambda2 == 0:
+            raise ValueError(
+                "distill.lambda1 and distill.lambda2 are both 0: the loss would be zero and nothing would train"
+            )
+        return self
 
 
 class TeacherSettings(Section):

@@ -50,7 +50,7 @@ from hoitool.train.data import EpochBatchSampler, ViewDataset, decide_preload, m
 from hoitool.train.distributed import DistContext, init_distributed
 from hoitool.train.fit import Fitting, selection_metric
 from hoitool.train.predict import SPLITS, Prediction
-from hoitool.train.presets import check_config, distill_loss_name, identity
+from hoitool.train.presets import distill_loss_name, identity
 from hoitool.train.state import RunState, kept_on_failure
 
 KINDS = artifacts.KINDS
@@ -314,8 +314,7 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
     so a library caller gets the same one-line refusal as the CLI before anything is written.
     """
     schema = TeacherSettings if request.kind == "teacher" else DistillStageSettings
-    request.config = resolved(schema, request.config)
-    check_config(request.config)
+    request.config = resolved(schema, request.config)  # every range, choice and cross-key rule
     if request.config["train"]["tensorboard"]:
         require_tensorboard()
     ctx = init_distributed(request.config["runtime"]["device"])

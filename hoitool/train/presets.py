@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from hoitool.config import changed_keys, load_config_file, lookup, resolve_config, set_dotted
 from hoitool.errors import UsageError
-from hoitool.losses import AUTO, list_distill_losses
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 
 # Keys that only say *how* to run, not *what* is trained; they may change when a run is resumed.
@@ -158,75 +157,6 @@ def identity(config: dict) -> dict:
 def differences(old: dict, new: dict) -> list[str]:
     """``["optim.lr: 0.001 -> 0.01", ...]`` for keys whose values differ."""
     return [f"{key}: {lookup(old, key)!r} -> {lookup(new, key)!r}" for key in changed_keys(old, new)]
-
-
-def _number(
-    config: dict,
-    key: str,
-    low: float,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = True,
-    integer: bool = False,
-    optional: bool = False,
-) -> None:
-    """Refuse ``key`` unless it is a number (an integer with ``integer``) in the stated range; one line naming it."""
-    value = lookup(config, key)
-    if optional and value is None:
-        return
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and value == value  # NaN is no number
-    if ok:
-        ok = (value > low if low_open else value >= low) and (
-            high is None or (value < high if high_open else value <= high)
-        )
-    if not ok:
-        what = "an integer" if integer else "a number"
-        low_text = f"> {low}" if low_open else f">= {low}"
-        high_text = "" if high is None else (f" and < {high}" if high_open else f" and <= {high}")
-        raise UsageError(f"{key} must be {what} {low_text}{high_text}, got {value!r}")
-
-
-def _choice(config: dict, key: str, choices: tuple) -> None:
-    value = lookup(config, key)
-    if value not in choices:
-        raise UsageError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
-
-
-def _flag(config: dict, key: str) -> None:
-    value = lookup(config, key)
-    if not isinstance(value, bool):
-        raise UsageError(f"{key} must be true or false, got {value!r}")
-
-
-def check_config(config: dict) -> None:
-    """Refuse values that would only fail later (or silently do nothing), before any file is written."""
-    _choice(config, "optim.name", ("adam", "sgd"))
-    _number(config, "optim.lr", 0, low_open=True)
-    _number(config, "optim.weight_decay", 0)
-    _number(config, "optim.momentum", 0, 1)
-    _number(config, "schedule.step_size", 0, integer=True)
-    _number(config, "schedule.gamma", 0, low_open=True)
-    _number(config, "train.epochs", 1, integer=True)
-    _number(config, "train.batch_size", 1, integer=True)
-    _number(config, "train.seed", 0, integer=True)
-    _flag(config, "train.amp")
-    _choice(config, "train.amp_dtype", ("bf16", "fp16"))
-    _number(config, "data.workers", 0, integer=True)
-    _number(config, "data.memory_budget_gb", 0, low_open=True, optional=True)
-    _choice(config, "data.preload", ("auto", True, False, "true", "false", "yes", "no"))
-    _flag(config, "data.random_view")
-    distill = config.get("distill")
-    if distill is not None:
-        _choice(config, "distill.loss", (AUTO, *list_distill_losses()))
-        _number(config, "distill.T", 0, low_open=True)
-        _number(config, "distill.lambda1", 0)
-        _number(config, "distill.lambda2", 0)
-        _flag(config, "distill.dml")
-        if distill["lambda1"] == 0 and distill["lambda2"] == 0:
-            raise UsageError(
-                "distill.lambda1 and distill.lambda2 are both 0: the loss would be zero and nothing would train"
-            )
 
 
 def distill_loss_name(config: dict, multilabel: bool) -> str:
