@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 import typer
 
+from hoitool.boxes.registry import list_box_sources
 from hoitool.cli.app import extract_app
 from hoitool.cli.options import (
     ConfigOption,
@@ -19,7 +20,7 @@ from hoitool.cli.options import (
     stage_config,
 )
 from hoitool.manifest import parse_shard
-from hoitool.settings.boxes import BoxesSettings, BoxSourceName
+from hoitool.settings.boxes import BoxesSettings
 from hoitool.settings.features import FeaturesSettings
 
 
@@ -27,7 +28,9 @@ from hoitool.settings.features import FeaturesSettings
 def boxes_command(
     manifest: Path = typer.Argument(..., help="manifest.json (or its folder) from `hoitool prepare`."),
     out: Path = typer.Option(..., "--out", "-o", help="Boxes store to write: .h5 (HDF5) or .zarr (Zarr)."),
-    source: Optional[BoxSourceName] = setting(BoxesSettings, "source", "--source"),
+    source: Optional[str] = setting(
+        BoxesSettings, "source", "--source", metavar="[" + "|".join(list_box_sources()) + "]"
+    ),
     frames: Optional[int] = setting(BoxesSettings, "frames", "--frames", "-T"),
     clips: Optional[int] = setting(BoxesSettings, "clips", "--clips"),
     top_k: Optional[int] = setting(BoxesSettings, "top_k", "--top-k", "-K"),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from hoitool.boxes.registry import describe_box_sources, list_box_sources
 from hoitool.settings.base import Section
 
-BoxSourceName = Literal["rpn", "detector", "dataset", "import"]
 Device = str  # auto, cpu, cuda, cuda:N (checked by hoitool.device.resolve_device)
 
 
@@ -35,10 +35,18 @@ class BoxesRuntime(Section):
 
 
 class BoxesSettings(Section):
-    source: BoxSourceName = Field("rpn", description="where boxes come from")
+    source: str = Field("rpn", description=f"where boxes come from: {describe_box_sources()}")
     frames: int = Field(32, ge=1, description="T: frames sampled uniformly per clip")
     clips: int = Field(1, ge=1, description="temporal clips per video (views for test-time fusion; 10 for Charades)")
     top_k: int = Field(15, ge=1, description="K: boxes kept per frame (best scores)")
     import_file: str | None = Field(None, description="boxes JSON-lines file for source=import (docs/boxes-jsonl.md)")
     model: BoxModelSettings = Field(default_factory=BoxModelSettings)
     runtime: BoxesRuntime = Field(default_factory=BoxesRuntime)
+
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, name: str) -> str:
+        """Any source in the registry (hoitool.boxes.registry), so adding one needs no change here."""
+        if name not in list_box_sources():
+            raise ValueError(f"must be a registered box source ({', '.join(list_box_sources())})")
+        return name

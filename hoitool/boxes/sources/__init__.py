@@ -1,0 +1,1 @@
+"""The box sources, one module each; every module registers its source (hoitool.boxes.registry)."""
