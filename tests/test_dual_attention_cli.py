@@ -25,3 +25,43 @@ def test_frame_map_keys_guard_a_store_only_when_maps_are_on():
     assert "frame_maps" not in off and "frame_map_grid" not in off  # a store made before the option resumes
     on = map_content(FeaturesSettings(frame_maps=True, frame_map_grid=4).model_dump())
     assert on["frame_maps"] is True and on["frame_map_grid"] == 4
+
+
+def _object_run(path, object_logits, object_targets):
+    """A hand-made run directory of a dual-attention run: 2 videos x 2 views, 3 actions, 2 object slots."""
+    import json
+
+    from hoitool.eval.runs import write_outputs
+
+    path.mkdir(parents=True)
+    info = {"kind": "teacher", "view": "global", "seed": 0, "multilabel": False, "classes": ["a", "b", "c"]}
+    info.update(dataset="toy", label="dual-attention (nodes, trn)", method={"name": "dual_attention"})
+    (path / "run.json").write_text(json.dumps(info))
+    targets = np.eye(3, dtype=np.float32)[[0, 0, 1, 1]]
+    logits = targets * 3.0
+    extra = {"object_logits": object_logits, "object_targets": object_targets}
+    write_outputs(path, ["v0", "v0", "v1", "v1"], [0, 1, 0, 1], ["test"] * 4, logits, targets, {}, extra=extra)
+    return path
+
+
+def test_eval_object_top1_fuses_views_per_slot_and_leaves_null_slots_out(tmp_path, capsys):
+    from helpers import run_cli
+
+    from hoitool.eval.evaluate import evaluate_runs
+    from hoitool.eval.runs import load_run
+
+    # 2 objects + null (index 2). v0: slot 0 is object 1, slot 1 null; v1: slot 0 is object 0, slot 1 object 1.
+    targets = np.array([[1, 2], [1, 2], [0, 1], [0, 1]])
+    logits = np.zeros((4, 2, 3), dtype=np.float32)
+    logits[0, 0] = [0, 5, 0]  # v0 view 0: object 1 (right) ...
+    logits[1, 0] = [4, 0, 0]  # ... view 1: object 0, less sure: the fused (max) probabilities pick object 1
+    logits[2, 0] = logits[3, 0] = [0, 3, 0]  # v1 slot 0: object 1, wrong
+    logits[2, 1] = logits[3, 1] = [0, 3, 0]  # v1 slot 1: object 1, right
+    logits[0, 1] = logits[1, 1] = [9, 0, 0]  # v0 slot 1 is null: never counted, whatever it says
+    run = load_run(_object_run(tmp_path / "run", logits, targets))
+    assert set(run.extra) == {"object_logits", "object_targets"}
+    record = evaluate_runs([run], split="test")
+    assert record["metrics"]["object_top1"] == 2 / 3  # v0 slot 0 right, v1 slot 0 wrong, v1 slot 1 right
+    assert record["metrics"]["accuracy"] == 1.0
+    code, out, _ = run_cli(["eval", tmp_path / "run"], capsys)
+    assert code == 0 and "object top-1" in out and "66.67" in out

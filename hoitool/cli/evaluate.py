@@ -24,6 +24,7 @@ _METRIC_TITLES = {
     "map_official": "mAP (official Charades)",
     "wap_official": "wAP (official Charades)",
     "map_sklearn": "mAP (sklearn/PySlowFast style)",
+    "object_top1": "object top-1 (dual attention)",
 }
 
 

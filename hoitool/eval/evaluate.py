@@ -175,6 +175,24 @@ def _ground_truth_for(run: Run, split: str, gt: Path | None) -> tuple[Path | Non
     return find_ground_truth(run.info, split)
 
 
+def _object_metrics(run: Run, split: str, fusion: str) -> dict:
+    """Object top-1 of a run that predicts objects (``--method dual_attention``); views fused as the actions are.
+
+    Per slot, softmax over the object classes and the null label, fused per video by the same rule;
+    top-1 over the slots that name a real object (:func:`hoitool.nn.dual_attention.object_top1`).
+    """
+    if "object_logits" not in run.extra:
+        return {}
+    from hoitool.nn.dual_attention import object_top1
+
+    rows = run.rows(split)
+    logits = run.extra["object_logits"][rows].astype(np.float64)
+    shape = logits.shape
+    flat = probabilities(logits.reshape(-1, shape[-1]), False).reshape(len(rows), -1)
+    _, fused, targets, _ = fuse_views(run.video_ids[rows], flat, run.extra["object_targets"][rows], fusion)
+    return {"object_top1": object_top1(fused.reshape(-1, *shape[1:]), targets)}
+
+
 def evaluate_runs(
     runs: list[Run],
     split: str = "test",
@@ -226,6 +244,8 @@ def evaluate_runs(
     else:
         values, files = _single_label_metrics(scores, targets, classes, out_dir, split, tag, title)
         main_metric = "accuracy"
+    if len(runs) == 1:  # fused runs: the action scores only
+        values.update(_object_metrics(primary, split, fusion))
     files["metrics"] = metrics_filename(split, tag)
     record = {
         "schema": METRICS_SCHEMA,

@@ -37,6 +37,7 @@ class Run:
     targets: np.ndarray  # (N, C) float32
     provenance: dict = field(default_factory=dict)
     outputs_sha256: str = ""
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # a method's arrays, one row each (object_logits)
 
     @property
     def multilabel(self) -> bool:
@@ -97,15 +98,30 @@ def _checked_arrays(where: str, video_ids, view_index, split, logits, targets, m
     return arrays
 
 
-def write_outputs(run_dir, video_ids, view_index, split, logits, targets, provenance: dict) -> Path:
+def _checked_extra(where: str, extra: dict, rows: int) -> dict[str, np.ndarray]:
+    """A method's extra arrays (e.g. ``object_logits``): numeric, one entry per row, names not the five's."""
+    out = {}
+    for name, value in extra.items():
+        array = np.asarray(value)
+        if name in OUTPUT_ARRAYS or array.ndim < 1 or array.shape[0] != rows or array.dtype.kind not in "biuf":
+            raise UsageError(f"{where}: extra array {name!r} {array.shape} is not numeric with one entry per row")
+        out[name] = array
+    return out
+
+
+def write_outputs(
+    run_dir, video_ids, view_index, split, logits, targets, provenance: dict, extra: dict | None = None
+) -> Path:
     """Write ``outputs.npz`` then ``outputs.json`` (each atomically) for eval and distill to read.
 
     One row per (video, test-time view). Targets are one-hot for single-label runs
-    and multi-hot for multi-label runs. Returns the path of ``outputs.npz``.
+    and multi-hot for multi-label runs. ``extra``: a method's further arrays, one
+    entry per row (``Run.extra``). Returns the path of ``outputs.npz``.
     """
     run_dir = Path(run_dir)
     npz_path = run_dir / OUTPUTS_NPZ
     arrays = _checked_arrays(str(npz_path), video_ids, view_index, split, logits, targets)
+    arrays.update(_checked_extra(str(npz_path), extra or {}, len(arrays["video_ids"])))
     with atomic_path(npz_path) as tmp:
         with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a path
             np.savez(handle, **arrays)
@@ -155,9 +171,11 @@ def load_run(path: Path | str) -> Run:
             if missing:
                 raise UsageError(f"{npz_path}: missing arrays {', '.join(missing)}")
             loaded = {name: data[name] for name in OUTPUT_ARRAYS}
+            extra = {name: data[name] for name in data.files if name not in OUTPUT_ARRAYS}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise UsageError(f"{npz_path}: unreadable ({exc})") from None
     arrays = _checked_arrays(str(npz_path), **loaded, multilabel=info["multilabel"])
+    extra = _checked_extra(str(npz_path), extra, len(arrays["video_ids"]))
     sha = file_sha256(npz_path)
     recorded = provenance.get("outputs_sha256")
     if recorded is not None and recorded != sha:
@@ -165,4 +183,4 @@ def load_run(path: Path | str) -> Run:
     n_classes = arrays["logits"].shape[1]
     if n_classes != len(info["classes"]):
         raise UsageError(f"{npz_path}: {n_classes} classes in logits but {len(info['classes'])} in {RUN_INFO}")
-    return Run(path=run_dir, info=info, provenance=provenance, outputs_sha256=sha, **arrays)
+    return Run(path=run_dir, info=info, provenance=provenance, outputs_sha256=sha, extra=extra, **arrays)

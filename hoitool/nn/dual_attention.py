@@ -248,6 +248,19 @@ class DualAttentionNet(nn.Module):
 # -- targets, loss, metrics -----------------------------------------------------------------------
 
 
+def object_vocabulary(object_classes: list[str], video_objects: list[list[str]], slots: int = 2) -> list[str]:
+    """The object classes a run predicts: every name some video gives in its first ``slots`` objects.
+
+    In the manifest's ``object_classes`` order when it lists them all (CAD-120 object types, the
+    synthetic set's kinds; its box-only labels such as ``person`` left out), else sorted (SSv2
+    placeholders and Charades objects are free names). Empty when no video has object labels.
+    """
+    used = {name for names in video_objects for name in names[:slots]}
+    if used <= set(object_classes):
+        return [name for name in object_classes if name in used]
+    return sorted(used)
+
+
 def object_slot_targets(
     objects: list[str], object_classes: list[str], slots: int = 2, video: str = "video"
 ) -> list[int]:
