@@ -65,3 +65,17 @@ def test_eval_object_top1_fuses_views_per_slot_and_leaves_null_slots_out(tmp_pat
     assert record["metrics"]["accuracy"] == 1.0
     code, out, _ = run_cli(["eval", tmp_path / "run"], capsys)
     assert code == 0 and "object top-1" in out and "66.67" in out
+
+
+def test_synthetic_videos_carry_object_labels_in_order_of_appearance(tmp_path):
+    from hoitool.datasets.synthetic import generate
+    from hoitool.nn.dual_attention import object_slot_targets, object_vocabulary
+
+    manifest = generate(tmp_path / "data", videos_per_class=1, num_frames=4, size=32, seed=0)
+    for video in manifest.videos:
+        turns = [turn["object_kind"] for turn in video.extra["turns"]]
+        assert video.objects == list(dict.fromkeys(turns)) and sorted(video.objects) == ["ball", "bottle", "box"]
+    classes = object_vocabulary(manifest.object_classes, [video.objects for video in manifest.videos])
+    assert classes == ["ball", "box", "bottle"]  # the manifest's order; 'person' (boxes only) left out
+    first = manifest.videos[0]
+    assert object_slot_targets(first.objects, classes) == [classes.index(name) for name in first.objects[:2]]

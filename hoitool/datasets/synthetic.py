@@ -609,6 +609,7 @@ def generate(
                     fps=float(fps),
                     num_frames=num_frames,
                     annotations=ANNOTATIONS_FILE,
+                    objects=held_objects(scene),
                     extra={"scene": int(index), "turns": _scene_record(scene)},
                 )
             )
@@ -648,6 +649,11 @@ def build(config: SyntheticSettings, out: Path) -> Manifest:
         seed=config.seed,
         fps=float(config.fps),
     )
+
+
+def held_objects(scene: Scene) -> list[str]:
+    """The video's object labels: the kinds held, in the order they first appear (dual attention's object slots)."""
+    return list(dict.fromkeys(KINDS[kind] for kind in scene.object_kinds))
 
 
 def _scene_record(scene: Scene) -> list[dict]:
