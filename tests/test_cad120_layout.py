@@ -45,8 +45,8 @@ def write_frames(folder: Path, frames: int) -> None:
         Image.fromarray(np.full((480, 640), 1000 + n, np.uint16)).save(folder / f"Depth_{n}.png")  # 16-bit, as released
 
 
-def write_cad120(root: Path, frames: int = FRAMES) -> Path:
-    for subject, activities in VIDEOS.items():
+def write_cad120(root: Path, frames: int = FRAMES, subjects: dict | None = None) -> Path:
+    for subject, activities in (subjects or VIDEOS).items():
         for activity, videos in activities.items():
             annotations = root / f"{subject}_annotations" / activity
             annotations.mkdir(parents=True)
@@ -80,7 +80,7 @@ def test_prepare_and_extract_boxes_give_the_rgb_frames_and_their_boxes(prepared,
     root, base = prepared
     out = base / "data"
     code, stdout, err = run_cli(
-        ["prepare", "cad120", out, "--root", root, "--fold", "Subject1", "--val", "0.5"], capsys
+        ["prepare", "cad120", "--out", out, "--root", root, "--fold", "Subject1", "--val", "0.5"], capsys
     )
     assert code == 0, err
     assert f"{FRAMES} / {FRAMES} / {FRAMES} (min / median / max)" in stdout  # a doubled count would show 24
