@@ -79,3 +79,26 @@ def test_synthetic_videos_carry_object_labels_in_order_of_appearance(tmp_path):
     assert classes == ["ball", "box", "bottle"]  # the manifest's order; 'person' (boxes only) left out
     first = manifest.videos[0]
     assert object_slot_targets(first.objects, classes) == [classes.index(name) for name in first.objects[:2]]
+
+
+def test_report_shows_the_method_with_top5_and_object_top1(tmp_path, capsys):
+    from helpers import run_cli
+
+    logits = np.zeros((4, 2, 3), dtype=np.float32)
+    logits[:, 0, 1] = 5.0  # slot 0 always says object 1
+    logits[:, 1, 2] = 5.0  # slot 1 always null
+    right = np.array([[1, 2]] * 4)  # object 1 in slot 0: top-1 = 1
+    wrong = np.array([[0, 2]] * 4)  # object 0: top-1 = 0
+    first = _object_run(tmp_path / "da0", logits, right)
+    second = _object_run(tmp_path / "da1", logits, wrong)
+    code, out, _ = run_cli(["report", first, second, "--out", tmp_path / "report"], capsys)
+    assert code == 0
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "Object top-1 (%)" in table and "Top-5 accuracy (%)" not in table  # 3 classes: top-5 undefined
+    row = next(line for line in table.splitlines() if "dual-attention (nodes, trn)" in line)
+    assert "| 2 |" in row and "50.00 ± 70.71" in row  # object top-1 over the two runs: 1 and 0
+    import csv
+
+    with open(tmp_path / "report" / "report.csv", newline="") as handle:
+        (record,) = csv.DictReader(handle)
+    assert float(record["object_top1_mean"]) == 0.5 and record["top5_accuracy_mean"] == ""

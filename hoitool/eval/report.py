@@ -15,7 +15,16 @@ import numpy as np
 
 from hoitool.errors import UsageError
 
-REPORT_METRICS = ("auto", "accuracy", "top5_accuracy", "macro_f1", "map_official", "wap_official", "map_sklearn")
+REPORT_METRICS = (
+    "auto",
+    "accuracy",
+    "top5_accuracy",
+    "macro_f1",
+    "map_official",
+    "wap_official",
+    "map_sklearn",
+    "object_top1",
+)
 METRIC_NAMES = {
     "accuracy": "Accuracy",
     "top5_accuracy": "Top-5 accuracy",
@@ -23,7 +32,10 @@ METRIC_NAMES = {
     "map_official": "mAP (official)",
     "wap_official": "wAP (official)",
     "map_sklearn": "mAP (sklearn-style)",
+    "object_top1": "Object top-1",
 }
+# Shown beside the main metric when some run of the report predicts objects (--method dual_attention).
+EXTRA_METRICS = ("top5_accuracy", "object_top1")
 
 
 def _number(value) -> str:
@@ -76,6 +88,7 @@ class ReportRow:
     runs: list[str] = field(default_factory=list)
     fusions: list[str] = field(default_factory=list)
     missing: int = 0  # runs in the group for which the metric is undefined (null)
+    extras: dict[str, list[float]] = field(default_factory=dict)  # EXTRA_METRICS values, where defined
 
     @property
     def n(self) -> int:
@@ -105,6 +118,9 @@ def build_rows(entries: list[tuple[dict, dict]], metric: str = "auto") -> list[R
         f1 = record["metrics"].get("macro_f1")
         if f1 is not None:
             row.macro_f1.append(float(f1))
+        for extra in EXTRA_METRICS:
+            if record["metrics"].get(extra) is not None:
+                row.extras.setdefault(extra, []).append(float(record["metrics"][extra]))
         row.seeds.append(info.get("seed"))
         row.runs.append(record.get("run", "?"))
         row.fusions.append(record.get("fusion", {}).get("views", "?"))
@@ -127,6 +143,9 @@ def table_cells(rows: list[ReportRow]) -> tuple[list[str], list[list[str]]]:
     header.append(f"{METRIC_NAMES.get(next(iter(metrics)), 'Main metric')} (%)" if single_metric else "Main metric (%)")
     if show_f1:
         header.append("macro-F1 (%)")
+    predicts_objects = any(row.extras.get("object_top1") for row in rows)
+    extras = [m for m in EXTRA_METRICS if predicts_objects and m not in metrics and any(r.extras.get(m) for r in rows)]
+    header += [f"{METRIC_NAMES[m]} (%)" for m in extras]
     header.append("Seeds")
     cells = []
     for row in rows:
@@ -135,6 +154,7 @@ def table_cells(rows: list[ReportRow]) -> tuple[list[str], list[list[str]]]:
         line += [n_text, _percent(row.values)]
         if show_f1:
             line.append(_percent(row.macro_f1) if row.macro_f1 else "—")
+        line += [_percent(row.extras[m]) if row.extras.get(m) else "—" for m in extras]
         line.append(", ".join("?" if seed is None else str(seed) for seed in row.seeds))
         cells.append(line)
     return header, cells
@@ -176,6 +196,7 @@ def render_csv(rows: list[ReportRow]) -> str:
             "std",
             "macro_f1_mean",
             "macro_f1_std",
+            *(f"{m}_{stat}" for m in EXTRA_METRICS for stat in ("mean", "std")),
             "seeds",
             "fusion",
             "runs",
@@ -192,6 +213,7 @@ def render_csv(rows: list[ReportRow]) -> str:
                 row.n,
                 row.missing,
                 *("" if math.isnan(v) else repr(v) for v in (mean, std, f1_mean, f1_std)),
+                *("" if math.isnan(v) else repr(v) for m in EXTRA_METRICS for v in mean_std(row.extras.get(m, []))),
                 ";".join("" if seed is None else str(seed) for seed in row.seeds),
                 ";".join(sorted(set(row.fusions))),
                 ";".join(row.runs),
