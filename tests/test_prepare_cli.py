@@ -44,8 +44,8 @@ def test_folder_rerun_is_a_noop_and_a_changed_config_needs_force(tmp_path):
     changed = prepare("folder", out, "--root", root, "--seed", "1")
     assert changed.returncode == 2
     assert changed.stderr.strip().splitlines() == [
-        f"error: {out / 'manifest.json'}: already prepared from a different config (seed changed); "
-        "use --force to overwrite or pick another OUT"
+        f"error: {out / 'manifest.json'}: refusing to overwrite the prepared dataset: "
+        "it was made with a different config (seed changed); use --force to overwrite or pick another OUT"
     ]
     forced = prepare("folder", out, "--root", root, "--seed", "1", "--force")
     assert forced.returncode == 0, forced.stderr

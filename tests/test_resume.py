@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -126,7 +127,10 @@ def test_resume_on_a_changed_features_store_is_stale_unless_forced(tmp_path):
     shutil.rmtree(tmp_path / "manifest.json", ignore_errors=True)
     os.replace(other / "manifest.json", tmp_path / "manifest.json")
     os.replace(changed, features)
-    with pytest.raises(StaleArtifactError, match="features store changed since"):
+    with pytest.raises(
+        StaleArtifactError,
+        match=re.escape(f"last.pt: refusing to resume the teacher run: its features store {features} changed since"),
+    ):
         train(request(features, tmp_path / "run", resume=True, data__manifest=str(tmp_path / "manifest.json")))
     result = train(
         request(features, tmp_path / "run", resume=True, force=True, data__manifest=str(tmp_path / "manifest.json"))
@@ -137,7 +141,7 @@ def test_resume_on_a_changed_features_store_is_stale_unless_forced(tmp_path):
 def test_force_without_resume_starts_over_and_resume_on_empty_dir_starts_fresh(tmp_path):
     features = make_features(tmp_path, split_sizes={"train": 4, "val": 2, "test": 2})
     train(request(features, tmp_path / "run", train__epochs=1))
-    with pytest.raises(UsageError, match="already holds a run"):
+    with pytest.raises(UsageError, match=r"refusing to resume the teacher run: .*train\.epochs: 1 -> 2.*--force"):
         train(request(features, tmp_path / "run", train__epochs=2))
     result = train(request(features, tmp_path / "run", train__epochs=2, force=True))
     assert result.trained_epochs == 2 and len(_metrics(tmp_path / "run")) == 2

@@ -5,8 +5,9 @@ A prepared dataset is a folder ``OUT`` holding hoitool's marker (:data:`DATASET_
 own boxes, where it has some) and ``manifest.json`` (written last: its presence means done).
 
 :func:`prepare_dataset` is the one way into such a folder (docs/datasets.md): the same config again is a
-no-op, a different config (or dataset) is refused unless ``force``, ``force`` replaces only hoitool's own
-files (:data:`OWNED_FILES`), and a folder of anyone else's files is refused untouched.
+no-op, a different config (or dataset) is refused unless ``force`` (the decision of :mod:`hoitool.resume`),
+``force`` replaces only hoitool's own files (:data:`OWNED_FILES`), and a folder of anyone else's files is
+refused untouched.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from hoitool import log
+from hoitool import log, resume
 from hoitool.boxes.jsonl import FrameBoxes, write_boxes_jsonl
-from hoitool.config import changed_keys, save_config
+from hoitool.config import save_config
 from hoitool.errors import UsageError
 from hoitool.io.atomic import atomic_path, write_json, write_text
 from hoitool.manifest import Manifest
+from hoitool.resume import Decision, Place, Record, Request, would_skip
 from hoitool.settings.base import resolved
 from hoitool.video.reader import MixedFramesError, VideoReadError, list_frame_files
 
@@ -173,9 +175,22 @@ def require_root(root: str | None) -> Path:
     return path
 
 
-# -- the policy: who may write into OUT, and when ----------------------------
-def _previous(out: Path) -> tuple[str | None, dict | None]:
-    """Dataset name and config of an earlier preparation in ``out`` (None where unreadable)."""
+# -- who may write into OUT, and when (the decision is hoitool.resume's) -----
+def _place(out: Path) -> Place:
+    """A prepared folder as :mod:`hoitool.resume` words its refusals."""
+    return Place(
+        out / MANIFEST_FILE,
+        "prepared dataset",
+        remedy="use --force to overwrite or pick another OUT",
+        verb="overwrite",
+        kind="dataset",
+    )
+
+
+def _previous(out: Path) -> Record | None:
+    """What an earlier preparation left in ``out`` (dataset and config, None where unreadable); None without a manifest."""
+    if not (out / MANIFEST_FILE).is_file():
+        return None
     try:
         dataset = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8")).get("dataset")
     except (OSError, ValueError, AttributeError):
@@ -184,7 +199,9 @@ def _previous(out: Path) -> tuple[str | None, dict | None]:
         config = yaml.safe_load((out / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         config = None
-    return dataset, config if isinstance(config, dict) else None
+    return Record(
+        config if isinstance(config, dict) else None, kind=dataset, missing=f"{CONFIG_FILE} missing", finished=True
+    )
 
 
 def is_prepared_dataset(out: Path) -> bool:
@@ -239,22 +256,13 @@ def run_prepare(dataset: str, out: Path, config: dict, force: bool, build: Calla
     """
     out = Path(out)
     manifest_path = out / MANIFEST_FILE
-    old_dataset, old_config = _previous(out) if manifest_path.is_file() else (None, None)
-    if old_dataset == dataset and old_config == config and not force:  # read-only, so fine in any folder
+    place, recorded, asked = _place(out), _previous(out), Request(config, kind=dataset, force=force)
+    if would_skip(place, recorded, asked):  # read-only, so fine in any folder
         log.info(f"{out}: already prepared with this config, nothing to do (--force redoes it)")
         return Manifest.load(manifest_path)
-    if _check_out(out) and manifest_path.exists():
-        if not force:
-            if old_dataset != dataset:
-                what = f"dataset {old_dataset!r}, not {dataset!r}"
-            elif old_config is None:
-                what = f"an unknown config ({CONFIG_FILE} missing)"
-            else:
-                what = f"a different config ({', '.join(changed_keys(old_config, config))} changed)"
-            raise UsageError(
-                f"{manifest_path}: already prepared from {what}; use --force to overwrite or pick another OUT"
-            )
-        _delete_owned(out)  # from here on an interrupted run leaves no stale manifest behind
+    if _check_out(out) and recorded is not None:
+        if resume.decide(place, recorded, asked) is Decision.REPLACE:  # refuses another config unless force
+            _delete_owned(out)  # from here on an interrupted run leaves no stale manifest behind
     _claim(out, dataset)
     save_config(config, out, CONFIG_FILE)
     manifest = build(out)

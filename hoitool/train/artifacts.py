@@ -111,7 +111,8 @@ def _entries(path: Path) -> list[str]:
 def inspect_run_dir(out: Path, kind: str) -> str:
     """``"empty"`` (missing or empty) or ``"ours"`` (hoitool's run of ``kind``); anything else is refused.
 
-    Read-only: called before any other work so a refused command touches nothing.
+    Read-only: called before any other work so a refused command touches nothing. Whether hoitool's
+    run is resumed, replaced or refused is :func:`hoitool.resume.decide`'s call (hoitool.train.state).
     """
     out = Path(out)
     if not out.exists():
@@ -140,24 +141,6 @@ def inspect_run_dir(out: Path, kind: str) -> str:
         f"{out}: is not empty and is not a hoitool run directory ({what}); "
         "refusing to write into it or delete anything (choose another --out)"
     )
-
-
-def decide_run_dir(out: Path, kind: str, resume: bool, force: bool) -> str:
-    """What to do with ``out``: ``"fresh"``, ``"resume"``, ``"auto"`` or ``"replace"`` (delete ours, then fresh).
-
-    * missing or empty: fresh start;
-    * hoitool's run of this kind: ``--resume`` resumes from ``last.pt``; ``--force`` (without ``--resume``)
-      replaces it; neither: ``"auto"``, i.e. resume when the config matches (the caller checks), else refuse;
-      a run that never saved ``last.pt`` has nothing to keep and is replaced;
-    * anything else: refused by :func:`inspect_run_dir`. Call it holding :func:`lock_run_dir`.
-    """
-    if inspect_run_dir(out, kind) == "empty":
-        return "fresh"
-    if not last_checkpoint(out).exists():
-        return "replace"
-    if resume:
-        return "resume"
-    return "replace" if force else "auto"
 
 
 def lock_run_dir(out: Path):
@@ -189,7 +172,7 @@ def delete_run_files(out: Path) -> list[str]:
 
 
 def replace_run_dir(out: Path) -> None:
-    """Start ``out`` over (``--force``, or a run that never saved ``last.pt``), saying what was kept."""
+    """Start ``out`` over (:data:`hoitool.resume.Decision.REPLACE`: ``--force``, or no ``last.pt`` yet), saying what was kept."""
     saved = last_checkpoint(out).exists()
     kept = delete_run_files(out)
     note = (

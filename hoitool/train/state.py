@@ -4,7 +4,8 @@
 epoch consumes (weights, optimizer, scheduler, grad scaler, epoch, best score, every rank's RNG
 states, sampler and loader generator), so a resumed run ends bit-identical to an uninterrupted one
 on CPU; a run made with another config or from changed upstream artifacts is refused
-(``--force`` overrides).
+(``--force`` overrides): the decision is :func:`hoitool.resume.decide`'s, asked twice, before and after
+``last.pt`` is read.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hoitool import log
-from hoitool.errors import HoitoolError, Interrupted, StaleArtifactError, UsageError
+from hoitool import resume
+from hoitool.errors import HoitoolError, Interrupted, UsageError
+from hoitool.resume import Decision, Place, Record, Request
 from hoitool.train import artifacts
 from hoitool.train.checkpoint import load_checkpoint, restore_rng_state
 from hoitool.train.distributed import unwrap
-from hoitool.train.presets import differences, identity
+from hoitool.train.presets import identity
 
 if TYPE_CHECKING:
     from hoitool.manifest import Manifest
@@ -90,53 +92,59 @@ class RunState(TrainingParts):
         """
         if self.ctx.is_main:
             self.lock = artifacts.lock_run_dir(self.out)
-        decision = artifacts.decide_run_dir(self.out, self.request.kind, self.request.resume, self.request.force)
+        decision = resume.decide(self._place(self.out), self._recorded(), self._asked())
         self.ctx.barrier()  # every rank has looked at the directory before rank 0 may delete it
-        if decision in ("resume", "auto"):
+        if decision is Decision.CONTINUE:
             return self._check_resume()
         if self.ctx.is_main:
-            if decision == "replace":
+            if decision is Decision.REPLACE:
                 artifacts.replace_run_dir(self.out)
             self._write_run_files()
         self.ctx.barrier()
         return None
 
+    def _place(self, where: Path) -> Place:
+        """This run directory as :mod:`hoitool.resume` words its refusals."""
+        return Place(
+            where,
+            f"{self.request.kind} run",
+            remedy=f"to continue it use the same options (or --config {self.out / artifacts.CONFIG_FILE}), "
+            "to start over add --force (without --resume), or choose another --out",
+            stale_remedy="--resume --force continues anyway, --force without --resume starts over",
+            values=True,
+        )
+
+    def _recorded(self) -> Record | None:
+        """What the directory holds before ``last.pt`` is read: None when empty, else its saved config."""
+        if artifacts.inspect_run_dir(self.out, self.request.kind) == "empty":
+            return None
+        saved = artifacts.saved_config(self.out)  # none: judged by last.pt's own record below
+        return Record(
+            config=None if saved is None else identity(saved), saved=artifacts.last_checkpoint(self.out).exists()
+        )
+
+    def _asked(self) -> Request:
+        return Request(identity(self.config), force=self.request.force, resume=self.request.resume)
+
+    def _upstream(self, state: dict | None = None) -> dict[str, str]:
+        """What the run is made from (name -> fingerprint): now, or as ``state`` (``last.pt``) recorded it."""
+        features = state["features_fingerprint"] if state else self.reader.fingerprint
+        upstream = {f"features store {self.request.features}": features}
+        if self.request.kind == "student":
+            teacher = state["teacher"] if state else artifacts.teacher_fingerprint(self.teacher_dir)
+            upstream[f"teacher outputs {self.teacher_dir}"] = teacher["outputs_sha256"]
+        return upstream
+
     def _check_resume(self) -> dict:
-        """Load ``last.pt`` after checking the run was made with this config and this store."""
-        saved = artifacts.saved_config(self.out)
-        if saved is not None:
-            changes = differences(identity(saved), identity(self.config))
-            if changes:
-                raise UsageError(
-                    f"{self.out}: already holds a run made with a different config ({'; '.join(changes[:4])}); "
-                    f"to continue it use the same options (or --config {self.out / artifacts.CONFIG_FILE}), "
-                    "to start over add --force (without --resume), or choose another --out"
-                )
-        state = load_checkpoint(artifacts.last_checkpoint(self.out))
+        """Load ``last.pt`` and ask the policy again with its record: the config and upstream it was made with."""
+        last = artifacts.last_checkpoint(self.out)
+        state = load_checkpoint(last)
         if state["identity"].get("kind") != self.request.kind:
             raise UsageError(f"{self.out}: holds a {state['identity'].get('kind')} run, not a {self.request.kind} run")
-        changes = differences(state["identity"], self.identity)
-        if changes:
-            raise UsageError(
-                f"{artifacts.last_checkpoint(self.out)}: was made with a different config ({'; '.join(changes[:4])})"
-            )
-        self._check_upstream(
-            "features store", self.request.features, state["features_fingerprint"], self.reader.fingerprint
-        )
-        if self.request.kind == "student":
-            now = artifacts.teacher_fingerprint(self.teacher_dir)["outputs_sha256"]
-            self._check_upstream("teacher outputs", self.teacher_dir, state["teacher"]["outputs_sha256"], now)
+        recorded = Record(state["identity"], self._upstream(state))
+        asked = Request(self.identity, self._upstream(), force=self.request.force, resume=self.request.resume)
+        resume.decide(self._place(last), recorded, asked)
         return state
-
-    def _check_upstream(self, what: str, path, recorded: str, current: str) -> None:
-        if recorded == current:
-            return
-        message = f"{path}: the {what} changed since {self.out} started ({recorded} -> {current})"
-        if not self.request.force:
-            raise StaleArtifactError(
-                message + "; --resume --force continues anyway, --force without --resume starts over"
-            )
-        log.warning(f"{message}; resuming anyway (--force)")
 
     def finished(self, state: dict | None) -> bool:
         """All epochs trained and the outputs written from the ``best.pt`` on disk."""
