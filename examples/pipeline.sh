@@ -2,7 +2,7 @@
 # The GLIDN pipeline stage by stage on the built-in synthetic set (what `hoitool demo` runs for one seed).
 set -euo pipefail
 out=${1:-example-out}
-hoitool prepare synthetic "$out/data"
+hoitool prepare synthetic --out "$out/data"
 hoitool extract boxes "$out/data" --out "$out/boxes.h5" --source dataset --frames 8 --top-k 2
 hoitool extract features "$out/boxes.h5" --out "$out/features.zarr" --backbone resnet18 --weights random \
   --mode crop --set crop_size=64

@@ -195,7 +195,7 @@ def test_unfinished_teacher_is_one_line(features, tmp_path, capsys):
         ["train-teacher", "{features}", "--view", "global", "--out", "{out}"],
         ["extract", "boxes", "{dataset}", "--out", "{out}.h5"],
         ["extract", "features", "{features}", "--out", "{out}.h5"],
-        ["prepare", "synthetic", "{out}"],
+        ["prepare", "synthetic", "--out", "{out}"],
     ],
 )
 def test_config_naming_a_folder_is_one_line(features, dataset, tmp_path, command, capsys):
@@ -273,7 +273,7 @@ def read_only_folder(tmp_path):
             "--workers",
             "0",
         ],
-        ["prepare", "synthetic", "{out}", "--videos-per-class", "1"],
+        ["prepare", "synthetic", "--out", "{out}", "--videos-per-class", "1"],
         ["cache", "merge", "{features}", "--out", "{out}.h5"],
     ],
 )

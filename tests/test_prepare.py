@@ -229,8 +229,8 @@ def test_charades_frames_and_split_determinism(tmp_path):
             (folder / f"{video}-{frame:06d}.jpg").write_bytes(b"")
     for axis in "xy":  # flow images copied into a frame folder are not frames
         (root / "Charades_v1_rgb" / "V00" / f"V00-000001{axis}.jpg").write_bytes(b"")
-    first = prepare_charades(root, tmp_path / "a", frames=True, val_fraction=0.2)
-    second = prepare_charades(root, tmp_path / "b", frames=True, val_fraction=0.2)
+    first = prepare_charades(root, tmp_path / "a", from_frames=True, val_fraction=0.2)
+    second = prepare_charades(root, tmp_path / "b", from_frames=True, val_fraction=0.2)
     assert [(v.id, v.split) for v in first.sorted_videos()] == [(v.id, v.split) for v in second.sorted_videos()]
     video = first.by_id()["V00"]
     assert (video.kind, video.fps, video.num_frames) == ("frames", 24.0, 4)

@@ -16,9 +16,11 @@ from hoitool.datasets.folder import prepare_folder
 from hoitool.errors import UsageError
 
 
-def prepare(*args: str | Path) -> subprocess.CompletedProcess:
+def prepare(dataset: str, out: str | Path, *args: str | Path) -> subprocess.CompletedProcess:
+    """``hoitool prepare DATASET --out OUT ARGS...`` in a fresh process."""
+    argv = ["prepare", dataset, "--out", out, *args]
     return subprocess.run(
-        [sys.executable, "-m", "hoitool", "prepare", *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "hoitool", *map(str, argv)], capture_output=True, text=True, timeout=120
     )
 
 
@@ -104,6 +106,47 @@ def test_print_config_and_config_errors(tmp_path):
     assert unknown.returncode == 2 and "unknown config key 'val_fractoin'" in unknown.stderr
     no_root = prepare("ssv2", out)
     assert no_root.returncode == 2 and "--root" in no_root.stderr
+
+
+def test_out_is_an_option_and_the_old_positional_form_says_so(tmp_path, capsys):
+    """One grammar: every stage takes --out; a positional OUT is one line (exit 2) naming the form to use."""
+    from helpers import run_cli_raw
+
+    root, out = class_folders(tmp_path / "raw"), tmp_path / "out"
+    code, _, err = run_cli_raw(["prepare", "folder", out, "--root", root], capsys)
+    assert code == 2 and err.strip() == (
+        f"error: prepare folder takes its output as an option now: hoitool prepare folder --out {out}"
+    )
+    code, _, err = run_cli_raw(["prepare", "folder", "--root", root], capsys)
+    assert code == 2 and err.strip() == "error: prepare folder: missing --out OUT (the folder to write the manifest to)"
+    assert not out.exists()
+    code, _, err = run_cli_raw(["prepare", "folder", "-o", out, "--root", root], capsys)
+    assert code == 0 and (out / "manifest.json").is_file(), err
+
+
+def test_charades_frame_folders_are_from_frames_and_frames_is_a_count_everywhere(tmp_path, capsys):
+    """`--frames` is a number on every command; Charades reads frame folders with --from-frames (from_frames)."""
+    import typer
+    from helpers import run_cli_raw
+
+    from hoitool.cli.app import app
+
+    root = write_charades_root(tmp_path / "raw", [charades_row("V1", "S", "c001 0.0 1.0")], [], num_classes=3)
+    out = tmp_path / "out"
+    code, shown, err = run_cli_raw(
+        ["prepare", "charades", "-o", out, "--root", root, "--from-frames", "--print-config"], capsys
+    )
+    assert code == 0, err
+    assert yaml.safe_load(shown)["from_frames"] is True and "frames" not in yaml.safe_load(shown)
+    code, _, err = run_cli_raw(["prepare", "charades", "-o", out, "--root", root, "--frames"], capsys)
+    assert code == 2 and "No such option: --frames" in err and not out.exists()
+    root_command = typer.main.get_command(app)
+    commands = [root_command.commands["prepare"].commands[name] for name in ("synthetic", "charades")]
+    commands.append(root_command.commands["extract"].commands["boxes"])
+    for command in commands:
+        for param in command.params:
+            if "--frames" in param.opts:
+                assert param.bare_type() == "int" and not param.is_flag, f"{command.name}: --frames is not a count"
 
 
 def test_cad120_fold_from_the_command_line(tmp_path):

@@ -102,7 +102,7 @@ def test_every_top_level_setting_is_an_option_of_its_subcommand():
         nested = {key for key, field in schema.model_fields.items() if hasattr(field.annotation, "model_fields")}
         wanted = {"--" + key.replace("_", "-") for key in schema.model_fields if key not in nested}
         assert wanted <= options, f"prepare {name}: no option for {sorted(wanted - options)}"
-    assert "--videos" in {opt for param in group.commands["charades"].params for opt in param.secondary_opts}
+    assert "--from-videos" in {opt for param in group.commands["charades"].params for opt in param.secondary_opts}
 
 
 def test_a_dataset_module_is_discovered_and_prepared_from_python(toyset, tmp_path):
@@ -156,7 +156,22 @@ def test_a_registered_dataset_gets_a_cli_subcommand_with_its_options(toyset, tmp
     raw = tmp_path / "raw"
     raw.mkdir()
     monkeypatch.chdir(tmp_path)
-    args = ["prepare", "toyset", "out", "--root", "raw", "--count", "2", "--val", "0.25", "--tags", "x", "--tags", "y"]
+    args = [
+        "prepare",
+        "toyset",
+        "--out",
+        "out",
+        "--root",
+        "raw",
+        "--count",
+        "2",
+        "--val",
+        "0.25",
+        "--tags",
+        "x",
+        "--tags",
+        "y",
+    ]
     code, stdout, err = run_cli([*args, "--shuffle"], capsys)
     assert code == 0, err
     assert "toyset" in stdout and "train videos" in stdout
@@ -164,9 +179,9 @@ def test_a_registered_dataset_gets_a_cli_subcommand_with_its_options(toyset, tmp
     assert config == {"root": str(raw), "count": 2, "val": 0.25, "tags": ["x", "y"], "shuffle": True}
     code, _, err = run_cli([*args, "--val", "Subject3"], capsys)  # a union option takes either kind
     assert code == 2 and "a different config (shuffle, val changed)" in err
-    code, stdout, _ = run_cli(["prepare", "toyset", "out2", "--val", "Subject3", "--print-config"], capsys)
+    code, stdout, _ = run_cli(["prepare", "toyset", "--out", "out2", "--val", "Subject3", "--print-config"], capsys)
     assert code == 0 and yaml.safe_load(stdout)["val"] == "Subject3" and not (tmp_path / "out2").exists()
-    code, _, err = run_cli(["prepare", "toyset", "out3", "--root", "raw", "--count", "0"], capsys)
+    code, _, err = run_cli(["prepare", "toyset", "--out", "out3", "--root", "raw", "--count", "0"], capsys)
     assert code == 2 and "config key 'count' = 0" in err and not (tmp_path / "out3").exists()
     code, stdout, _ = run_cli(["prepare", "toyset", "--help"], capsys)
     assert code == 0 and "COUNT videos named after" in stdout and "--no-shuffle" in stdout

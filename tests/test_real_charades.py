@@ -52,7 +52,9 @@ def raw(tmp_path_factory):
 
 def test_real_charades_through_every_stage(raw, capsys):
     work = raw.parent
-    code, _, err = run_cli(["prepare", "charades", work / "data", "--root", raw, "--val-fraction", "0.5"], capsys)
+    code, _, err = run_cli(
+        ["prepare", "charades", "--out", work / "data", "--root", raw, "--val-fraction", "0.5"], capsys
+    )
     assert code == 0, err
     assert "1861 video(s) skipped, listed in" in err and "prepare_warnings.jsonl" in err
     warnings = [json.loads(line) for line in (work / "data" / "prepare_warnings.jsonl").read_text().splitlines()]

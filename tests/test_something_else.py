@@ -121,6 +121,7 @@ def test_prepare_and_extract_give_the_published_boxes_and_objects(raw, tmp_path,
         [
             "prepare",
             "ssv2",
+            "--out",
             out,
             "--root",
             raw,

@@ -67,6 +67,7 @@ def run_demo(out: Path, config: dict) -> Path:
         [
             "prepare",
             "synthetic",
+            "--out",
             str(data),
             "--videos-per-class",
             str(spec["videos_per_class"]),

@@ -1,4 +1,4 @@
-"""``hoitool prepare <dataset> OUT``: one subcommand per registered preparer (docs/datasets.md).
+"""``hoitool prepare <dataset> --out OUT``: one subcommand per registered preparer (docs/datasets.md).
 
 The subcommands are made from :mod:`hoitool.datasets.registry`: each top-level field of a
 preparer's settings schema is one option (``--video-dir`` for ``video_dir``, declared once, in the
@@ -25,10 +25,14 @@ from hoitool.cli.app import prepare_app
 from hoitool.cli.options import ConfigOption, ForceOption, PrintConfigOption, SetOption, setting, stage_config
 from hoitool.datasets.common import ANNOTATIONS_FILE, MANIFEST_FILE, WARNINGS_FILE, prepare_dataset
 from hoitool.datasets.registry import Preparer, get_preparer, list_preparers
+from hoitool.errors import UsageError
 from hoitool.manifest import SPLITS, Manifest
 
-OutArgument = typer.Argument(
-    ..., help="Output folder for manifest.json (and annotations.jsonl where the dataset has boxes)."
+OutOption = typer.Option(
+    None,
+    "--out",
+    "-o",
+    help="Output folder for manifest.json (and annotations.jsonl where the dataset has boxes) (required).",
 )
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
@@ -112,20 +116,33 @@ def _config_value(value: Any, as_yaml: bool) -> Any:
     return value
 
 
+def _out(name: str, out: Path | None, extra: list[str]) -> Path | None:
+    """``--out``; a positional OUT (the old form, left in ``extra``) is a usage error that shows the form to use."""
+    if extra:
+        raise UsageError(
+            f"prepare {name} takes its output as an option now: hoitool prepare {name} --out {extra[0]}"
+            + (f" (and got extra arguments {' '.join(extra[1:])!r})" if extra[1:] else "")
+        )
+    return out
+
+
 def prepare_command(preparer: Preparer) -> Any:
-    """The Typer command of one preparer: OUT, its settings' options, --force and the config options."""
+    """The Typer command of one preparer: --out, its settings' options, --force and the config options."""
     options = _options(preparer.settings)
 
     def command(**values: Any) -> None:
+        out = _out(preparer.name, values["out"], values["context"].args)
         given = {key: _config_value(values[parameter.name], as_yaml) for parameter, key, as_yaml in options}
         config = stage_config(
             preparer.settings, values["config_file"], values["overrides"], values["print_config"], given
         )
-        out = values["out"]
+        if out is None:
+            raise UsageError(f"prepare {preparer.name}: missing --out OUT (the folder to write the manifest to)")
         console.stdout.print(summary_table(prepare_dataset(preparer.name, out, config, values["force"]), out))
 
     parameters = [
-        inspect.Parameter("out", _KEYWORD, default=OutArgument, annotation=Path),
+        inspect.Parameter("context", _KEYWORD, annotation=typer.Context),
+        inspect.Parameter("out", _KEYWORD, default=OutOption, annotation=Optional[Path]),
         *(parameter for parameter, _, _ in options),
         inspect.Parameter("force", _KEYWORD, default=ForceOption, annotation=bool),
         inspect.Parameter("config_file", _KEYWORD, default=ConfigOption, annotation=Optional[Path]),
@@ -142,7 +159,8 @@ def prepare_command(preparer: Preparer) -> Any:
 def add_prepare_commands(group: typer.Typer, names: list[str] | None = None) -> None:
     """Add ``group <name>`` for each registered preparer (all of them by default)."""
     for name in list_preparers() if names is None else names:
-        group.command(name)(prepare_command(get_preparer(name)))
+        # extra arguments are collected (not refused by click) so that an old positional OUT gets its own message
+        group.command(name, context_settings={"allow_extra_args": True})(prepare_command(get_preparer(name)))
 
 
 add_prepare_commands(prepare_app)

@@ -101,7 +101,7 @@ def read_csv(path: Path, num_classes: int) -> list[CharadesRow]:
 def prepare_charades(
     root: Path | str,
     out: Path | str,
-    frames: bool = False,
+    from_frames: bool = False,
     val_fraction: float = 0.1,
     seed: int = 0,
     video_dir: str = "Charades_v1_480",
@@ -123,7 +123,7 @@ def prepare_charades(
             if row.id in seen:
                 raise UsageError(f"{root / csv_name}: video {row.id!r} already listed in {seen[row.id]}")
             seen[row.id] = csv_name
-            if frames:  # Charades_v1_rgb/<id>/<id>-000001.jpg: named by a pattern, so no other image is a frame
+            if from_frames:  # Charades_v1_rgb/<id>/<id>-000001.jpg: named by a pattern, so no other image is a frame
                 source = root / frames_dir / row.id / f"{row.id}-%06d.jpg"
                 if not (source.parent / f"{row.id}-000001.jpg").is_file():
                     log.missing(row.id, source.parent / f"{row.id}-000001.jpg", "frames")
@@ -140,10 +140,10 @@ def prepare_charades(
                     source=stored_path(source, out),
                     labels=row.labels,
                     split=split,
-                    kind="frames" if frames else "video",
+                    kind="frames" if from_frames else "video",
                     group=row.subject,
-                    fps=FRAMES_FPS if frames else None,
-                    num_frames=count_images(source) if frames else None,
+                    fps=FRAMES_FPS if from_frames else None,
+                    num_frames=count_images(source) if from_frames else None,
                     objects=row.objects,
                     extra={"length": row.length},
                 )

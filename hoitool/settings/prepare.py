@@ -3,7 +3,7 @@
 ``hoitool prepare <dataset>`` has one option per top-level field (``--video-dir`` for ``video_dir``;
 nested sections such as ``intrinsics`` only through ``--config``/``--set``). A field marked with
 :func:`path_field` takes a path, recorded absolute; ``flag`` in a field's extra spells its option
-another way (``--frames/--videos``).
+another way (``--from-frames/--from-videos``).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ class SyntheticSettings(Section):
 
 class CharadesSettings(Section):
     root: str | None = path_field(None, ROOT_DESCRIPTION)
-    frames: bool = Field(
+    from_frames: bool = Field(
         False,
-        description="read the RGB frame folders instead of the mp4 videos",
-        json_schema_extra={"flag": "--frames/--videos"},
+        description="read the RGB frame folders (frames_dir) instead of the mp4 videos (video_dir)",
+        json_schema_extra={"flag": "--from-frames/--from-videos"},
     )
     video_dir: str = Field("Charades_v1_480", description="folder of the mp4 videos under the root")
     frames_dir: str = Field("Charades_v1_rgb", description="folder of the frame folders under the root")
