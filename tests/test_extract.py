@@ -297,7 +297,7 @@ def test_two_concurrent_shards_merged_equal_one_run(dataset, tmp_path):
 
 def test_changed_upstream_store_is_refused(dataset, tmp_path):
     boxes = tmp_path / "boxes.h5"
-    shutil.copy(dataset / "boxes.h5", boxes)
+    shutil.copytree(dataset / "boxes.h5", boxes)  # a store is a folder (schema 2)
     out = tmp_path / "f.h5"
     hoitool("extract", "features", boxes, "--out", out, *FEATURE_ARGS, check=0)
     hoitool(

@@ -30,6 +30,15 @@ def build(path, ids, header=HEADER, force=False, shard=None):
     return staged.finalize({"manifest": "m.json", "shard": list(shard) if shard else None})
 
 
+def segment_of(path, video_id):
+    """``(segment path, row)`` of a video in a schema-2 store (tests damage or edit it there)."""
+    from hoitool.store.schema import video_key
+    from hoitool.store.segments import SEGMENTS, SegmentedBackend
+
+    name, row, _ = SegmentedBackend(path).entries[video_key(video_id)]
+    return path / SEGMENTS / name, row
+
+
 def assert_same_content(a, b):
     first, second = open_store(a), open_store(b)
     assert first.video_ids == second.video_ids
@@ -129,8 +138,9 @@ def test_verify_detects_modified_content(tmp_path):
 
     path = tmp_path / "f.h5"
     build(path, ["v1", "v2"])
-    with h5py.File(path, "r+") as handle:
-        handle["videos/v2/nodes"][0, 0, 0, 0] = np.nan
+    segment, row = segment_of(path, "v2")
+    with h5py.File(segment, "r+") as handle:
+        handle["nodes"][row, 0, 0, 0, 0] = np.nan
     problems = verify_store(path)
     assert any("non-finite" in problem for problem in problems)
     assert any("digest" in problem for problem in problems)

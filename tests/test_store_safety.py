@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from helpers import run_cli, run_cli_raw
 from test_extract import FEATURE_ARGS, hoitool
-from test_store import HEADER, build
+from test_store import HEADER, build, segment_of
 from test_store import features as video_arrays
+from test_store_segments import build_legacy
 
 from hoitool.errors import UsageError
 from hoitool.store import StagedStore, open_store
 from hoitool.store.reader import DamagedStoreError
-from hoitool.store.tools import merge_stores, store_info, verify_store
+from hoitool.store.tools import compact_store, merge_stores, store_info, verify_store
 
 BOXES_ARGS = ["--source", "dataset", "--frames", "4", "--top-k", "4", "--workers", "0"]
 
@@ -104,7 +105,7 @@ def test_force_never_touches_what_hoitool_did_not_write(synthetic, tmp_path, tar
         argv = ["extract", "features", synthetic / "boxes.h5", "--out", out, *FEATURE_ARGS, "--force"]
         if target == "other-kind":  # a boxes store where a features store is to be written
             out = tmp_path / "boxes-at-features-out.h5"
-            shutil.copy(synthetic / "boxes.h5", out)
+            shutil.copytree(synthetic / "boxes.h5", out)
             argv[4] = out
     else:
         argv = [
@@ -167,34 +168,45 @@ def test_stale_temporaries_and_unfinished_parts_of_ours_are_accepted(tmp_path):
 
 # -- 3. checked reads -------------------------------------------------------------------------------------------------
 def _zarr_chunk(path: Path, video: str, array: str) -> Path:
-    chunks = [file for file in (path / "videos" / video / array / "c").rglob("*") if file.is_file()]
+    """The shard file that holds ``video``'s row of ``array`` (it holds the other videos of its segment too)."""
+    segment, _ = segment_of(path, video)
+    chunks = [file for file in (segment / array / "c").rglob("*") if file.is_file()]
     assert len(chunks) == 1
     return chunks[0]
 
 
-def _hdf5_chunk(path: Path, video: str, array: str) -> tuple[int, int]:
-    with h5py.File(path, "r") as handle:
-        info = handle[f"videos/{video}/{array}"].id.get_chunk_info(0)
-    return info.byte_offset, info.size
+def _hdf5_chunk(path: Path, video: str, array: str) -> tuple[Path, int, int]:
+    segment, row = segment_of(path, video)
+    with h5py.File(segment, "r") as handle:
+        dataset = handle[array]
+        info = dataset.id.get_chunk_info_by_coord((row,) + (0,) * (dataset.ndim - 1))
+    return segment, info.byte_offset, info.size
+
+
+def build_apart(path: Path, ids) -> None:
+    """One commit (one segment) per video, so damaging a segment damages that video only."""
+    for video_id in ids:
+        build(path, [video_id])
 
 
 def damage(path: Path, how: str) -> None:
-    """Damage video v2 of a store built by ``build`` the way a disk, a user or a sync tool does."""
+    """Damage video v2 of a store built by ``build_apart`` the way a disk, a user or a sync tool does."""
+    segment, row = segment_of(path, "v2")
     if how == "zarr-chunk":
         _zarr_chunk(path, "v2", "nodes").unlink()  # Zarr returns the fill value (zeros) for it
     elif how == "zarr-array":
-        shutil.rmtree(path / "videos" / "v2" / "nodes")
+        shutil.rmtree(segment / "nodes")
     elif how == "hdf5-chunk":
-        offset, size = _hdf5_chunk(path, "v2", "nodes")
-        with open(path, "r+b") as handle:
+        segment, offset, size = _hdf5_chunk(path, "v2", "nodes")
+        with open(segment, "r+b") as handle:
             handle.seek(offset + size // 2)
             handle.write(b"\xff" * 16)
     elif how == "hdf5-edit":  # an in-place edit with h5py: valid data, different from what was written
-        with h5py.File(path, "r+") as handle:
-            handle["videos/v2/nodes"][0, 0, 0, 0] += 1
+        with h5py.File(segment, "r+") as handle:
+            handle["nodes"][row, 0, 0, 0, 0] += 1
     elif how == "hdf5-array":
-        with h5py.File(path, "r+") as handle:
-            del handle["videos/v2/valid"]
+        with h5py.File(segment, "r+") as handle:
+            del handle["valid"]
 
 
 DAMAGES = {"zarr-chunk": ".zarr", "zarr-array": ".zarr", "hdf5-chunk": ".h5", "hdf5-edit": ".h5", "hdf5-array": ".h5"}
@@ -203,7 +215,7 @@ DAMAGES = {"zarr-chunk": ".zarr", "zarr-array": ".zarr", "hdf5-chunk": ".h5", "h
 @pytest.mark.parametrize("how", DAMAGES)
 def test_a_damaged_video_is_never_read_as_data(tmp_path, how):
     path = tmp_path / f"f{DAMAGES[how]}"
-    build(path, ["v1", "v2", "v3"])
+    build_apart(path, ["v1", "v2", "v3"])
     damage(path, how)
     reader = open_store(path)
     np.testing.assert_array_equal(reader.read("v1")["nodes"], video_arrays(1)["nodes"].astype(np.float16))
@@ -218,40 +230,51 @@ def test_a_damaged_video_is_never_read_as_data(tmp_path, how):
 def test_a_subset_read_checks_only_what_it_reads_and_old_stores_are_checked_whole(tmp_path):
     path = tmp_path / "f.h5"
     build(path, ["v1", "v2"])
-    with h5py.File(path, "r+") as handle:
-        handle["videos/v2/boxes"][0, 0, 0, 0] += 1
+    segment, row = segment_of(path, "v2")
+    with h5py.File(segment, "r+") as handle:
+        handle["boxes"][row, 0, 0, 0, 0] += 1
     reader = open_store(path)
     assert reader.read("v2", ["nodes"])["nodes"].shape == (1, 4, 3, 8)  # boxes not read: not checked
     with pytest.raises(DamagedStoreError, match="boxes"):
         reader.read("v2", ["nodes", "boxes"])
     reader.close()
-    with h5py.File(path, "r+") as handle:  # a store written before per-array digests existed
-        for video in ("v1", "v2"):
-            attrs = json.loads(handle[f"videos/{video}"].attrs["hoitool"])
-            del attrs["array_digests"]
-            handle[f"videos/{video}"].attrs["hoitool"] = json.dumps(attrs)
+    path = tmp_path / "old.h5"
+    build_legacy(path, ["v1", "v2"], with_array_digests=False)  # a store written before per-array digests existed
+    with h5py.File(path, "r+") as handle:
+        handle["videos/v2/boxes"][0, 0, 0, 0] += 1
     reader = open_store(path)
     assert set(reader.read("v1", ["nodes"])) == {"nodes"}
     with pytest.raises(DamagedStoreError, match="digest"):
         reader.read("v2", ["nodes"])
 
 
-def test_growing_a_store_does_not_launder_a_damaged_video(tmp_path):
+def test_growing_or_compacting_a_store_does_not_launder_a_damaged_video(tmp_path):
     path = tmp_path / "f.zarr"
-    build(path, ["v1", "v2"])
+    build_apart(path, ["v1", "v2"])
     damage(path, "zarr-chunk")
+    build(path, ["v3"])  # growing adds a segment: the damaged one keeps its recorded digests
     with pytest.raises(DamagedStoreError, match="'v2'"):
-        build(path, ["v3"])
-    assert open_store(path).video_ids == ["v1", "v2"]  # the old store is left as it was
+        open_store(path).read("v2")
+    before = snapshot(path)
+    with pytest.raises(DamagedStoreError, match="'v2'"):
+        compact_store(path)  # rewriting reads every video checked: v2 never gets a fresh digest
+    assert snapshot(path) == before  # the store is left as it was
+    old = tmp_path / "old.zarr"
+    build_legacy(old, ["v1", "v2"])
+    shutil.rmtree(old / "videos" / "v2" / "nodes" / "c")
+    with pytest.raises(DamagedStoreError, match="'v2'"):
+        build(old, ["v3"])  # a schema-1 store is rewritten once: checked, too
+    assert open_store(old).video_ids == ["v1", "v2"]
 
 
 @pytest.mark.slow
 def test_features_from_a_damaged_boxes_store_record_that_video_as_failed(synthetic, tmp_path):
     boxes = tmp_path / "boxes.h5"
-    shutil.copy(synthetic / "boxes.h5", boxes)
+    shutil.copytree(synthetic / "boxes.h5", boxes)
     victim = open_store(boxes).video_ids[1]
-    with h5py.File(boxes, "r+") as handle:
-        handle[f"videos/{victim}/boxes"][0, 0, 0, 0] += 3
+    segment, row = segment_of(boxes, victim)
+    with h5py.File(segment, "r+") as handle:
+        handle["boxes"][row, 0, 0, 0, 0] += 3
     result = hoitool("extract", "features", boxes, "--out", tmp_path / "f.h5", *FEATURE_ARGS, check=3)
     failures = [json.loads(line) for line in (tmp_path / "f.h5.failures.jsonl").read_text().splitlines()]
     assert [record["video"] for record in failures] == [victim]
@@ -265,7 +288,11 @@ def test_training_on_a_damaged_store_fails_in_one_line(tmp_path, workers, capsys
 
     features = make_features(tmp_path, suffix=".zarr")
     victim = open_store(features).video_ids[0]
-    _zarr_chunk(features, victim, "nodes").unlink()
+    import zarr
+
+    segment, row = segment_of(features, victim)
+    nodes = zarr.open_array(str(segment / "nodes"), mode="r+")
+    nodes[row] = nodes[row] + 1  # an in-place edit of that video only
     code, _, err = run_cli_raw(
         [
             "train-teacher",
@@ -294,13 +321,21 @@ def test_training_on_a_damaged_store_fails_in_one_line(tmp_path, workers, capsys
     assert str(features) in line and repr(victim) in line and "cache verify" in line
 
 
-@pytest.mark.parametrize("damage_kind", ["garbage", "truncated"])
+@pytest.mark.parametrize("damage_kind", ["garbage", "truncated", "index-garbage", "index-truncated"])
 def test_cache_info_and_verify_on_a_corrupt_file_are_one_line(tmp_path, damage_kind, capsys):
     good = tmp_path / "good.h5"
-    build(good, ["v1", "v2"])
+    build_legacy(good, ["v1", "v2"])
     broken = tmp_path / "broken.h5"
-    data = good.read_bytes()
-    broken.write_bytes(np.random.default_rng(0).bytes(4096) if damage_kind == "garbage" else data[: len(data) // 2])
+    if damage_kind.startswith("index"):  # a schema-2 store whose index was overwritten or cut short
+        build(broken, ["v1", "v2"])
+        index = broken / "index.json"
+        data = index.read_bytes()
+        index.write_bytes(
+            np.random.default_rng(0).bytes(4096) if damage_kind == "index-garbage" else data[: len(data) // 2]
+        )
+    else:
+        data = good.read_bytes()
+        broken.write_bytes(np.random.default_rng(0).bytes(4096) if damage_kind == "garbage" else data[: len(data) // 2])
     for command in ("info", "verify"):
         code, _, err = run_cli_raw(["cache", command, broken], capsys)
         assert code in (1, 2) and str(broken) in one_error_line(err)
@@ -401,20 +436,20 @@ def test_disk_full_during_extraction_keeps_finished_videos_and_resumes(synthetic
 
 
 def test_disk_full_while_finalizing_leaves_no_half_store(tmp_path, monkeypatch):
-    from hoitool.store import staging
+    from hoitool.store import segments
 
     path = tmp_path / "f.zarr"
     build(path, ["v1"])
     before = snapshot(path)
-    real = staging.array_digests
+    real = segments.array_digests
 
     def full(arrays):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(staging, "array_digests", full)
+    monkeypatch.setattr(segments, "array_digests", full)
     with pytest.raises(OSError):
         build(path, ["v2"])
-    monkeypatch.setattr(staging, "array_digests", real)
+    monkeypatch.setattr(segments, "array_digests", real)
     assert snapshot(path) == before and not list(tmp_path.glob(".f.zarr.*.tmp"))
     build(path, ["v2"])
     assert open_store(path).video_ids == ["v1", "v2"]
@@ -534,7 +569,7 @@ def test_each_array_is_hashed_once_per_process_and_a_fresh_reader_checks_again(t
     damage(path, "zarr-chunk")
     with pytest.raises(DamagedStoreError):
         open_store(path).read("v2", ["nodes"])  # a new process / reader hashes what it reads
-    shutil.rmtree(path / "videos" / "v1" / "valid")
+    shutil.rmtree(segment_of(path, "v1")[0] / "valid")
     with pytest.raises(DamagedStoreError, match="'valid' missing"):
         reader.read("v1", ["nodes", "valid"])  # already verified, but a missing array is still seen
 

@@ -1,4 +1,4 @@
-"""``hoitool cache info|verify|merge``."""
+"""``hoitool cache info|verify|merge|compact``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def info_command(
             if info["videos_unreadable"]
             else ()
         ),
+        ("segments", f"{info['segments']} ({info['files']} files, {info['files_per_video'] or 0:.4f} per video)"),
+        ("codec", json.dumps(info["codec"], sort_keys=True)),
         ("bytes on disk", f"{_human(info['bytes_on_disk'])} ({info['bytes_on_disk']} B)"),
         ("uncompressed", f"{_human(info['bytes_uncompressed'])} (ratio {info['compression_ratio'] or 0:.2f}x)"),
         *(
@@ -84,6 +86,18 @@ def verify_command(path: Path = typer.Argument(..., help="A boxes or features st
     if problems:
         raise HoitoolError(f"{path}: {len(problems)} problems found")
     console.info(f"[green]ok[/green] {path}: every video readable, finite and consistent")
+
+
+@cache_app.command("compact")
+def compact_command(path: Path = typer.Argument(..., help="A boxes or features store (.h5 / .zarr).")) -> None:
+    """Rewrite a store into one segment (and an old single-file store into segments), crash-safely."""
+    from hoitool.store.tools import compact_store
+
+    meta = compact_store(path)
+    console.info(
+        f"[green]compacted[/green] {path}: {meta['num_videos']} videos in {meta['num_segments']} segment(s), "
+        f"fingerprint {meta['fingerprint']}"
+    )
 
 
 @cache_app.command("merge")

@@ -139,10 +139,14 @@ class ZarrBackend:
 
 def open_backend(path: Path | str, mode: Mode = "r", backend: str | None = None):
     """Open a store; ``backend`` overrides the suffix (temporary files have none)."""
+    from hoitool.store.segments import SegmentedBackend, is_segmented
+
     path = Path(path)
     cls = HDF5Backend if (backend or backend_name(path)) == "hdf5" else ZarrBackend
     if mode == "r" and not path.exists():
         raise UsageError(f"{path}: store not found")
+    if mode == "r" and path.is_dir() and (is_segmented(path) or cls is HDF5Backend):
+        cls = SegmentedBackend  # schema 2; a single HDF5 file or a Zarr folder without an index is schema 1
     try:
         return cls(path, mode)
     except (OSError, ValueError, KeyError) as exc:

@@ -1,8 +1,8 @@
 """What hoitool may overwrite or delete: only stores, ``.parts`` folders and ``.old`` copies it wrote itself.
 
 A store is ours when it opens as a hoitool store of the expected kind (root metadata with
-``schema_version`` and ``kind``) and, for a Zarr directory, holds nothing but the files of
-the store layout. A ``.parts`` folder is ours when it holds nothing but staged parts, its
+``schema_version`` and ``kind``) and, for a folder (a schema-2 store, or a schema-1 Zarr
+store), holds nothing but the files of the store layout. A ``.parts`` folder is ours when it holds nothing but staged parts, its
 header and its failure log. Anything else at an output path is refused before any work
 starts, so ``--force`` can never delete a dataset or a user's files.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from hoitool.errors import UsageError
 from hoitool.store.backends import backend_name, open_backend
-from hoitool.store.schema import ARRAYS, OPTIONAL_ARRAYS, SCHEMA_VERSION
+from hoitool.store.schema import ARRAYS, OPTIONAL_ARRAYS, READABLE_SCHEMAS
+from hoitool.store.segments import INDEX, SEGMENT_NAME, SEGMENTS, is_segmented
 
 ARRAY_NAMES = {name for arrays in (*ARRAYS.values(), *OPTIONAL_ARRAYS.values()) for name in arrays}
 PARTS_FILES = ("header.json", "failures.jsonl")
@@ -32,6 +33,31 @@ def _zarr_file_is_ours(parts: tuple[str, ...]) -> bool:
         rest = parts[3:]
         return rest == ("zarr.json",) or (rest[0] == "c" and all(part.isdigit() for part in rest[1:]))
     return False
+
+
+def _segmented_file_is_ours(parts: tuple[str, ...]) -> bool:
+    """True for the relative paths of a schema-2 store: its index, segments, their metadata and temporaries."""
+    name = parts[0]
+    if len(parts) == 1:
+        return name == INDEX or (name.startswith(f".{INDEX}.") and name.endswith(".tmp"))
+    if name != SEGMENTS:
+        return False
+    segment = parts[1]
+    temporary = segment.startswith(".seg-") and segment.endswith(".tmp")
+    if len(parts) == 2:
+        return bool(SEGMENT_NAME.match(segment)) or temporary
+    if not (segment.endswith(".zarr") and SEGMENT_NAME.match(segment)) and not temporary:
+        return False
+    rest = parts[2:]  # inside a Zarr segment: its zarr.json, each array's zarr.json and shard files
+    if rest == ("zarr.json",):
+        return True
+    return rest[0] in ARRAY_NAMES and (
+        rest[1:] == ("zarr.json",) or (len(rest) > 2 and rest[1] == "c" and all(part.isdigit() for part in rest[2:]))
+    )
+
+
+def store_file_is_ours(parts: tuple[str, ...]) -> bool:
+    return _segmented_file_is_ours(parts) or _zarr_file_is_ours(parts)
 
 
 def foreign_files(path: Path, layout) -> list[str]:
@@ -56,24 +82,27 @@ def _listing(found: list[str]) -> str:
     return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
 
 
-def why_not_ours(path: Path, kind: str) -> str | None:
-    """Why ``path`` is not a hoitool ``kind`` store that hoitool may replace; None when it is one or is missing."""
+def why_not_ours(path: Path, kind: str, backend_kind: str | None = None) -> str | None:
+    """Why ``path`` is not a hoitool ``kind`` store that hoitool may replace; None when it is one or is missing.
+
+    A schema-2 store is a folder with an index; a schema-1 store an HDF5 file or a Zarr folder.
+    """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_symlink():
         return "is a symbolic link"
-    zarr = backend_name(path) == "zarr"
+    zarr = (backend_kind or backend_name(path)) == "zarr"
     if zarr and not path.is_dir():
         return "is a file, not a Zarr store folder"
-    if not zarr and not path.is_file():
-        return "is a folder, not an HDF5 store file"
-    if zarr:
-        found = foreign_files(path, _zarr_file_is_ours)
+    if path.is_dir():
+        if not is_segmented(path) and not (zarr and (path / "zarr.json").is_file()):
+            return "is a folder without a hoitool store index"
+        found = foreign_files(path, _segmented_file_is_ours if is_segmented(path) else _zarr_file_is_ours)
         if found:
             return f"holds files hoitool did not write ({_listing(found)})"
     try:
-        backend = open_backend(path, "r")
+        backend = open_backend(path, "r", backend_kind)
         try:
             meta = backend.read_meta()
         finally:
@@ -84,8 +113,8 @@ def why_not_ours(path: Path, kind: str) -> str | None:
         return "has no hoitool store metadata"
     if meta["kind"] != kind:
         return f"is a hoitool {meta['kind']} store, not a {kind} store"
-    if meta["schema_version"] != SCHEMA_VERSION:
-        return f"has store schema {meta['schema_version']} (this hoitool writes {SCHEMA_VERSION})"
+    if meta["schema_version"] not in READABLE_SCHEMAS:
+        return f"has store schema {meta['schema_version']} (this hoitool reads {READABLE_SCHEMAS})"
     return None
 
 
@@ -117,8 +146,7 @@ def check_ours(path: Path, kind: str, what: str | None = None) -> None:
     parts = path.with_name(path.name + ".parts")
     candidates.append((parts, why_parts_not_ours(parts, kind)))
     old = path.with_name(path.name + ".old")
-    if backend_name(path) == "zarr":
-        candidates.append((old, why_not_ours(old, kind)))
+    candidates.append((old, why_not_ours(old, kind, backend_name(path))))
     for location, reason in candidates:
         if reason:
             raise UsageError(
@@ -133,7 +161,7 @@ def remove_store(path: Path) -> None:
     if path.is_file() or path.is_symlink():
         path.unlink()
     elif path.is_dir():
-        _remove_claimed(path, _zarr_file_is_ours)
+        _remove_claimed(path, store_file_is_ours)
 
 
 def remove_parts(parts: Path) -> None:

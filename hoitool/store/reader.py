@@ -11,7 +11,7 @@ from hoitool import log
 from hoitool.errors import HoitoolError, UsageError
 from hoitool.store.backends import open_backend
 from hoitool.store.fingerprint import array_digests, video_digest
-from hoitool.store.schema import ARRAYS, SCHEMA_VERSION, video_id_from_key, video_key
+from hoitool.store.schema import ARRAYS, READABLE_SCHEMAS, SCHEMA_VERSION, video_id_from_key, video_key
 
 
 class DamagedStoreError(HoitoolError):
@@ -116,9 +116,10 @@ class StoreReader:
             raise UsageError(
                 f"{self.path}: not a hoitool store (no metadata; an unfinished run leaves only a .parts folder)"
             )
-        if self.attrs.get("schema_version") != SCHEMA_VERSION:
+        if self.attrs.get("schema_version") not in READABLE_SCHEMAS:
             raise UsageError(
-                f"{self.path}: store schema {self.attrs.get('schema_version')} is not supported (expected {SCHEMA_VERSION})"
+                f"{self.path}: store schema {self.attrs.get('schema_version')} is not supported "
+                f"(this hoitool reads {', '.join(map(str, READABLE_SCHEMAS))}, writes {SCHEMA_VERSION})"
             )
         self.video_ids = sorted(video_id_from_key(key) for key in keys)
         self._backend = None

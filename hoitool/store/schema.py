@@ -12,7 +12,8 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: segments + index (hoitool.store.segments); 1: one HDF5 file / Zarr group, still read
+READABLE_SCHEMAS = (1, 2)
 META_ATTR = "hoitool"
 
 # name -> (dtype, ndim); the leading axis of box arrays is the clip (C), of feature arrays the view (V = clips x crops).

@@ -5,9 +5,10 @@ Protocol (docs/cache-format.md):
 * finished videos are staged as one ``.npz`` each in ``<store>.parts/`` — written to a
   temporary name, fsynced and renamed, so a part under its final name is complete;
 * a run killed at any instant leaves only complete parts; the next run skips them;
-* when every video is done or failed, the final store is built from the old store (if any)
-  and the parts, in id order, under a temporary name and renamed into place — so the
-  result is identical whether or not the run was interrupted;
+* when every video is done or failed, the new videos are committed as a new immutable
+  segment of the store and its index is replaced atomically (``hoitool.store.segments``):
+  the cost is what is new; the content and fingerprint are identical whether or not the
+  run was interrupted;
 * the header (content config + upstream fingerprint) must match to resume; ``--force``
   discards mismatched work instead.
 """
@@ -18,7 +19,6 @@ import io
 import json
 import os
 import queue
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -26,25 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-from hoitool import __version__
-from hoitool.config import changed_keys
 from hoitool.errors import StaleArtifactError
 from hoitool.io.atomic import (
     append_jsonl,
     atomic_path,
     fsync_dir,
     read_jsonl,
-    recover_dir,
-    replace_dir,
     write_json,
     write_text,
 )
 from hoitool.io.lock import exclusive_lock, release
+from hoitool.resume import Decision, Place, Record, Request, decide
 from hoitool.store.backends import backend_name, open_backend
-from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
 from hoitool.store.ownership import check_ours, remove_parts, remove_store
 from hoitool.store.reader import checked_read
-from hoitool.store.schema import SCHEMA_VERSION, check_arrays, video_id_from_key, video_key
+from hoitool.store.schema import check_arrays, video_id_from_key, video_key
+from hoitool.store.segments import SegmentedBackend, clean_orphans, commit, items_of, remove_path
 
 ATTRS_KEY = "__attrs__"
 
@@ -83,16 +80,6 @@ class StagedStore:
 
     # -- start-up ------------------------------------------------------------
 
-    def _mismatch(self, other: dict) -> str | None:
-        if other.get("upstream") != self.header.get("upstream"):
-            return (
-                f"its upstream artifact changed (fingerprint {other.get('upstream')} -> {self.header.get('upstream')})"
-            )
-        if other.get("config") != self.header.get("config"):
-            changed = changed_keys(other.get("config", {}), self.header.get("config", {}))
-            return f"it was made with a different config ({', '.join(changed[:5]) or 'schema'})"
-        return None
-
     def _check_existing(self, force: bool, what: str) -> None:
         previous = []
         if self.path.exists():
@@ -105,16 +92,15 @@ class StagedStore:
         header_file = self.parts / "header.json"
         if header_file.exists():
             previous.append((self.parts, json.loads(header_file.read_text())))
-        for location, header in previous:
-            reason = self._mismatch(header)
-            if reason is None:
-                continue
-            if not force:
-                raise StaleArtifactError(
-                    f"{location}: refusing to resume the {what}: {reason}; use --force to start over"
-                )
-            self.discard()
-            return
+        asked = Request(self.header.get("config"), {"upstream artifact": self.header.get("upstream")}, force=force)
+        for location, header in previous:  # force replaces only work that does not match (redo=False)
+            place = Place(location, what, redo=False, refusal=StaleArtifactError)
+            recorded = Record(
+                header.get("config"), {"upstream artifact": header.get("upstream")}, missing="none in its header"
+            )
+            if decide(place, recorded, asked) is Decision.REPLACE:
+                self.discard()
+                return
 
     def discard(self) -> None:
         """Remove the store and its staged parts (``--force``; both were checked to be hoitool's own)."""
@@ -213,22 +199,23 @@ class StagedStore:
         return [latest[key] for key in sorted(latest) if key not in done]
 
     def finalize(self, provenance: dict, extra_meta: dict | None = None) -> dict:
-        """Build the final store from the old store and the parts, then move it into place."""
+        """Commit the staged videos as a new segment and rewrite the index: costs what is new, not what exists.
+
+        A schema-1 store (one HDF5 file / Zarr group) is rewritten once into the segmented layout.
+        """
         failures = self.failures()
-        staged = self.staged_ids()
+        base = {"header": self.header, "provenance": provenance, "failed": failures, **(extra_meta or {})}
         old = open_backend(self.path, "r") if self.path.exists() else None
         try:
             old_ids = {video_id_from_key(key) for key in old.video_keys()} if old else set()
-
-            def items():
-                for video_id in sorted(staged | old_ids):
-                    if video_id in staged:
-                        yield (video_id, *load_part(self._part(video_id)))
-                    else:  # checked: a damaged video must not be re-digested into a "valid" one
-                        yield video_id, *checked_read(old, self.path, self.kind, video_id)
-
-            base = {"header": self.header, "provenance": provenance, "failed": failures, **(extra_meta or {})}
-            meta = write_store(self.path, self.kind, items(), base)
+            new_ids = sorted(self.staged_ids() - old_ids)  # a part already in the index: a crash right after a commit
+            parts = items_of(new_ids, lambda video_id: load_part(self._part(video_id)))
+            if old is None or isinstance(old, SegmentedBackend):
+                keep = old.segments if old else []
+                meta = commit(self.path, backend_name(self.path), self.kind, parts, len(new_ids), base, keep)
+            else:  # schema 1: checked, so a damaged video is never re-digested into a "valid" one
+                legacy = items_of(sorted(old_ids), lambda video_id: checked_read(old, self.path, self.kind, video_id))
+                meta = write_store(self.path, self.kind, _merged_in_order(legacy, parts), base)
         finally:
             if old:
                 old.close()
@@ -245,48 +232,51 @@ class StagedStore:
 
 
 def write_store(path: Path, kind: str, items: Iterable[tuple[str, dict, dict]], base_meta: dict) -> dict:
-    """Write ``(video_id, arrays, attrs)`` items (in id order) to a new store that replaces ``path`` only when complete."""
+    """Write ``(video_id, arrays, attrs)`` items to a whole new store that replaces ``path`` only when complete.
+
+    Used where every video is rewritten (a schema-1 store, a merge of schema-1 shards, ``cache compact``
+    of a schema-1 store); the store is built in a temporary folder and swapped in (``swap_in``).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_path(tmp)
     try:
-        meta = _write_tmp(tmp, backend_name(path), kind, items, base_meta)
-        if tmp.is_dir():  # Zarr: sync every file, then swap the directory
-            for file in tmp.rglob("*"):
-                if file.is_file():
-                    fsync_file(file)
+        meta = commit(tmp, backend_name(path), kind, items, 1024, base_meta)
     except BaseException:  # a full disk or an error: the old store stays, the half-written copy goes
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        remove_path(tmp)
         raise
-    if tmp.is_dir():
-        replace_dir(tmp, path)
-    else:
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+    swap_in(tmp, path)
     return meta
 
 
-def _write_tmp(tmp: Path, backend: str, kind: str, items: Iterable[tuple[str, dict, dict]], base_meta: dict) -> dict:
-    """Every video with its digests (whole video: the fingerprint; per array: checked reads), then the root metadata."""
-    out = open_backend(tmp, "w", backend)
-    digests: dict[str, str] = {}
-    try:
-        for video_id, arrays, attrs in items:
-            attrs = dict(attrs, digest=video_digest(arrays), array_digests=array_digests(arrays))
-            digests[video_id] = attrs["digest"]
-            out.write_video(video_key(video_id), arrays, attrs)
-        meta = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": kind,
-            "hoitool_version": __version__,
-            **base_meta,
-            "fingerprint": store_fingerprint(kind, digests),
-            "num_videos": len(digests),
-        }
-        out.write_meta(meta)
-    finally:
-        out.close()
-    if not tmp.is_dir():
-        fsync_file(tmp)
-    return meta
+def swap_in(tmp: Path, path: Path) -> None:
+    """Move a finished store folder into place; the old store (file or folder) goes to ``<store>.old`` for a moment.
+
+    A crash between the two renames leaves ``<store>.old`` and no store: :func:`recover_old` puts it back.
+    """
+    old = path.with_name(path.name + ".old")
+    remove_path(old)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    remove_path(old)
+
+
+def recover_old(path: Path) -> None:
+    """Finish an interrupted :func:`swap_in`: restore ``<store>.old`` if the store is missing, else drop it."""
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        if path.exists():
+            remove_path(old)
+        else:
+            os.replace(old, path)
+
+
+def _merged_in_order(*streams):
+    """Items of several id-sorted streams, in id order (disjoint ids)."""
+    import heapq
+
+    return heapq.merge(*streams, key=lambda item: item[0])
 
 
 def clean_temporaries(path: Path) -> None:
@@ -294,10 +284,10 @@ def clean_temporaries(path: Path) -> None:
 
     Call it only while holding the store's lock: then no live process owns any of them.
     """
-    if backend_name(path) == "zarr":
-        recover_dir(path)
+    recover_old(path)
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        remove_path(leftover)
+    clean_orphans(path)
     parts = path.with_name(path.name + ".parts")
     if parts.is_dir():
         for leftover in parts.glob(".*.tmp"):
@@ -315,11 +305,6 @@ def writer_lock(path: Path):
         f"{path}: another process is writing this store (use --shard i/n for parallel jobs)",
         grace_s=3.0,
     )
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def write_failures(path: Path, failures: list[dict]) -> None:

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
 
 from hoitool.errors import UsageError
 from hoitool.io.lock import release
+from hoitool.store.backends import backend_name
 from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
 from hoitool.store.ownership import check_ours
 from hoitool.store.reader import StoreReader, open_store
 from hoitool.store.schema import ARRAYS, OPTIONAL_ARRAYS
-from hoitool.store.staging import clean_temporaries, sidecar, write_failures, write_store, writer_lock
+from hoitool.store.segments import (
+    SEGMENTS,
+    clean_orphans,
+    fsync_tree,
+    is_segmented,
+    items_of,
+    link_segments,
+    next_seq,
+    read_index,
+    remove_path,
+    write_index,
+    write_segments,
+)
+from hoitool.store.staging import clean_temporaries, sidecar, swap_in, write_failures, write_store, writer_lock
 
 
 def disk_bytes(path: Path) -> int:
@@ -45,6 +60,8 @@ def store_info(path: Path) -> dict:
             raw_bytes += array.nbytes
     parts = Path(path).with_name(Path(path).name + ".parts")
     on_disk = disk_bytes(path)
+    segments = read_index(path)["segments"] if is_segmented(path) else []
+    files = sum(1 for _ in Path(path).rglob("*") if _.is_file()) if Path(path).is_dir() else 1
     return {
         "path": str(path),
         "kind": reader.kind,
@@ -61,6 +78,10 @@ def store_info(path: Path) -> dict:
         "bytes_on_disk": on_disk,
         "bytes_uncompressed": raw_bytes,
         "compression_ratio": raw_bytes / on_disk if on_disk else None,
+        "segments": len(segments),
+        "files": files,
+        "files_per_video": files / len(reader.video_ids) if reader.video_ids else None,
+        "codec": reader.attrs.get("codec", {"name": "gzip", "level": 4, "shuffle": True}),
         "provenance": reader.provenance,
         **{
             key: reader.attrs.get(key)
@@ -243,9 +264,59 @@ def _merge(readers: list, out: Path, force: bool, allow_partial: bool) -> dict:
     base.update(provenance=provenance, failed=failed)
     if partial:
         base["partial"] = partial
-    with contextlib.ExitStack() as stack:
-        for reader in readers:
-            stack.callback(reader.close)
-        meta = write_store(out, first.kind, items(), base)
+    backend = backend_name(out)
+    if all(is_segmented(reader.path) and backend_name(reader.path) == backend for reader in readers):
+        meta = _link_merge(readers, out, backend, base)
+    else:  # schema-1 inputs or another backend: the videos are copied (checked reads)
+        with contextlib.ExitStack() as stack:
+            for reader in readers:
+                stack.callback(reader.close)
+            meta = write_store(out, first.kind, items(), base)
     write_failures(sidecar(out, "failures.jsonl"), failed)
     return meta
+
+
+def _link_merge(readers: list, out: Path, backend: str, base: dict) -> dict:
+    """The merged store is an index over the shards' segments, hard-linked into it: no array data is written."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    remove_path(tmp)
+    try:
+        sources = [(reader.path, read_index(reader.path)["segments"]) for reader in readers]
+        names = link_segments(sources, tmp)
+        meta = write_index(tmp, readers[0].kind, backend, names, base)
+        fsync_tree(tmp)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    swap_in(tmp, out)
+    return meta
+
+
+def compact_store(path: Path) -> dict:
+    """Rewrite a store into one segment per array signature (and a schema-1 store into schema 2), crash-safely.
+
+    The new segment is written beside the old ones and the index then switched to it, so a
+    crash leaves either the old index (the new segment is an orphan, removed by the next
+    writer) or the new one (the old segments are the orphans). Every video is checked on read.
+    """
+    path = Path(path)
+    reader = open_store(path)
+    check_ours(path, reader.kind)
+    lock = writer_lock(path)
+    try:
+        clean_temporaries(path)
+        reader = open_store(path)  # again, under the lock
+        skip = {"schema_version", "hoitool_version", "fingerprint", "num_videos", "num_segments", "codec", "kind"}
+        base = {key: value for key, value in reader.attrs.items() if key not in skip}
+        ids = reader.video_ids
+        items = items_of(ids, lambda video_id: (reader.read(video_id), reader.video_attrs(video_id)))
+        if not is_segmented(path):
+            return write_store(path, reader.kind, items, base)
+        root, backend = path, backend_name(path)
+        names, _ = write_segments(root / SEGMENTS, backend, reader.kind, items, next_seq(root), len(ids))
+        reader.close()
+        meta = write_index(root, reader.kind, backend, names, base)
+        clean_orphans(root)
+        return meta
+    finally:
+        release(lock)

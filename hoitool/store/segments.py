@@ -1,0 +1,469 @@
+"""Schema-2 stores: immutable segments plus an index that is replaced atomically (docs/cache-format.md).
+
+A store is a folder (``feats.h5/`` or ``feats.zarr/``) that holds::
+
+    index.json                    {"hoitool": root metadata, "segments": [segment names]}
+    segments/seg-000001.h5        HDF5 segment: one dataset per array, shape (N, *per-video shape)
+    segments/seg-000001.zarr/     Zarr 3 segment: the same arrays, sharded (few files per array)
+    segments/seg-000001.json      the segment's videos in row order: id, digests, stage attrs
+
+A segment is written under a temporary name, fsynced and renamed, and never changed after;
+a video is done when the index lists its segment. So a commit costs what is new (one
+segment and a rewritten index), a merge of shards is an index over hard-linked segments,
+and a crash at any instant leaves the previous index, whose segments are all complete
+(segments it does not list are removed by the next writer, under the store's lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from hoitool import __version__, log
+from hoitool.io.atomic import fsync_dir, write_json
+from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
+from hoitool.store.schema import META_ATTR, SCHEMA_VERSION, video_id_from_key, video_key
+
+INDEX = "index.json"
+SEGMENTS = "segments"
+SEGMENT_NAME = re.compile(r"seg-(\d{6,})\.(h5|zarr|json)$")
+EXTENSION = {"hdf5": "h5", "zarr": "zarr"}
+
+# Codecs chosen by measurement (bench/store.py, docs/cache-format.md): fast to decode, readable by a plain install.
+CODECS = {
+    "hdf5": {"name": "gzip", "level": 1, "shuffle": True},
+    "zarr": {"name": "zstd", "level": 1},
+}
+CHUNK_BYTES = 32 << 10  # small arrays: several videos per chunk, so a video's small arrays are not thousands of chunks
+SHARD_BYTES = 64 << 20  # Zarr: one file holds this much of an array (goal: well under 0.01 files per video)
+BLOCK_BYTES = 64 << 20  # HDF5: rows buffered before a write
+
+
+def is_segmented(path: Path) -> bool:
+    """A schema-2 store folder (it has an index)."""
+    return Path(path).is_dir() and (Path(path) / INDEX).is_file()
+
+
+def read_index(path: Path) -> dict:
+    return json.loads((Path(path) / INDEX).read_text())
+
+
+def segment_meta(root: Path, name: str) -> dict:
+    return json.loads((root / SEGMENTS / f"{Path(name).stem}.json").read_text())
+
+
+def _rows(row_bytes: int, budget: int, cap: int) -> int:
+    return max(1, min(cap, budget // max(1, row_bytes)))
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_tree(path: Path) -> None:
+    """Make every file and folder under ``path`` durable before it is renamed into place."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            fsync_file(Path(root, name))
+        fsync_dir(Path(root))
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+# -- writing ------------------------------------------------------------------------------------------------------------
+class SegmentWriter:
+    """Rows of videos that share one signature (array names, dtypes, shapes) into one new segment file."""
+
+    def __init__(self, folder: Path, seq: int, backend: str, kind: str, expected: int):
+        self.folder, self.backend, self.kind = folder, backend, kind
+        self.name = f"seg-{seq:06d}.{EXTENSION[backend]}"
+        self.tmp = folder / f".{self.name}.{os.getpid()}.tmp"
+        self.expected = max(1, expected)
+        self.signature: tuple | None = None
+        self.videos: list[dict] = []
+        self.buffers: dict[str, list[np.ndarray]] = {}
+        self.written: dict[str, int] = {}
+        self.arrays: dict = {}
+        self.handle = None
+
+    def fits(self, arrays: dict[str, np.ndarray]) -> bool:
+        return self.signature is None or self.signature == _signature(arrays)
+
+    def add(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict) -> str:
+        """Buffer one video; returns its whole-video digest (the fingerprint is made of these)."""
+        if self.signature is None:
+            self._create(arrays)
+        digests = array_digests(arrays)
+        entry = {"id": video_id, "digest": video_digest(arrays), "array_digests": digests, "attrs": attrs}
+        self.videos.append(entry)
+        for name, array in arrays.items():
+            self.buffers[name].append(array)
+            if len(self.buffers[name]) >= self.arrays[name]["block"]:
+                self._flush(name)
+        return entry["digest"]
+
+    def _create(self, arrays: dict[str, np.ndarray]) -> None:
+        self.signature = _signature(arrays)
+        for name, array in sorted(arrays.items()):
+            row = max(1, array.nbytes)
+            chunk = _rows(row, CHUNK_BYTES, self.expected)
+            block = chunk * max(
+                1, _rows(row, SHARD_BYTES if self.backend == "zarr" else BLOCK_BYTES, self.expected) // chunk
+            )
+            self.arrays[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "chunk": chunk, "block": block}
+            self.buffers[name] = []
+            self.written[name] = 0
+        self.handle = _open_writer(self.backend, self.tmp, self.arrays, self.expected)
+
+    def _flush(self, name: str) -> None:
+        buffer = self.buffers[name]
+        if not buffer:
+            return
+        start = self.written[name]
+        _write_rows(self.backend, self.handle, name, start, np.stack(buffer), self.arrays[name])
+        self.written[name] = start + len(buffer)
+        self.buffers[name] = []
+
+    def finish(self) -> str:
+        """Write what is buffered, trim, make it durable and give it its final name (then it never changes)."""
+        for name in self.arrays:
+            self._flush(name)
+        _close_writer(self.backend, self.handle, self.arrays, len(self.videos))
+        self.handle = None
+        fsync_tree(self.tmp) if self.tmp.is_dir() else fsync_file(self.tmp)
+        os.replace(self.tmp, self.folder / self.name)
+        arrays = {name: {"dtype": info["dtype"], "shape": info["shape"]} for name, info in self.arrays.items()}
+        meta = {"backend": self.backend, "kind": self.kind, "codec": CODECS[self.backend], "arrays": arrays}
+        write_json(self.folder / f"{Path(self.name).stem}.json", {**meta, "videos": self.videos})
+        fsync_dir(self.folder)
+        return self.name
+
+    def abort(self) -> None:
+        if self.handle is not None and self.backend == "hdf5":
+            self.handle.close()
+        self.handle = None
+        remove_path(self.tmp)
+
+
+def _signature(arrays: dict[str, np.ndarray]) -> tuple:
+    return tuple(sorted((name, array.dtype.str, array.shape) for name, array in arrays.items()))
+
+
+def _open_writer(backend: str, tmp: Path, arrays: dict, rows: int):
+    codec = CODECS[backend]
+    if backend == "hdf5":
+        import h5py
+
+        handle = h5py.File(tmp, "w")
+        for name, info in arrays.items():
+            shape = tuple(info["shape"])
+            compress = {}
+            if int(np.prod(shape)) > 16:
+                compress = dict(compression=codec["name"], compression_opts=codec["level"], shuffle=codec["shuffle"])
+            handle.create_dataset(
+                name,
+                shape=(rows, *shape),
+                maxshape=(None,) * (len(shape) + 1),
+                chunks=(info["chunk"], *(max(1, d) for d in shape)),
+                dtype=np.dtype(info["dtype"]),
+                **compress,
+            )
+        return handle
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    for name, info in arrays.items():
+        shape = tuple(info["shape"])
+        inner = tuple(max(1, d) for d in shape)
+        group.create_array(
+            name,
+            shape=(rows, *shape),
+            chunks=(info["chunk"], *inner),
+            shards=(info["block"], *inner),
+            dtype=np.dtype(info["dtype"]),
+            compressors=[ZstdCodec(level=codec["level"])],
+            fill_value=0,
+        )
+    return group
+
+
+def _write_rows(backend: str, handle, name: str, start: int, block: np.ndarray, info: dict) -> None:
+    array = handle[name]
+    end = start + len(block)
+    if end > array.shape[0]:  # more videos than expected: grow (metadata only)
+        new = (max(end, 2 * array.shape[0]), *array.shape[1:])
+        array.resize(new)
+    array[start:end] = block
+
+
+def _close_writer(backend: str, handle, arrays: dict, rows: int) -> None:
+    for name in arrays:
+        array = handle[name]
+        if array.shape[0] != rows:
+            array.resize((rows, *array.shape[1:]))
+    if backend == "hdf5":
+        handle.close()
+
+
+def write_segments(
+    folder: Path,
+    backend: str,
+    kind: str,
+    items: Iterable[tuple[str, dict, dict]],
+    first_seq: int,
+    expected: int,
+) -> tuple[list[str], dict[str, str]]:
+    """Write ``(video_id, arrays, attrs)`` items into new segments (a new one when the signature changes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    digests: dict[str, str] = {}
+    writer: SegmentWriter | None = None
+    seq = first_seq
+    try:
+        for video_id, arrays, attrs in items:
+            if writer is not None and not writer.fits(arrays):
+                names.append(writer.finish())
+                writer, seq = None, seq + 1
+            if writer is None:
+                writer = SegmentWriter(folder, seq, backend, kind, expected - len(digests))
+            digests[video_id] = writer.add(video_id, arrays, attrs)
+        if writer is not None:
+            names.append(writer.finish())
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    return names, digests
+
+
+def next_seq(root: Path) -> int:
+    """One past the highest segment number in the folder (listed or not): names are never reused."""
+    folder = root / SEGMENTS
+    numbers = [int(m.group(1)) for m in map(SEGMENT_NAME.match, os.listdir(folder) if folder.is_dir() else []) if m]
+    return max(numbers, default=0) + 1
+
+
+def all_digests(root: Path, segments: list[str]) -> dict[str, str]:
+    return {entry["id"]: entry["digest"] for name in segments for entry in segment_meta(root, name)["videos"]}
+
+
+def commit(
+    path: Path,
+    backend: str,
+    kind: str,
+    items: Iterable[tuple[str, dict, dict]],
+    expected: int,
+    base_meta: dict,
+    keep: list[str] | None = None,
+) -> dict:
+    """Add new segments holding ``items`` to the store at ``path`` (kept segments: ``keep``), then write its index.
+
+    A store that does not exist yet is built in a temporary folder and renamed into place,
+    so a folder at ``path`` always has an index.
+    """
+    fresh = not path.exists()
+    root = path.with_name(f".{path.name}.{os.getpid()}.tmp") if fresh else path
+    try:
+        keep = list(keep or [])
+        names, _ = write_segments(root / SEGMENTS, backend, kind, items, next_seq(root), expected)
+        meta = write_index(root, kind, backend, keep + names, base_meta)
+        if fresh:
+            fsync_tree(root)
+            os.replace(root, path)
+            fsync_dir(path.parent)
+    except BaseException:
+        if fresh:
+            remove_path(root)
+        raise
+    return meta
+
+
+def write_index(root: Path, kind: str, backend: str, segments: list[str], base_meta: dict) -> dict:
+    """The index lists the segments and holds the root metadata; replacing it atomically is the commit."""
+    digests = all_digests(root, segments)
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "hoitool_version": __version__,
+        **base_meta,
+        "codec": CODECS[backend],
+        "fingerprint": store_fingerprint(kind, digests),
+        "num_videos": len(digests),
+        "num_segments": len(segments),
+    }
+    write_json(root / INDEX, {META_ATTR: meta, "segments": segments})
+    return meta
+
+
+def link_segments(sources: list[tuple[Path, list[str]]], root: Path) -> list[str]:
+    """Hard-link the segments of other stores into ``root`` under new names: no array data is written.
+
+    Hard links (not references) so the merged store survives moving or deleting its inputs;
+    across file systems, where a link is impossible, the segment files are copied.
+    """
+    folder = root / SEGMENTS
+    folder.mkdir(parents=True, exist_ok=True)
+    names, seq, copied = [], next_seq(root), False
+    for source_root, segments in sources:
+        for name in segments:
+            suffix = Path(name).suffix
+            new = f"seg-{seq:06d}{suffix}"
+            copied |= _link(source_root / SEGMENTS / name, folder / new)
+            copied |= _link(source_root / SEGMENTS / f"{Path(name).stem}.json", folder / f"seg-{seq:06d}.json")
+            names.append(new)
+            seq += 1
+    if copied:
+        log.info(f"{root}: some inputs are on another file system; their segments were copied, not linked")
+    return names
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Link a file, or every file of a folder; True when it had to copy."""
+    if source.is_dir():
+        copied = False
+        for dirpath, _, files in os.walk(source):
+            relative = Path(dirpath).relative_to(source)
+            (target / relative).mkdir(parents=True, exist_ok=True)
+            for name in files:
+                copied |= _link(Path(dirpath, name), target / relative / name)
+        return copied
+    try:
+        os.link(source, target)
+        return False
+    except OSError:
+        shutil.copy2(source, target)
+        fsync_file(target)
+        return True
+
+
+def clean_orphans(path: Path) -> None:
+    """Remove segments the index does not list and temporaries in the store (call only while holding its lock)."""
+    if not is_segmented(path):
+        return
+    listed = {Path(name).stem for name in read_index(path).get("segments", [])}
+    for leftover in path.glob(f".{INDEX}.*.tmp"):
+        leftover.unlink()
+    folder = path / SEGMENTS
+    for entry in folder.iterdir() if folder.is_dir() else []:
+        match = SEGMENT_NAME.match(entry.name)
+        if (match and f"seg-{match.group(1)}" not in listed) or (
+            entry.name.startswith(".") and entry.name.endswith(".tmp")
+        ):
+            remove_path(entry)
+
+
+# -- reading ------------------------------------------------------------------------------------------------------------
+class SegmentedBackend:
+    """Read-only view of a schema-2 store with the interface of the single-file backends."""
+
+    def __init__(self, path: Path | str, mode: str = "r"):
+        if mode != "r":
+            raise ValueError("segmented stores are written through hoitool.store.segments, not opened for writing")
+        self.path = Path(path)
+        index = read_index(self.path)
+        self.meta = index[META_ATTR]
+        self.segments: list[str] = list(index["segments"])
+        self.entries: dict[str, tuple[str, int, dict]] = {}
+        self.layout: dict[str, dict] = {}
+        for name in self.segments:
+            meta = segment_meta(self.path, name)
+            self.layout[name] = meta["arrays"]
+            for row, entry in enumerate(meta["videos"]):
+                self.entries[video_key(entry["id"])] = (name, row, entry)
+        self._open: dict[str, object] = {}
+
+    def read_meta(self) -> dict:
+        return self.meta
+
+    def video_keys(self) -> list[str]:
+        return sorted(self.entries)
+
+    def video_ids(self) -> list[str]:
+        return sorted(video_id_from_key(key) for key in self.entries)
+
+    def _segment(self, name: str):
+        handle = self._open.get(name)
+        if handle is None:
+            handle = _SegmentReader(self.path / SEGMENTS / name)
+            self._open[name] = handle
+        return handle
+
+    def array_names(self, key: str) -> list[str]:
+        name, _, _ = self.entries[key]
+        return self._segment(name).names()
+
+    def read_video(self, key: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        name, row, _ = self.entries[key]
+        segment = self._segment(name)
+        return {array: segment.read(array, row) for array in (names or sorted(self.layout[name]))}
+
+    def open_video(self, key: str):
+        """``(attrs with digests, read(names))``, as the single-file backends give it (for ``checked_read``)."""
+        name, row, entry = self.entries[key]
+        attrs = dict(entry["attrs"], digest=entry["digest"], array_digests=entry["array_digests"])
+        return attrs, lambda names: self.read_video(key, names)
+
+    def video_attrs(self, key: str) -> dict:
+        return self.open_video(key)[0]
+
+    def close(self) -> None:
+        for handle in self._open.values():
+            handle.close()
+        self._open = {}
+
+
+class _SegmentReader:
+    """One segment file opened once per process; rows are read one video at a time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.hdf5 = path.suffix == ".h5"
+        if self.hdf5:
+            import h5py
+
+            os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+            self.handle = h5py.File(path, "r")
+        else:
+            import zarr
+
+            if not path.is_dir():
+                raise FileNotFoundError(f"segment {path.name} is missing")
+            self.handle = zarr.open_group(str(path), mode="r", zarr_format=3)
+        self.arrays: dict[str, object] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self.handle.keys()) if self.hdf5 else sorted(self.handle.array_keys())
+
+    def read(self, name: str, row: int) -> np.ndarray:
+        array = self.arrays.get(name)
+        if array is None:
+            array = self.handle[name]  # KeyError when the array is gone: checked_read reports the video as damaged
+            self.arrays[name] = array
+        elif not self.hdf5 and not os.path.exists(self.path / name / "zarr.json"):
+            raise KeyError(name)  # deleted since it was opened: already-verified reads must still see it
+        return np.asarray(array[row])
+
+    def close(self) -> None:
+        if self.hdf5:
+            self.handle.close()
+
+
+def items_of(ids: Iterable[str], read: Callable[[str], tuple[dict, dict]]):
+    """``(video_id, arrays, attrs)`` with the digests taken out of the attrs (the segment writer records fresh ones)."""
+    for video_id in ids:
+        arrays, attrs = read(video_id)
+        attrs = {key: value for key, value in attrs.items() if key not in ("digest", "array_digests")}
+        yield video_id, arrays, attrs
