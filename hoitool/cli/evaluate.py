@@ -94,6 +94,12 @@ def evaluate(
     classes: Optional[int] = typer.Option(
         None, "--classes", min=1, help=f"Number of classes (with --submission) \\[default: {CHARADES_CLASSES}]."
     ),
+    lead_time: list[str] = typer.Option(
+        [],
+        "--lead-time",
+        help="Also score best.pt on inputs cut at this lead time (1.5s or 80%; repeatable), as an anticipation "
+        "run's student sees them; writes lead_times_<split>.json.",
+    ),
 ) -> None:
     """Score a run's outputs (views fused per video), or a Charades submission with the official metric."""
     if submission is not None:
@@ -119,5 +125,28 @@ def evaluate(
         raise UsageError("--classes goes with --submission (a run's classes come from its run.json)")
     runs = [load_run(path) for path in [run, *fuse_run]]
     out_dir = out if out is not None else runs[0].path / EVAL_DIR
+    if lead_time:
+        from hoitool.nn.anticipation import parse_lead_time
+
+        for text in lead_time:  # every lead time checked before any work
+            parse_lead_time(text)
     record = evaluate_runs(runs, split=split, fusion=fusion, map_variant=map_variant, out_dir=out_dir, gt=gt)
     print_metrics(record, out_dir)
+    if lead_time:
+        _print_lead_times(run, lead_time, split, out_dir)
+
+
+def _print_lead_times(run: Path, leads: list[str], split: str, out_dir: Path) -> None:
+    """Accuracy (mAP for multi-label runs) of the run at each lead time (hoitool.train.methods.anticipation)."""
+    from hoitool.train.methods.anticipation import evaluate_lead_times
+
+    record = evaluate_lead_times(run, leads, split, out_dir)
+    table = Table(title=escape(f"{run.name} — {split} at lead times (trained: {record['trained_lead_time']})"))
+    table.add_column("lead time")
+    table.add_column("metric")
+    table.add_column("%", justify="right")
+    for lead, values in record["lead_times"].items():
+        metric = "accuracy" if "accuracy" in values else "map_sklearn"
+        table.add_row(lead, metric, f"{100 * values[metric]:.2f}")
+    console.stdout.print(table)
+    console.info(f"wrote {out_dir / f'lead_times_{split}.json'}")

@@ -14,6 +14,8 @@ network A (the student) sees it only up to ``t - tau`` and learns the label at `
   embeddings after the graph layers (the ``A-bar`` / ``R-bar`` of Eq. 2);
 * :func:`parse_lead_time`, :func:`observe_until`, :func:`lead_time_pair`, :func:`label_at` --
   the lead-time truncation as pure functions over the arrays of one features-store view;
+  :func:`lead_time_frames` and :func:`truncate_batch` -- the same on a training batch (what
+  ``--method anticipation`` feeds the student);
 * :func:`scores_at_lead_times` -- a model's scores on the truncated inputs at each lead time asked for;
 * :func:`unlabelled_videos` -- the set U of Eq. 1, from the manifest or a list of ids.
 
@@ -354,6 +356,33 @@ def lead_time_pair(
             sampled = np.asarray(view["frame_indices"])[np.asarray(view["frame_valid"], dtype=bool)]
             t = float(sampled.max()) if sampled.size else 0.0
     return observe_until(view, t - lead.frames(fps, num_frames, video)), observe_until(view, t)
+
+
+def lead_time_frames(video, lead: LeadTime) -> tuple[float, float]:
+    """``(t, tau)`` of one manifest video in decoded frames: ``t`` its last frame (NaN when the manifest
+    lacks the frame count: then the last sampled frame is ``t``), ``tau`` the lead time."""
+    end = float(video.num_frames - 1) if video.num_frames else math.nan
+    return end, lead.frames(video.fps, video.num_frames, video.id)
+
+
+def truncate_batch(batch: dict[str, torch.Tensor], end: torch.Tensor, tau: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A training batch as the student sees it: every sampled frame after ``t - tau`` masked out and zeroed.
+
+    The batched form of :func:`observe_until` (equal to it view by view): ``batch`` holds ``nodes (B, T, K, D)``,
+    ``valid (B, T, K)``, ``boxes (B, T, K, 4)`` and ``frame_indices (B, T)`` (decoded frame per sampled frame,
+    -1 for padding); ``end``/``tau`` (B,) the frames of :func:`lead_time_frames` (``end`` NaN: the last
+    valid sampled frame). The other entries are passed on unchanged.
+    """
+    frames = batch["frame_indices"]
+    sampled = batch["valid"].any(dim=-1) & (frames >= 0)
+    last_sampled = torch.where(sampled, frames, torch.full_like(frames, -1)).amax(dim=1).to(end.dtype)
+    end = torch.where(torch.isnan(end), last_sampled, end)
+    keep = (frames >= 0) & (frames.to(end.dtype) <= (end - tau)[:, None])  # (B, T)
+    out = dict(batch)
+    out["valid"] = batch["valid"].bool() & keep[..., None]
+    for name in ("nodes", "boxes"):
+        out[name] = torch.where(keep[..., None, None], batch[name], torch.zeros_like(batch[name]))
+    return out
 
 
 def label_at(segments: list, frame: float, default=None):

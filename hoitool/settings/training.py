@@ -8,6 +8,8 @@ from pydantic import Field, field_validator, model_validator
 
 from hoitool.losses import AUTO, list_distill_losses
 from hoitool.settings.base import Section
+from hoitool.train.methods import DEFAULT as DEFAULT_METHOD
+from hoitool.train.methods import list_methods
 
 View = Literal["global", "local", "baseline"]
 
@@ -58,6 +60,11 @@ class TrainSettings(Section):
         description="also write TensorBoard event files under RUN/tensorboard/ (metrics.jsonl stays the record; "
         "needs pip install 'hoitool[tensorboard]')",
     )
+    embeddings: bool = Field(
+        False,
+        description="also write the node embeddings after the graph layers of the train split "
+        "(RUN/embeddings.npz: what distill --method anticipation reads)",
+    )
 
 
 class DataSettings(Section):
@@ -105,15 +112,85 @@ class DistillSettings(Section):
         return self
 
 
+class MethodSettings(Section):
+    name: str = Field(
+        DEFAULT_METHOD,
+        description=f"training method (hoitool.train.methods): {', '.join(list_methods())}; "
+        "docs/method-anticipation.md, docs/method-cl-hoi.md",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _registered_method(cls, name: str) -> str:
+        """Any method in the registry, so adding one needs no change here."""
+        if name not in list_methods():
+            raise ValueError(f"must be a registered training method ({', '.join(list_methods())})")
+        return name
+
+
+class AnticipationSettings(Section):
+    """``--method anticipation`` (docs/method-anticipation.md): Tran et al.'s Eq. 1-5 on node embeddings."""
+
+    lead_time: str | None = Field(
+        None, description="lead time tau: seconds (1.5 or 1.5s) or a percentage of the video (80%: sees the first 20%)"
+    )
+    unlabelled: str | None = Field(
+        None, description="file of video ids (one per line) trained on the teacher's soft predictions only"
+    )
+    loss: Literal["attention", "direct"] = Field(
+        "attention", description="attention: L_d of Eq. 3-5 (attentional pooling); direct: the L_direct ablation"
+    )
+    direction: Literal["both", "student", "teacher"] = Field(
+        "both", description="L_d's directions: both (Eq. 3), student (Eq. 4 only), teacher (Eq. 5 only)"
+    )
+    penalty: Literal["huber", "l2"] = Field("huber", description="norm inside L_d: huber (the paper's) or squared l2")
+    delta: float = Field(1.0, gt=0, description="Huber delta")
+    alpha: float | None = Field(None, gt=0, description="attentional pooling sharpness; none: 1/sqrt(d)")
+    lam: float = Field(1.0, ge=0, description="lambda of Eq. 2, the weight of L_d")
+    reduction: Literal["sum", "mean"] = Field(
+        "mean", description="L_d over the query nodes: mean (independent of their number) or sum (the paper's)"
+    )
+    T: float = Field(1.0, gt=0, description="temperature of the soft-prediction loss on unlabelled videos")
+
+
+class ClHoiSettings(Section):
+    """``--method cl_hoi`` (docs/method-cl-hoi.md): contrastive distillation from a VLM's text."""
+
+    vlm_import: str | None = Field(None, description="JSON-lines captions/triplets of each video (docs/vlm-import.md)")
+    text_encoder: str = Field("tiny:32", description="tiny[:DIM], open_clip:MODEL:WEIGHTS, hf:DIR or file:EMB.npz")
+    text_embeddings: str | None = Field(
+        None, description="text-embeddings cache (.npz), built when missing; none: RUN/text_embeddings.npz"
+    )
+    template: str = Field("{}", description="text template of every embedded text ({} is the text)")
+    boxes: str | None = Field(
+        None, description="boxes store with is_person (the pair head's humans); none: the features store's upstream"
+    )
+    w_ce: float = Field(1.0, ge=0, description="weight of the CE/BCE term (on the labels, or the teacher's)")
+    w_context: float = Field(1.0, ge=0, description="weight of the context InfoNCE (video vs caption)")
+    w_i2t: float = Field(1.0, ge=0, description="weight of the image(video)-to-text interaction contrast")
+    w_t2i: float = Field(1.0, ge=0, description="weight of the text-to-image(video) interaction contrast")
+    w_sr: float = Field(1.0, ge=0, description="weight of the soft-relation BCE on the node pairs")
+    t_context: float = Field(0.07, gt=0, description="temperature of the context InfoNCE")
+    t_interaction: float = Field(0.07, gt=0, description="temperature of i2t and t2i")
+    t_sr: float = Field(0.07, gt=0, description="temperature of the soft-relation scores")
+    negatives: int = Field(2, ge=0, description="negative interactions drawn per video (the paper's 2)")
+    label_free: bool = Field(False, description="no labels: classes only from the teacher's interactions")
+    threshold: float = Field(0.8, ge=-1, le=1, description="label-free: cosine a teacher interaction needs to vote")
+    pair_hidden: int = Field(64, ge=1, description="width of the pair head's hidden layer")
+
+
 class TeacherSettings(Section):
     preset: str | None = Field(None, description="named recipe (docs/training.md)")
+    method: MethodSettings = Field(default_factory=MethodSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    cl_hoi: ClHoiSettings = Field(default_factory=ClHoiSettings)
 
 
 class DistillStageSettings(TeacherSettings):
     distill: DistillSettings = Field(default_factory=DistillSettings)
+    anticipation: AnticipationSettings = Field(default_factory=AnticipationSettings)

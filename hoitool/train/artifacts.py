@@ -46,6 +46,8 @@ LOCK_FILE = ".hoitool.lock"
 LOCK_GRACE_S = 3.0  # workers of a just-killed run may need a moment to die (and drop the lock)
 PEER_DIR = "peer"
 DATASET_MARKER = "manifest.json"  # a prepared dataset (hoitool prepare) is never taken for a run
+# What training methods write beside the outputs (hoitool.train.methods): node embeddings, text embeddings.
+METHOD_FILES = ("embeddings.npz", "embeddings.json", "text_embeddings.npz", "text_embeddings.json")
 
 # What hoitool writes in a run directory (glob patterns per folder), each also with the temporaries
 # of hoitool.io.atomic (".<name>.*.tmp"): all that --force deletes.
@@ -60,11 +62,12 @@ _EVAL_FILES = (
     "confusion_*.pdf",
     "confusion_*.svg",
     "submission_*.txt",
+    "lead_times_*.json",
     "*_map.json",
     "*_ap.csv",
 )
 OWNED = {
-    ".": (RUN_INFO, CONFIG_FILE, METRICS_FILE, OUTPUTS_NPZ, OUTPUTS_JSON),
+    ".": (RUN_INFO, CONFIG_FILE, METRICS_FILE, OUTPUTS_NPZ, OUTPUTS_JSON, *METHOD_FILES),
     "checkpoints": ("last.pt", "best.pt"),
     EVAL_DIR: _EVAL_FILES,
     PEER_DIR: (RUN_INFO, OUTPUTS_NPZ, OUTPUTS_JSON),

@@ -29,7 +29,7 @@ from hoitool.errors import UsageError
 from hoitool.io.process import worker_init
 from hoitool.manifest import Manifest
 
-FIELDS = ("nodes", "valid", "boxes", "frame_size")
+FIELDS = ("nodes", "valid", "boxes", "frame_size", "frame_indices")  # frame_indices: what a lead time cuts
 
 
 @dataclass
@@ -143,7 +143,7 @@ class ViewDataset(_StoreBacked):
     def __getitem__(self, ref: SampleRef) -> dict:
         arrays = self.arrays(ref.position)
         view = ref.view % arrays["nodes"].shape[0]
-        sample = {name: arrays[name][view] for name in ("nodes", "valid", "boxes")}
+        sample = {name: arrays[name][view] for name in ("nodes", "valid", "boxes", "frame_indices")}
         sample.update(
             frame_size=arrays["frame_size"],
             index=ref.position,
@@ -168,6 +168,7 @@ class VideoDataset(_StoreBacked):
                 "nodes": arrays["nodes"][view],
                 "valid": arrays["valid"][view],
                 "boxes": arrays["boxes"][view],
+                "frame_indices": arrays["frame_indices"][view],
                 "frame_size": arrays["frame_size"],
                 "index": index,
                 "view": view,
@@ -194,7 +195,7 @@ def collate(samples: list) -> dict[str, torch.Tensor]:
     if samples and isinstance(samples[0], list):
         samples = [view for video in samples for view in video]
     targets = np.stack([np.asarray(sample["target"]) for sample in samples])
-    return {
+    batch = {
         "nodes": torch.from_numpy(_stack_padded([s["nodes"] for s in samples], 0)),
         "valid": torch.from_numpy(_stack_padded([s["valid"] for s in samples], False)),
         "boxes": torch.from_numpy(_stack_padded([s["boxes"] for s in samples], 0)),
@@ -204,6 +205,9 @@ def collate(samples: list) -> dict[str, torch.Tensor]:
         "weight": torch.tensor([s["weight"] for s in samples], dtype=torch.float32),
         "target": torch.from_numpy(targets),
     }
+    if samples and "frame_indices" in samples[0]:  # decoded frame of each sampled frame (padding: -1)
+        batch["frame_indices"] = torch.from_numpy(_stack_padded([np.asarray(s["frame_indices"]) for s in samples], -1))
+    return batch
 
 
 class EpochBatchSampler:

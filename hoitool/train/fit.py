@@ -30,7 +30,7 @@ from hoitool.train.distributed import unwrap
 from hoitool.train.state import TrainingParts, plain_number
 
 if TYPE_CHECKING:
-    from hoitool.train.loop import Member
+    from hoitool.train.loop import Member, Training
 
 
 def selection_metric(multilabel: bool) -> str:
@@ -55,8 +55,9 @@ class Fitting(TrainingParts):
     def _to_device(self, batch: dict) -> dict:
         return {name: value.to(self.ctx.device, non_blocking=True) for name, value in batch.items()}
 
-    def _forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["nodes"], batch["valid"], batch["boxes"], batch["frame_size"])
+    def _forward(self, model: nn.Module, batch: dict, split: str = "train") -> torch.Tensor:
+        """The logits of ``model`` on ``batch`` as the run's method feeds it (hoitool.train.methods)."""
+        return self.method.forward(model, self.method.inputs(batch, split))["logits"]
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the train split; returns the epoch's mean loss terms, gradient shares and train metric per member.
@@ -77,14 +78,14 @@ class Fitting(TrainingParts):
         progress = log.progress(f"epoch {epoch}/{self.epochs}", steps) if self.ctx.is_main else contextlib.nullcontext()
         with progress as bar:
             for batch in batches(self.train_loader):
-                batch = self._to_device(batch)
+                batch = self.method.inputs(self._to_device(batch), "train")
                 with self._autocast():
-                    logits = [self._forward(member.model, batch) for member in self.members]
-                logits = [value.float() for value in logits]
+                    forwards = [self.method.forward(member.model, batch) for member in self.members]
+                logits = [forward["logits"].float() for forward in forwards]
                 loss: torch.Tensor | float = 0.0
                 real = batch["weight"] > 0
                 for position in range(len(self.members)):
-                    terms, weights, outputs = self._loss_terms(position, logits, batch)
+                    terms, weights, outputs = self._loss_terms(position, logits, batch, forwards)
                     total = combine(terms, weights)
                     loss = loss + weighted_sum(total, batch["weight"])
                     norms = gradient_norms(terms, weights, batch["weight"], outputs)
@@ -117,17 +118,17 @@ class Fitting(TrainingParts):
         return record
 
     def _loss_terms(
-        self, position: int, logits: list[torch.Tensor], batch: dict
+        self, position: int, logits: list[torch.Tensor], batch: dict, forwards: list[dict] | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[torch.Tensor]]:
         """Member ``position``'s named per-sample terms, their weights, and the outputs they read.
 
-        The one place a training method adds a term: put it in ``terms`` and its weight in
-        ``weights`` (and any model output it reads, besides the logits, in the list); it is then
-        part of the loss, logged as ``loss_<name>`` and measured as ``grad_share_<name>``.
+        The one place a training method adds a term: its ``terms`` hook (hoitool.train.methods) puts
+        it in ``terms`` and its weight in ``weights`` (and any model output it reads, besides the
+        logits, in the list); it is then part of the loss, logged as ``loss_<name>`` and measured
+        as ``grad_share_<name>``. GLIDN's default: the member's Objective on the logits.
         """
-        objective = self.members[position].objective
-        terms = objective.terms(logits[position], batch["target"], self._distill_target(position, logits, batch))
-        return terms, objective.weights(), [logits[position]]
+        forwards = forwards if forwards is not None else [{"logits": value} for value in logits]
+        return self.method.terms(cast("Training", self), position, batch, forwards, logits)
 
     def _distill_target(self, position: int, logits: list[torch.Tensor], batch: dict) -> torch.Tensor | None:
         if self.request.kind == "student":
@@ -151,7 +152,7 @@ class Fitting(TrainingParts):
             for batch in batches(self.val_loader):
                 batch = self._to_device(batch)
                 with self._autocast():
-                    outputs.append(self._forward(model, batch).float())
+                    outputs.append(self._forward(model, batch, "val").float())
                 indices.append(batch["index"])
             logits, index = torch.cat(outputs), torch.cat(indices).cpu().numpy()
             target_tensor = torch.as_tensor(targets[index], device=self.ctx.device)

@@ -40,7 +40,6 @@ from hoitool.errors import UsageError
 from hoitool.io.lock import release
 from hoitool.losses import Objective
 from hoitool.manifest import Manifest
-from hoitool.nn.models import build_model
 from hoitool.settings import resolved
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 from hoitool.store import open_store
@@ -49,6 +48,7 @@ from hoitool.train.board import Board, require_tensorboard
 from hoitool.train.data import EpochBatchSampler, ViewDataset, decide_preload, make_loader, split_videos
 from hoitool.train.distributed import DistContext, init_distributed
 from hoitool.train.fit import Fitting, selection_metric
+from hoitool.train.methods import Method, method_of
 from hoitool.train.predict import SPLITS, Prediction
 from hoitool.train.presets import distill_loss_name, identity
 from hoitool.train.state import RunState, kept_on_failure
@@ -120,11 +120,7 @@ def make_scheduler(optimizer, schedule: dict, epochs: int):
 
 def default_label(kind: str, view: str, teacher_view: str | None) -> str:
     """Names as the paper's tables use them: 'global-context', 'global-teacher', 'DML (local)'."""
-    if kind == "teacher":
-        return "baseline" if view == "baseline" else f"{view}-context"
-    if kind == "student":
-        return f"{teacher_view}-teacher"
-    return f"DML ({view})"
+    return Method.label(Method({}), kind, view, teacher_view)
 
 
 class Training(RunState, Fitting, Prediction):
@@ -163,13 +159,15 @@ class Training(RunState, Fitting, Prediction):
         if request.kind == "dml" and self.view not in PEER_VIEW:
             raise UsageError("--dml trains a global and a local model together: --view must be global or local")
         self.identity = dict(identity(self.config), kind=request.kind)
+        self.method = method_of(self.config)  # hoitool.train.methods: GLIDN unless method.name says otherwise
         self.in_dim = int(
             self.reader.attrs.get("dim")
             or self.reader.read(self.videos["train"].video_ids[0], ["nodes"])["nodes"].shape[-1]
         )
-        with torch.device("meta"):  # the model config is checked now (no memory, no random numbers)
-            build_model(self.config["model"], self.in_dim, self.manifest.num_classes)
         self._load_teacher()
+        self.method.check(self)  # the method's own refusals and inputs, still before any file is written
+        with torch.device("meta"):  # the model config is checked now (no memory, no random numbers)
+            self.method.build_model(self.config["model"], self.in_dim, self.manifest.num_classes)
 
     def _load_teacher(self) -> None:
         """A student's teacher record and train-split logits (refused here if stale, before any file is written)."""
@@ -237,7 +235,8 @@ class Training(RunState, Fitting, Prediction):
             "features": str(Path(self.request.features).resolve()),
             "features_fingerprint": self.reader.fingerprint,
             "distill": self._distill_settings(),
-            "label": self.request.label or default_label(self.request.kind, view, teacher_view),
+            "label": self.request.label or self.method.label(self.request.kind, view, teacher_view),
+            "method": self.method.run_info(),
             "selection": f"val_{self.metric}",
         }
         if self.request.kind == "student":
@@ -246,7 +245,8 @@ class Training(RunState, Fitting, Prediction):
 
     def _build_member(self, name: str, view: str, run_dir: Path) -> Member:
         model_config = dict(self.config["model"], view=view)
-        model = self.ctx.wrap(build_model(model_config, self.in_dim, self.manifest.num_classes).to(self.ctx.device))
+        model = self.method.build_model(model_config, self.in_dim, self.manifest.num_classes)
+        model = self.ctx.wrap(model.to(self.ctx.device))
         optimizer = make_optimizer(model.parameters(), self.config["optim"])
         scheduler = make_scheduler(optimizer, self.config["schedule"], self.epochs)
         return Member(name, view, run_dir, model, optimizer, scheduler, self._objective())
@@ -269,6 +269,7 @@ class Training(RunState, Fitting, Prediction):
         """Build data and models, restore ``state`` (a resumed run's description is rewritten first)."""
         if state is not None and self.ctx.is_main:
             self._write_run_files()
+        self.method.setup(self)  # the run directory is ours and locked: what the method builds before training
         seed = self.config["train"]["seed"]
         seed_everything(seed)
         self.members = [self._build_member("main", self.view, self.out)]

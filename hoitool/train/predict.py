@@ -6,21 +6,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from hoitool import log
 from hoitool.eval.runs import write_outputs
-from hoitool.nn.models import build_model
 from hoitool.train import artifacts
 from hoitool.train.checkpoint import load_checkpoint
 from hoitool.train.data import SplitVideos, VideoDataset, batches, make_loader
 from hoitool.train.state import TrainingParts
 
 if TYPE_CHECKING:
-    from hoitool.train.loop import Member
+    from hoitool.train.loop import Member, Training
 
 SPLITS = ("train", "val", "test")  # every split is predicted, in this order
 
@@ -32,7 +31,7 @@ class Prediction(TrainingParts):
     def predict(self, member: Member) -> dict[str, np.ndarray]:
         """Logits of the member's best weights for every video and view of every split."""
         best = load_checkpoint(artifacts.best_checkpoint(member.run_dir))
-        model = build_model(best["model_config"], best["in_dim"], best["num_classes"])
+        model = self.method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
         model.load_state_dict(best["model"])
         model.to(self.ctx.device).eval()
         columns: dict[str, list[np.ndarray]] = {
@@ -60,7 +59,7 @@ class Prediction(TrainingParts):
                 for batch in batches(loader):
                     index = batch["index"].numpy()
                     with self._autocast():
-                        logits = self._forward(model, self._to_device(batch)).float()
+                        logits = self._forward(model, self._to_device(batch), split).float()
                     columns["logits"].append(logits.cpu().numpy())
                     columns["video_ids"].append(np.asarray(videos.video_ids, dtype=object)[index].astype(str))
                     columns["view_index"].append(batch["view"].numpy())
@@ -77,6 +76,7 @@ class Prediction(TrainingParts):
                 member.run_dir, self.request.features, self.reader.fingerprint, best["epoch"], self.teacher_record
             )
             write_outputs(member.run_dir, provenance=provenance, **arrays)
+            self.method.write_outputs(cast("Training", self), member)
             log.info(
                 f"{member.run_dir}: outputs of {len(set(arrays['video_ids']))} videos "
                 f"({len(arrays['video_ids'])} views) from best.pt (epoch {best['epoch']})"

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from hoitool.train.data import EpochBatchSampler, SplitVideos
     from hoitool.train.distributed import DistContext
     from hoitool.train.loop import Member, Training, TrainRequest
+    from hoitool.train.methods import Method
 
 
 class TrainingParts:
@@ -61,6 +62,7 @@ class TrainingParts:
     teacher_record: dict | None
     teacher_logits: torch.Tensor | None
     members: list[Member]
+    method: Method
     scaler: torch.amp.GradScaler
     sampler: EpochBatchSampler
     train_loader: Any
@@ -69,7 +71,7 @@ class TrainingParts:
     _state: Callable[[int, list[dict]], dict]
     _autocast: Callable[[], Any]
     _to_device: Callable[[dict], dict]
-    _forward: Callable[[torch.nn.Module, dict], torch.Tensor]
+    _forward: Callable[..., torch.Tensor]  # (model, batch, split="train") -> logits
 
     @property
     def teacher_dir(self) -> Path:

@@ -1,0 +1,213 @@
+"""Training methods (hoitool.train.methods) from the CLI on the synthetic set: the seam, anticipation, CL-HOI.
+
+The data is the synthetic set's class rules as node features (hoitool.datasets.synthetic_features:
+slot 0 the person, slot 1 the object), written as a manifest (with fps and frame counts), a boxes
+store (is_person) and a features store, as the extract stages would; tiny models, a few epochs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_cli
+from test_train import request
+
+from hoitool.datasets.synthetic_features import generate_split
+from hoitool.manifest import Manifest, VideoEntry
+from hoitool.nn.anticipation import LeadTime, observe_until, truncate_batch
+from hoitool.store import StagedStore
+from hoitool.train.loop import train
+from hoitool.train.methods import Method, get_method, list_methods, register_method
+
+FRAMES, FPS = 15, 5.0
+TINY_LIB = {"train__epochs": 2, "train__batch_size": 8, "optim__lr": 0.01}
+TINY = ["--epochs", "2", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--set", "model.hidden=16"]
+
+
+def _write_set(root):
+    """Manifest + boxes store + features store of the synthetic set (2 scenes per class and split)."""
+    splits = {split: generate_split(split, 2, seed=0, frames=FRAMES, dim=16) for split in ("train", "val", "test")}
+    classes = list(splits["train"].classes)
+    videos, arrays = [], {}
+    for split, data in splits.items():
+        for row in range(len(data)):
+            video = f"{split}{row:02d}"
+            videos.append(VideoEntry(video, f"{video}.mp4", [int(data.labels[row])], split, fps=FPS, num_frames=FRAMES))
+            arrays[video] = {name: getattr(data, name)[row] for name in ("nodes", "valid", "boxes", "frame_size")}
+    Manifest(dataset="synthetic", classes=classes, multilabel=False, videos=videos).save(root / "manifest.json")
+    frames = np.arange(FRAMES)[None]
+    boxes = StagedStore(root / "boxes.h5", "boxes", {"config": {}, "upstream": None})
+    features = StagedStore(root / "features.h5", "features", {"config": {}, "upstream": None})
+    for video, a in arrays.items():
+        person = np.zeros(a["valid"].shape, bool)
+        person[:, 0] = True
+        common = {
+            "frame_indices": frames,
+            "frame_valid": np.ones((1, FRAMES), bool),
+            "frame_size": np.array([128, 128]),
+        }
+        boxes.save(
+            video,
+            {
+                **common,
+                "boxes": a["boxes"][None],
+                "scores": np.ones((1, *a["valid"].shape), np.float32),
+                "labels": np.where(person, 0, 1)[None],
+                "is_person": person[None],
+                "valid": a["valid"][None],
+            },
+        )
+        features.save(
+            video,
+            {
+                **common,
+                "nodes": a["nodes"][None].astype(np.float16),
+                "valid": a["valid"][None],
+                "boxes": a["boxes"][None],
+            },
+        )
+    manifest = {"manifest": str((root / "manifest.json").resolve())}
+    shape = {"num_frames": FRAMES, "max_boxes": 2}
+    boxes.finalize(manifest, shape)
+    features.finalize(dict(manifest, boxes=str((root / "boxes.h5").resolve())), {"views": 1, "dim": 16, **shape})
+    return classes
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("methods")
+    classes = _write_set(root)
+    return root, classes
+
+
+@pytest.fixture(scope="module")
+def teacher(synthetic):
+    """A global-context teacher that writes its node embeddings (``train-teacher --save-embeddings``)."""
+    root, _ = synthetic
+    out = root / "teacher"
+    train(request(root / "features.h5", out, view="global", train__embeddings=True, **TINY_LIB))
+    return out
+
+
+def test_registry_lists_the_methods_and_refuses_unknown_or_taken_names():
+    assert {"glidn", "anticipation"} <= set(list_methods())
+    assert get_method("glidn") is Method
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("anticipation")(type("Again", (Method,), {}))
+    with pytest.raises(Exception, match="unknown training method 'nope'"):
+        get_method("nope")
+
+
+def test_truncate_batch_equals_observe_until_view_by_view():
+    rng = np.random.default_rng(0)
+    views = []
+    for length in (6, 4):
+        frame_indices = np.sort(rng.choice(40, size=6, replace=False))
+        frame_valid = np.arange(6) < length
+        views.append(
+            {
+                "frame_indices": np.where(frame_valid, frame_indices, -1),
+                "frame_valid": frame_valid,
+                "valid": rng.random((6, 3)) > 0.2,
+                "nodes": rng.normal(size=(6, 3, 5)).astype(np.float32),
+                "boxes": rng.uniform(0, 9, size=(6, 3, 4)).astype(np.float32),
+            }
+        )
+    for view in views:
+        view["valid"] &= view["frame_valid"][:, None]
+    batch = {
+        name: torch.from_numpy(np.stack([v[name] for v in views]))
+        for name in ("frame_indices", "valid", "nodes", "boxes")
+    }
+    end, tau = torch.tensor([39.0, float("nan")]), torch.tensor([12.0, 5.0])
+    cut = truncate_batch(batch, end, tau)
+    last_sampled = views[1]["frame_indices"][views[1]["valid"].any(-1)].max()
+    for row, last_frame in enumerate([39.0 - 12.0, last_sampled - 5.0]):
+        expected = observe_until(views[row], last_frame)
+        for name in ("valid", "nodes", "boxes"):
+            assert np.array_equal(cut[name][row].numpy(), expected[name]), name
+    assert LeadTime(fraction=0.4).frames(FPS, FRAMES) == pytest.approx(6.0)
+
+
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_anticipation_from_the_cli_with_unlabelled_videos_and_eval_at_lead_times(synthetic, teacher, tmp_path, capsys):
+    root, _ = synthetic
+    unlabelled = tmp_path / "unlabelled.txt"
+    unlabelled.write_text("# seen without labels\ntrain00\ntrain04\n")
+    out = tmp_path / "anticipation"
+    code, _, err = run_cli(
+        [
+            "distill",
+            root / "features.h5",
+            "--teacher",
+            teacher,
+            "--view",
+            "global",
+            "--method",
+            "anticipation",
+            "--lead-time",
+            "40%",
+            "--unlabelled",
+            unlabelled,
+            "--out",
+            out,
+            *TINY,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    info = json.loads((out / "run.json").read_text())
+    assert info["method"]["name"] == "anticipation" and info["method"]["lead_time"] == "40%"
+    assert info["label"].startswith("anticipation τ=40%")
+    for record in _metrics(out):
+        assert record["loss_distill"] > 0 and record["loss_soft"] > 0 and record["loss_ce"] > 0
+        assert record["loss_total"] == pytest.approx(record["loss_ce"] + record["loss_soft"] + record["loss_distill"])
+    code, stdout, err = run_cli(["eval", out, "--lead-time", "40%", "--lead-time", "0%"], capsys)
+    assert code == 0, err
+    lead = json.loads((out / "eval" / "lead_times_test.json").read_text())["lead_times"]
+    metrics = json.loads((out / "eval" / "metrics_test.json").read_text())["metrics"]
+    # the run's outputs were made from the same truncated input as eval at the trained lead time
+    assert lead["40%"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert set(lead) == {"40%", "0%"} and "40%" in stdout
+
+
+def test_anticipation_refuses_stale_teacher_embeddings_and_a_teacher_without_them(synthetic, teacher, tmp_path, capsys):
+    root, _ = synthetic
+    args = ["distill", root / "features.h5", "--view", "global", "--method", "anticipation", "--lead-time", "1s", *TINY]
+    copy = tmp_path / "teacher"
+    import shutil
+
+    shutil.copytree(teacher, copy)
+    data = dict(np.load(copy / "embeddings.npz"))
+    data["embeddings"] = data["embeddings"] + np.float16(1)
+    with open(copy / "embeddings.npz", "wb") as handle:
+        np.savez(handle, **data)
+    code, _, err = run_cli([*args, "--teacher", copy, "--out", tmp_path / "stale"], capsys)
+    assert code == 1 and "stale teacher embeddings" in err and "changed since it was written" in err
+    assert not (tmp_path / "stale").exists()  # refused before anything was written
+    (copy / "embeddings.npz").unlink()
+    code, _, err = run_cli([*args, "--teacher", copy, "--out", tmp_path / "none"], capsys)
+    assert code == 2 and "--save-embeddings" in err
+    code, _, err = run_cli(
+        [
+            "distill",
+            root / "features.h5",
+            "--view",
+            "global",
+            "--teacher",
+            teacher,
+            "--lead-time",
+            "1s",
+            "--out",
+            tmp_path / "x",
+            *TINY,
+        ],
+        capsys,
+    )
+    assert code == 2 and "setting of --method anticipation" in err
