@@ -10,6 +10,27 @@ import sys
 
 import pytest
 
+from hoitool.nn.models import VIEWS
+from hoitool.train.presets import PRESETS, apply_preset, training_defaults
+
+EXTENSIONS = ("time_encoding", "geometry_encoding", "residual", "input_norm")  # not in the paper's models
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("distill", [False, True])
+def test_no_preset_turns_an_extension_on_for_every_view(name, distill):
+    """Issue 10 item 3: the paper's configuration first; an extension is a per-run choice, never a preset's."""
+    for extension in EXTENSIONS:
+        enabled = []
+        for view in VIEWS:
+            config = apply_preset(
+                dict(training_defaults(distill), model={**training_defaults(distill)["model"], "view": view}),
+                name,
+                view,
+            )
+            enabled.append(bool(config["model"][extension]))
+        assert not all(enabled), f"preset {name} turns {extension} on for every view"
+
 
 @pytest.mark.slow
 def test_demo_relation_models_beat_the_baselines(tmp_path):

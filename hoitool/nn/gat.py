@@ -86,8 +86,12 @@ class GATLayer(nn.Module):
         layer.load_state_dict(conv.state_dict())
         return layer
 
-    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, in_dim), adj: (B, N, N) bool -> (B, N, output_dim)."""
+    def forward(self, x: torch.Tensor, adj: torch.Tensor, return_attention: bool = False):
+        """x: (B, N, in_dim), adj: (B, N, N) bool -> (B, N, output_dim).
+
+        ``return_attention``: also return the attention weights (B, heads, N, N), ``[b, h, i, j]`` the
+        weight node ``i`` gives node ``j`` (rows sum to 1 over ``i``'s neighbours; before dropout).
+        """
         batch, nodes, _ = x.shape
         h = self.lin(x).view(batch, nodes, self.heads, self.out_dim)
         score_src = (h * self.att_src).sum(-1).transpose(1, 2)  # (B, H, N): node as j
@@ -97,15 +101,15 @@ class GATLayer(nn.Module):
         # A finite fill (not -inf) keeps rows without any neighbour finite in
         # softmax and its gradient; zeroing after softmax then removes them.
         scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
-        alpha = torch.softmax(scores, dim=-1).masked_fill(blocked, 0.0)
-        alpha = F.dropout(alpha, p=self.dropout, training=self.training)
+        weights = torch.softmax(scores, dim=-1).masked_fill(blocked, 0.0)
+        alpha = F.dropout(weights, p=self.dropout, training=self.training)
         out = torch.matmul(alpha, h.transpose(1, 2)).transpose(1, 2)  # (B, N, H, out_dim)
         out = out.reshape(batch, nodes, -1) if self.concat else out.mean(dim=2)
         if self.res is not None:
             out = out + self.res(x)
         if self.bias is not None:
             out = out + self.bias
-        return out
+        return (out, weights) if return_attention else out
 
     def extra_repr(self) -> str:
         return (

@@ -86,8 +86,12 @@ class ContextGraphNet(nn.Module):
             h = h + self.time(h.shape[1], h.device).to(h.dtype)
         return h
 
-    def relate(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, T, K, hidden) -> (B, T, K, hidden) after the graph layers of this view."""
+    def relate(self, h: torch.Tensor, valid: torch.Tensor, attention: list | None = None) -> torch.Tensor:
+        """(B, T, K, hidden) -> (B, T, K, hidden) after the graph layers of this view.
+
+        ``attention``: a list that receives each layer's weights as (B, heads, N, N) over the video's
+        N = T * K nodes, frame-major (the local view's per-frame graphs placed on the block diagonal).
+        """
         if not len(self.graph):
             return h
         batch, frames, boxes, dim = h.shape
@@ -97,9 +101,36 @@ class ContextGraphNet(nn.Module):
         else:
             x, adj = h.reshape(batch, frames * boxes, dim), global_adjacency(valid)
         for layer in self.graph:
-            x = F.relu(layer(x, adj))
+            if attention is None:
+                x = layer(x, adj)
+            else:
+                x, weights = layer(x, adj, return_attention=True)
+                attention.append(self._video_attention(weights, batch, frames, boxes))
+            x = F.relu(x)
             x = F.dropout(x, p=self.dropout, training=self.training)
         return x.reshape(batch, frames, boxes, -1)
+
+    def _video_attention(self, weights: torch.Tensor, batch: int, frames: int, boxes: int) -> torch.Tensor:
+        """A layer's weights as (B, heads, N, N) over the whole video, whichever graph the view runs."""
+        if self.view != "local":
+            return weights
+        heads, nodes = weights.shape[1], frames * boxes
+        per_frame = weights.reshape(batch, frames, heads, boxes, boxes)
+        full = weights.new_zeros(batch, heads, frames, boxes, frames, boxes)
+        for frame in range(frames):
+            full[:, :, frame, :, frame, :] = per_frame[:, frame]
+        return full.reshape(batch, heads, nodes, nodes)
+
+    @torch.no_grad()
+    def attention(self, nodes, valid, boxes=None, frame_size=None) -> list[torch.Tensor]:
+        """Each graph layer's attention, (B, heads, N, N) with N = T * K frame-major (empty for the baseline).
+
+        ``[b, h, i, j]``: how much node ``i`` (frame ``i // K``, slot ``i % K``) takes from node ``j``;
+        the same forward pass as :meth:`forward`, whose outputs it does not change.
+        """
+        weights: list[torch.Tensor] = []
+        self.relate(self.embed(nodes, boxes, frame_size), valid.bool(), weights)
+        return weights
 
     def forward(
         self,
