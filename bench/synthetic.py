@@ -11,7 +11,10 @@ seed and the initialisation seed together, and prints
    percentile-bootstrap 95% intervals (over seeds, then test videos);
 2. paired differences between the views on the same test videos and seeds,
    with bootstrap intervals;
-3. with ``--distill``: global -> local and local -> global students on
+3. a second, separately labelled table: the same views with hoitool's
+   extensions (frame-time, and frame-time + box-geometry encodings), which
+   are not the paper's (``--encodings none`` skips it);
+4. with ``--distill``: global -> local and local -> global students on
    cross-fitted teacher logits (and extra unlabelled videos carrying only teacher
    targets) against their controls (matched label smoothing, self-distillation,
    shuffled teacher logits), as paired differences to the plain student.
@@ -32,47 +35,25 @@ import torch
 
 from hoitool.datasets.synthetic import CONTEXTS
 from hoitool.datasets.synthetic_features import FeatureSet, context_means, generate_split, view_ceilings
+from hoitool.eval.stats import at_chance, bootstrap_mean, chance_level, paired_difference
 from hoitool.losses import Objective
 from hoitool.nn.models import build_model
 
 VIEWS = ("baseline", "local", "global")
+# hoitool's extensions, not the paper's: the second table (name -> model keys turned on for every view in it)
+ENCODINGS = {
+    "time": {"time_encoding": True},
+    "time+geometry": {"time_encoding": True, "geometry_encoding": True},
+}
 
 
-# -- statistics ------------------------------------------------------------------------------
-def bootstrap_mean(
-    values: np.ndarray, resamples: int = 2000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of (S, V) per-seed, per-test-video values and its percentile-bootstrap interval.
-
-    Two stages, so both sources of variation count: draw S seeds with
-    replacement, then, within each drawn seed, V of its test videos with
-    replacement; the statistic is the mean of the drawn values. A paired
-    difference is this with ``values = score_a - score_b`` on the same videos.
-    """
-    values = np.asarray(values, np.float64)
-    if values.ndim == 1:
-        values = values[None]
-    seeds, videos = values.shape
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for start in range(0, resamples, 250):  # chunks bound the memory of the index arrays
-        count = min(250, resamples - start)
-        seed_index = rng.integers(seeds, size=(count, seeds, 1))
-        video_index = rng.integers(videos, size=(count, seeds, videos))
-        means[start : start + count] = values[seed_index, video_index].mean(axis=(1, 2))
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(values.mean()), float(low), float(high)
-
-
+# -- statistics (hoitool.eval.stats) -------------------------------------------------------------
 def interval(values: np.ndarray, resamples: int) -> str:
-    mean, low, high = bootstrap_mean(values, resamples)
-    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+    return bootstrap_mean(values, resamples).text(signed=True)
 
 
 def accuracy_cell(values: np.ndarray, resamples: int) -> str:
-    mean, low, high = bootstrap_mean(values, resamples)
-    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    return bootstrap_mean(values, resamples).text()
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -97,22 +78,28 @@ class Run:
     best_epoch: int
     val_accuracy: float
     seconds: float
+    train_correct: np.ndarray | None = None  # (train videos,) bool
 
 
 def tensors(data: FeatureSet) -> dict[str, torch.Tensor]:
     return {
         "nodes": torch.from_numpy(data.nodes),
         "valid": torch.from_numpy(data.valid),
+        "boxes": torch.from_numpy(data.boxes),
+        "frame_size": torch.from_numpy(data.frame_size),
         "labels": torch.from_numpy(data.labels),
     }
+
+
+def forward(model, data: dict[str, torch.Tensor], index) -> torch.Tensor:
+    """The model on the videos at ``index``, with their boxes and frame size (read only by a geometry encoding)."""
+    return model(data["nodes"][index], data["valid"][index], data["boxes"][index], data["frame_size"][index])
 
 
 @torch.no_grad()
 def predict(model, data: dict[str, torch.Tensor], batch: int = 512) -> torch.Tensor:
     model.eval()
-    out = [
-        model(data["nodes"][i : i + batch], data["valid"][i : i + batch]) for i in range(0, len(data["labels"]), batch)
-    ]
+    out = [forward(model, data, slice(i, i + batch)) for i in range(0, len(data["labels"]), batch)]
     return torch.cat(out)
 
 
@@ -127,17 +114,20 @@ def train(
     extra: FeatureSet | None = None,
     extra_teacher: np.ndarray | None = None,
     eval_sets: tuple[FeatureSet, ...] = (),
+    encodings: dict | None = None,
 ) -> tuple[Run, list[np.ndarray]]:
     """Train one ``build_model`` view in memory; keep the epoch best on val; return its run and logits on ``eval_sets``.
 
     ``teacher`` (train videos x classes) adds the distillation term of
     :class:`hoitool.losses.Objective`; ``extra`` videos carry only
-    ``extra_teacher`` targets (no label, no supervised term).
+    ``extra_teacher`` targets (no label, no supervised term). ``encodings``:
+    model keys of hoitool's extensions to turn on (the second table).
     """
     start = time.perf_counter()
     torch.manual_seed(seed)
     classes = len(train_set.classes)
-    model = build_model({"view": view, "hidden": settings.hidden}, train_set.nodes.shape[-1], classes)
+    model_config = {"view": view, "hidden": settings.hidden, **(encodings or {})}
+    model = build_model(model_config, train_set.nodes.shape[-1], classes)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     objective = Objective(
         multilabel=False,
@@ -159,7 +149,7 @@ def train(
     for epoch in range(1, settings.epochs + 1):
         model.train()
         for index in torch.randperm(len(labelled), generator=generator).split(settings.batch):
-            logits = model(data["nodes"][index], data["valid"][index])
+            logits = forward(model, data, index)
             terms = objective(logits, data["labels"][index], None if targets is None else targets[index])
             if targets is None:
                 loss = terms["ce"].mean()
@@ -176,15 +166,16 @@ def train(
     test = tensors(test_set)
     test_logits = predict(model, test)
     train_part = {key: value[: len(train_set)] for key, value in data.items()}
-    train_accuracy = float((predict(model, train_part).argmax(1) == train_part["labels"]).float().mean())
+    train_correct = (predict(model, train_part).argmax(1) == train_part["labels"]).numpy()
     run = Run(
         view,
         (test_logits.argmax(1) == test["labels"]).numpy(),
         test_logits.numpy(),
-        train_accuracy,
+        float(train_correct.mean()),
         best[1],
         best[0],
         time.perf_counter() - start,
+        train_correct,
     )
     return run, [predict(model, tensors(extra_set)).numpy() for extra_set in eval_sets]
 
@@ -212,68 +203,109 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
-def main_table(runs: list[dict[str, Run]], tests: list[FeatureSet], resamples: int) -> None:
+def accuracy_table(title: str, runs: list[dict[str, Run]], names, tests, ceilings: dict, resamples: int) -> None:
+    """One row per method: accuracy over all and per context [interval], and the method's ceiling."""
     masks = context_masks(tests[0])
-    ceilings = view_ceilings(tests[0], ("baseline", "local", "global"))
     contexts = [c for c in masks if c != "all"]
     rows = []
-    for view in VIEWS:
+    for name in names:
         cells = []
         for context in ["all", *contexts]:
-            values = np.stack([seed_runs[view].test_correct[masks[context]] for seed_runs in runs])
+            values = np.stack([seed_runs[name].test_correct[masks[context]] for seed_runs in runs])
             cells.append(accuracy_cell(values, resamples))
-        ceiling = context_means(ceilings[view], tests[0].contexts)
-        overall = float(ceilings[view].mean())
-        cells += [f"{overall:.2f} / " + " / ".join(f"{ceiling[c]:.2f}" for c in contexts)]
-        rows.append([view, *cells])
-    print_table(
-        f"Test accuracy, mean over {len(runs)} seeds [95% bootstrap interval]; chance {1 / len(tests[0].classes):.3f}",
-        ["view", "all", *contexts, "ceiling all / " + " / ".join(contexts)],
-        rows,
-    )
+        ceiling = context_means(ceilings[name], tests[0].contexts)
+        cells.append(f"{float(ceilings[name].mean()):.2f} / " + " / ".join(f"{ceiling[c]:.2f}" for c in contexts))
+        rows.append([name, *cells])
+    print_table(title, ["view", "all", *contexts, "ceiling all / " + " / ".join(contexts)], rows)
+
+
+def difference_table(title: str, runs: list[dict[str, Run]], pairs, tests, resamples: int) -> None:
+    """Paired differences ``a - b`` on the same test videos and seeds, over all and per context."""
+    masks = context_masks(tests[0])
+    contexts = [c for c in masks if c != "all"]
     rows = []
-    for a, b in (("local", "baseline"), ("global", "baseline"), ("local", "global")):
+    for a, b in pairs:
         cells = []
         for context in ["all", *contexts]:
-            values = np.stack(
-                [
-                    seed_runs[a].test_correct[masks[context]].astype(float) - seed_runs[b].test_correct[masks[context]]
-                    for seed_runs in runs
-                ]
-            )
-            cells.append(interval(values, resamples))
+            first = np.stack([seed_runs[a].test_correct[masks[context]] for seed_runs in runs])
+            second = np.stack([seed_runs[b].test_correct[masks[context]] for seed_runs in runs])
+            cells.append(paired_difference(first, second, resamples).text(signed=True))
         rows.append([f"{a} - {b}", *cells])
-    print_table(
-        "Paired differences (same test videos and seeds) [95% bootstrap interval]",
-        ["difference", "all", *contexts],
-        rows,
+    print_table(title, ["difference", "all", *contexts], rows)
+
+
+def encoded(view: str, encoding: str) -> str:
+    return f"{view} + {encoding}"
+
+
+def main_table(runs: list[dict[str, Run]], tests: list[FeatureSet], resamples: int, encodings=()) -> None:
+    """The paper's configuration first; hoitool's encodings in a second, labelled table; then every run."""
+    ceilings = view_ceilings(tests[0])
+    chance = chance_level(tests[0].labels, len(tests[0].classes))
+    accuracy_table(
+        f"Table 1, the paper's configuration (no encodings): test accuracy, mean over {len(runs)} seeds "
+        f"[95% bootstrap interval]; chance {chance:.3f}",
+        runs,
+        VIEWS,
+        tests,
+        ceilings,
+        resamples,
     )
+    difference_table(
+        "Table 1, paired differences (same test videos and seeds) [95% bootstrap interval]",
+        runs,
+        (("local", "baseline"), ("global", "baseline"), ("local", "global")),
+        tests,
+        resamples,
+    )
+    names = list(VIEWS)
+    for encoding in encodings:
+        group = [encoded(view, encoding) for view in VIEWS]
+        names += group
+        accuracy_table(
+            f"Table 2 (hoitool's extensions, not the paper's): + {encoding} encoding on every node of every view; "
+            "ceiling: the ordered video",
+            runs,
+            group,
+            tests,
+            {name: ceilings["ordered"] for name in group},
+            resamples,
+        )
+        difference_table(
+            f"Table 2, paired differences (+ {encoding}) [95% bootstrap interval]",
+            runs,
+            [(group[1], group[0]), (group[2], group[0]), *((encoded(v, encoding), v) for v in VIEWS)],
+            tests,
+            resamples,
+        )
     rows = [
         [
             f"{seed}",
-            view,
+            name,
             f"{r.train_accuracy:.3f}",
             f"{r.val_accuracy:.3f}",
             f"{r.test_correct.mean():.3f}",
             str(r.best_epoch),
             f"{r.seconds:.1f}",
-            flag(r, len(tests[0].classes), float(ceilings[view].mean())),
+            flag(r, chance, float(ceilings[r.view if name in VIEWS else "ordered"].mean())),
         ]
         for seed, seed_runs in enumerate(runs)
-        for view, r in seed_runs.items()
-        if view in VIEWS
+        for name, r in seed_runs.items()
+        if name in names
     ]
     print_table("Runs", ["seed", "view", "train acc", "val acc", "test acc", "best epoch", "s", "flag"], rows)
 
 
-def flag(run: Run, classes: int, ceiling: float = 1.0) -> str:
-    """A run whose validation accuracy never left chance is flagged, not averaged in silently.
+def flag(run: Run, chance: float, ceiling: float = 1.0) -> str:
+    """A run stuck at chance is flagged, not averaged in silently (hoitool.eval.stats.at_chance).
 
+    Stuck: chance lies within the bootstrap interval of its test accuracy, or of its train accuracy.
     Where chance is also the view's ceiling by construction (the baseline here), the flag says so.
     """
-    if run.val_accuracy >= 1.5 / classes:
+    train = run.train_correct if run.train_correct is not None else np.array([run.train_accuracy])
+    if not (at_chance(run.test_correct, chance) or at_chance(train, chance)):
         return ""
-    return "at chance (= its ceiling)" if ceiling < 1.5 / classes else "AT CHANCE"
+    return "at chance (= its ceiling)" if ceiling < 1.5 * chance else "AT CHANCE"
 
 
 # -- distillation ------------------------------------------------------------------------------
@@ -362,7 +394,8 @@ def distill_table(per_seed: list[dict], tests: list[FeatureSet], resamples: int)
                     else interval(values - base.astype(float), resamples)
                 )
             train_acc = np.mean([run.train_accuracy for run in runs])
-            flags = sum(bool(flag(run, len(tests[0].classes))) for run in runs)
+            chance = chance_level(tests[0].labels, len(tests[0].classes))
+            flags = sum(bool(flag(run, chance)) for run in runs)
             rows.append([name, *cells, f"{train_acc:.3f}", str(flags) if flags else ""])
         print_table(
             f"{direction[0]} teacher -> {direction[1]} student: first row accuracy, then difference to it "
@@ -385,7 +418,16 @@ def main() -> None:
     parser.add_argument("--distill", action="store_true", help="also the distillation-vs-controls tables")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared 2-core machine)")
+    parser.add_argument(
+        "--encodings",
+        default=",".join(ENCODINGS),
+        help=f"the second table's extensions, comma-separated from {', '.join(ENCODINGS)}, or none",
+    )
     args = parser.parse_args()
+    encodings = [] if args.encodings == "none" else args.encodings.split(",")
+    unknown = sorted(set(encodings) - set(ENCODINGS))
+    if unknown:
+        parser.error(f"--encodings: unknown {', '.join(unknown)} (choose from {', '.join(ENCODINGS)} or none)")
     if args.quick:
         args.seeds, args.videos, args.epochs = 1, 40, 10
     torch.set_num_threads(args.threads)
@@ -401,6 +443,11 @@ def main() -> None:
             for view in VIEWS
         }
         runs.append({view: run for view, (run, _) in trained.items()})
+        for encoding in encodings:
+            for view in VIEWS:
+                runs[-1][encoded(view, encoding)] = train(
+                    view, data["train"], data["val"], data["test"], init, settings, encodings=ENCODINGS[encoding]
+                )[0]
         tests.append(data["test"])
         if args.distill:
             extra_logits = {view: outs[0] for view, (_, outs) in trained.items()}
@@ -411,7 +458,7 @@ def main() -> None:
         f"D={args.dim}, noise {args.noise}; paper's configuration (no encodings, 1 GAT layer, 1 head, max pooling), "
         f"hidden {args.hidden}, {args.epochs} epochs, Adam lr {settings.lr}"
     )
-    main_table(runs, tests, args.resamples)
+    main_table(runs, tests, args.resamples, encodings)
     if args.distill:
         print(
             f"\nKD: T={settings.temperature}, lambda1={settings.lambda1}, lambda2={settings.lambda2}, "

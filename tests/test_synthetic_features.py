@@ -22,6 +22,7 @@ from hoitool.datasets.synthetic_features import (
     view_ceilings,
 )
 from hoitool.errors import UsageError
+from hoitool.eval.stats import bootstrap_mean
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 CHANCE = 1 / 9
@@ -269,24 +270,25 @@ def test_kinds_and_colours_are_in_the_descriptors(splits):
 
 
 # -- the benchmark's statistics and training loop -----------------------------------------------
-def test_bootstrap_matches_scipy_on_one_seed():
-    stats = pytest.importorskip("scipy.stats")
-    values = np.random.default_rng(3).random(400) < 0.3
-    mean, low, high = load_bench().bootstrap_mean(values[None].astype(float), resamples=4000)
-    reference = stats.bootstrap(
-        (values.astype(float),), np.mean, method="percentile", n_resamples=4000, random_state=1
-    ).confidence_interval
-    assert mean == pytest.approx(values.mean())
-    assert low == pytest.approx(reference.low, abs=0.01) and high == pytest.approx(reference.high, abs=0.01)
-
-
-def test_bootstrap_resamples_seeds_as_well_as_videos():
-    """By hand: two seeds, all videos right in one and wrong in the other. Drawing seeds gives means 0, 1/2, 1
-    with probabilities 1/4, 1/2, 1/4, so the 95% interval is [0, 1]; videos alone would give the point 1/2."""
+def test_the_benchmark_uses_the_library_statistics():
+    """Its intervals are hoitool.eval.stats' (tested in tests/test_stats.py), so the demo and it agree."""
     bench = load_bench()
     values = np.stack([np.zeros(50), np.ones(50)])
-    assert bench.bootstrap_mean(values, resamples=4000) == pytest.approx((0.5, 0.0, 1.0))
-    assert bench.bootstrap_mean(np.full((3, 20), 0.25)) == pytest.approx((0.25, 0.25, 0.25))
+    assert bench.accuracy_cell(values, 4000) == bootstrap_mean(values, 4000).text() == "0.500 [0.000, 1.000]"
+    assert bench.interval(values - 0.5, 4000) == "+0.000 [-0.500, +0.500]"
+
+
+def test_a_run_stuck_at_chance_is_flagged_by_its_test_or_its_train_accuracy():
+    bench = load_bench()
+    stuck, learned = np.arange(900) % 9 == 0, np.arange(900) % 9 < 4  # 0.111 and 0.444 right
+
+    def run(test, train):
+        return bench.Run("global", test, None, float(train.mean()), 1, 0.0, 0.0, train)
+
+    assert bench.flag(run(learned, learned), 1 / 9) == ""
+    assert bench.flag(run(stuck, learned), 1 / 9) == "AT CHANCE"
+    assert bench.flag(run(learned, stuck), 1 / 9) == "AT CHANCE"
+    assert bench.flag(run(stuck, stuck), 1 / 9, ceiling=1 / 9) == "at chance (= its ceiling)"
 
 
 def test_smoothing_control_matches_the_teacher_non_target_mass():
