@@ -31,7 +31,7 @@ def _object_run(path, object_logits, object_targets):
     """A hand-made run directory of a dual-attention run: 2 videos x 2 views, 3 actions, 2 object slots."""
     import json
 
-    from hoitool.eval.runs import write_outputs
+    from hoitool.runs import write_outputs
 
     path.mkdir(parents=True)
     info = {"kind": "teacher", "view": "global", "seed": 0, "multilabel": False, "classes": ["a", "b", "c"]}
@@ -48,7 +48,7 @@ def test_eval_object_top1_fuses_views_per_slot_and_leaves_null_slots_out(tmp_pat
     from helpers import run_cli
 
     from hoitool.eval.evaluate import evaluate_runs
-    from hoitool.eval.runs import load_run
+    from hoitool.runs import load_run
 
     # 2 objects + null (index 2). v0: slot 0 is object 1, slot 1 null; v1: slot 0 is object 0, slot 1 object 1.
     targets = np.array([[1, 2], [1, 2], [0, 1], [0, 1]])
@@ -102,3 +102,130 @@ def test_report_shows_the_method_with_top5_and_object_top1(tmp_path, capsys):
     with open(tmp_path / "report" / "report.csv", newline="") as handle:
         (record,) = csv.DictReader(handle)
     assert float(record["object_top1_mean"]) == 0.5 and record["top5_accuracy_mean"] == ""
+
+
+# -- training: the method on a tiny store (make_features, as test_train) --------------------------
+
+TINY = {
+    "method__name": "dual_attention",
+    "dual_attention__hidden": 16,
+    "dual_attention__prior_hidden": 8,
+    "dual_attention__attention_dim": 8,
+    "dual_attention__head_hidden": 8,
+    "dual_attention__dropout": 0.0,
+}
+
+
+def with_objects(features, every: int = 1):
+    """Give the tiny store's manifest object labels that follow the class (slot 1 null for class 0)."""
+    from hoitool.manifest import Manifest
+    from hoitool.store import open_store
+
+    path = open_store(features).manifest_path
+    manifest = Manifest.load(path)
+    for number, video in enumerate(manifest.videos):
+        label = video.labels[0]
+        video.objects = [] if number % every else [f"obj{label}"] + ([f"obj{(label + 1) % 3}"] if label else [])
+    manifest.save(path)
+    return manifest
+
+
+def test_train_teacher_dual_attention_writes_object_outputs_and_eval_reports_them(tmp_path):
+    from test_train import make_features, request
+
+    from hoitool.eval.evaluate import evaluate_runs
+    from hoitool.runs import load_run
+    from hoitool.train.loop import train
+
+    features = make_features(tmp_path, split_sizes={"train": 12, "val": 4, "test": 6})
+    with_objects(features)
+    train(request(features, tmp_path / "run", train__epochs=4, **TINY))
+    run = load_run(tmp_path / "run")
+    assert run.info["method"]["name"] == "dual_attention" and run.info["label"] == "dual-attention (nodes, trn)"
+    assert run.info["method"]["object_classes"] == ["obj0", "obj1", "obj2"]
+    assert run.extra["object_logits"].shape == (22, 2, 4) and run.extra["object_targets"].shape == (22, 2)
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_ce", "loss_ce_first", "loss_object", "loss_object_first", "grad_share_object"} <= set(records[0])
+    record = evaluate_runs([run], split="test")
+    assert 0.0 <= record["metrics"]["object_top1"] <= 1.0 and record["metrics"]["top5_accuracy"] is None
+
+
+def test_a_dataset_without_object_labels_or_frame_maps_is_refused_before_any_file(tmp_path, capsys):
+    import pytest
+    from helpers import run_cli
+    from test_train import make_features, request
+
+    from hoitool.errors import UsageError
+    from hoitool.train.loop import train
+
+    features = make_features(tmp_path)  # its manifest has no object labels
+    with pytest.raises(UsageError, match="no video of dataset 'tiny' has object labels"):
+        train(request(features, tmp_path / "run", **TINY))
+    assert not (tmp_path / "run").exists()
+    with_objects(features)
+    with pytest.raises(UsageError, match="holds no frame maps"):
+        train(request(features, tmp_path / "run", dual_attention__regions="cells", **TINY))
+    assert not (tmp_path / "run").exists()
+    argv = ["train-teacher", features, "--view", "global", "--out", tmp_path / "run", "--method", "dual_attention"]
+    code, _, err = run_cli([*argv, "--set", "dual_attention.object_slots=3"], capsys)
+    assert code == 2 and "object_slots" in err and not (tmp_path / "run").exists()
+
+
+def cell_features(root, grid: int = 2, frames: int = 3, dim: int = 8):
+    """A tiny store with frame maps: one cell of each frame carries the class (and its object), the others noise."""
+    from hoitool.manifest import Manifest, VideoEntry
+    from hoitool.store import StagedStore
+
+    rng = np.random.default_rng(0)
+    prototypes = rng.normal(size=(3, dim)) * 3
+    videos = [
+        VideoEntry(id=f"{split}{n:02d}", source="missing.mp4", labels=[n % 3], split=split, objects=[f"obj{n % 3}"])
+        for split, count in (("train", 12), ("val", 3), ("test", 3))
+        for n in range(count)
+    ]
+    manifest_path = root / "manifest.json"
+    Manifest(dataset="cells", classes=["a", "b", "c"], multilabel=False, videos=videos).save(manifest_path)
+    staged = StagedStore(root / "cells.h5", "features", {"config": {}, "upstream": None})
+    for number, video in enumerate(videos):
+        maps = rng.normal(size=(1, frames, grid * grid, dim))
+        maps[0, :, number % (grid * grid)] += prototypes[video.labels[0]]
+        corner = rng.uniform(0, 40, size=(1, frames, 2, 2))
+        staged.save(
+            video.id,
+            {
+                "nodes": rng.normal(size=(1, frames, 2, dim)).astype(np.float16),
+                "valid": np.ones((1, frames, 2), dtype=bool),
+                "boxes": np.concatenate([corner, corner + 20], axis=-1).astype(np.float32),
+                "frame_size": np.array([64, 64]),
+                "frame_valid": np.ones((1, frames), dtype=bool),
+                "frame_indices": np.arange(frames)[None],
+                "frame_maps": maps.astype(np.float16),
+            },
+        )
+    staged.finalize(
+        {"manifest": str(manifest_path.resolve())},
+        {"views": 1, "dim": dim, "num_frames": frames, "max_boxes": 2, "frame_map_grid": grid},
+    )
+    return root / "cells.h5"
+
+
+def test_map_cells_train_and_their_attention_is_drawn_as_a_png(tmp_path):
+    from PIL import Image
+    from test_train import request
+
+    from hoitool.runs import load_run
+    from hoitool.train.loop import train
+    from hoitool.train.methods.dual_attention import attention_maps
+
+    features = cell_features(tmp_path)
+    settings = dict(TINY, dual_attention__regions="cells", dual_attention__temporal="mean")
+    train(request(features, tmp_path / "run", train__epochs=2, **settings))
+    run = load_run(tmp_path / "run")
+    assert run.info["label"] == "dual-attention (cells, mean)" and run.extra["object_logits"].shape == (18, 2, 4)
+    (path,) = attention_maps(tmp_path / "run", ["test01"], tmp_path / "maps")
+    assert path == tmp_path / "maps" / "test01.png"
+    with Image.open(path) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 100

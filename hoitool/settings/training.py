@@ -179,6 +179,31 @@ class ClHoiSettings(Section):
     pair_hidden: int = Field(64, ge=1, description="width of the pair head's hidden layer")
 
 
+class DualAttentionSettings(Section):
+    """``--method dual_attention`` (docs/method-dual-attention.md): Xiao et al.'s dual attention over actions and objects."""
+
+    regions: Literal["nodes", "cells"] = Field(
+        "nodes",
+        description="what the attention weighs in each frame: nodes (the boxes' features) or cells (the frame "
+        "maps of a store made with extract features --frame-maps)",
+    )
+    temporal: Literal["trn", "mean"] = Field(
+        "trn", description="temporal head: trn (multi-scale relations, Eq. 3-4) or mean over frames (Eq. 5)"
+    )
+    object_slots: int = Field(
+        2, ge=1, le=2, description="object classifiers, each with a null label (2: 'something ... something')"
+    )
+    hidden: int = Field(512, ge=1, description="width of the projected region features (the paper's 512)")
+    prior_hidden: int = Field(512, ge=1, description="width of the prior MLPs h^a, h^o")
+    attention_dim: int = Field(512, ge=1, description="width inside the tanh attention (Eq. 6-7)")
+    head_hidden: int = Field(256, ge=1, description="width of the heads' MLPs (TRN g and h)")
+    trn_max_order: int = Field(8, ge=2, description="largest TRN scale (the paper's TRN-8)")
+    trn_max_tuples: int = Field(3, ge=1, description="frame tuples per TRN scale (evenly spaced, deterministic)")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout on the region features")
+    first_weight: float = Field(1.0, ge=0, description="weight of the first-stage (prior) terms")
+    object_weight: float = Field(1.0, ge=0, description="weight of the object terms")
+
+
 class TeacherSettings(Section):
     preset: str | None = Field(None, description="named recipe (docs/training.md)")
     method: MethodSettings = Field(default_factory=MethodSettings)
@@ -189,6 +214,7 @@ class TeacherSettings(Section):
     data: DataSettings = Field(default_factory=DataSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     cl_hoi: ClHoiSettings = Field(default_factory=ClHoiSettings)
+    dual_attention: DualAttentionSettings = Field(default_factory=DualAttentionSettings)
 
 
 class DistillStageSettings(TeacherSettings):

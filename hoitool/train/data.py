@@ -41,6 +41,8 @@ class SplitVideos:
     targets: np.ndarray  # (N,) int64 class index, or (N, C) float32 multi-hot
     multilabel: bool
     num_classes: int
+    objects: np.ndarray | None = None  # (N, slots) int64 object-slot targets (dual attention; -1: no label)
+    arrays: tuple[str, ...] = ()  # store arrays read beyond FIELDS, served per view (e.g. frame_maps)
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -97,12 +99,19 @@ class _StoreBacked(Dataset):
         return self._cache is not None
 
     def _read(self, index: int) -> dict[str, np.ndarray]:
-        arrays = self.reader.read(self.videos.video_ids[index], list(FIELDS))
+        arrays = self.reader.read(self.videos.video_ids[index], [*FIELDS, *self.videos.arrays])
         if self.kept_views is not None:
             arrays = {
                 name: value if name == "frame_size" else value[: self.kept_views] for name, value in arrays.items()
             }
         return arrays
+
+    def extras(self, arrays: dict[str, np.ndarray], index: int, view: int) -> dict:
+        """A sample's entries beyond the GLIDN fields: the split's extra arrays at ``view``, its object targets."""
+        extra = {name: arrays[name][view] for name in self.videos.arrays}
+        if self.videos.objects is not None:
+            extra["objects"] = self.videos.objects[index]
+        return extra
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
         return self._cache[index] if self._cache is not None else self._read(index)
@@ -151,6 +160,7 @@ class ViewDataset(_StoreBacked):
             weight=ref.weight,
             target=self.videos.targets[ref.position],
         )
+        sample.update(self.extras(arrays, ref.position, view))
         return sample
 
 
@@ -174,6 +184,7 @@ class VideoDataset(_StoreBacked):
                 "view": view,
                 "weight": 1.0,
                 "target": target,
+                **self.extras(arrays, index, view),
             }
             for view in range(arrays["nodes"].shape[0])
         ]
@@ -207,6 +218,9 @@ def collate(samples: list) -> dict[str, torch.Tensor]:
     }
     if samples and "frame_indices" in samples[0]:  # decoded frame of each sampled frame (padding: -1)
         batch["frame_indices"] = torch.from_numpy(_stack_padded([np.asarray(s["frame_indices"]) for s in samples], -1))
+    for name in samples[0].keys() - batch.keys() if samples else ():  # a split's extras (objects, frame_maps)
+        values = [np.asarray(s[name]) for s in samples]
+        batch[name] = torch.from_numpy(_stack_padded(values, False if values[0].dtype == bool else 0))
     return batch
 
 

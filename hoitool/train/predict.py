@@ -1,7 +1,7 @@
 """Prediction: the best weights' logits for every video and view of every split, written with provenance.
 
 :class:`Prediction` is one part of :class:`hoitool.train.loop.Training`; what it writes
-(``outputs.npz``/``.json``, :func:`hoitool.eval.runs.write_outputs`) is what ``distill`` and ``eval`` read.
+(``outputs.npz``/``.json``, :func:`hoitool.runs.write_outputs`) is what ``distill`` and ``eval`` read.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
-from hoitool import log
-from hoitool.eval.runs import write_outputs
-from hoitool.train import artifacts
+from hoitool import log, runs
+from hoitool.runs import write_outputs
 from hoitool.train.checkpoint import load_checkpoint
 from hoitool.train.data import SplitVideos, VideoDataset, batches, make_loader
 from hoitool.train.state import TrainingParts
@@ -30,7 +29,7 @@ class Prediction(TrainingParts):
     @torch.no_grad()
     def predict(self, member: Member) -> dict[str, np.ndarray]:
         """Logits of the member's best weights for every video and view of every split."""
-        best = load_checkpoint(artifacts.best_checkpoint(member.run_dir))
+        best = load_checkpoint(runs.best_checkpoint(member.run_dir))
         model = self.method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
         model.load_state_dict(best["model"])
         model.to(self.ctx.device).eval()
@@ -41,6 +40,7 @@ class Prediction(TrainingParts):
             "logits": [],
             "targets": [],
         }
+        extra: dict[str, list[np.ndarray]] = {}  # the method's further arrays (e.g. object logits)
         for split in SPLITS:
             videos: SplitVideos = self.videos[split]
             if not len(videos):
@@ -59,20 +59,25 @@ class Prediction(TrainingParts):
                 for batch in batches(loader):
                     index = batch["index"].numpy()
                     with self._autocast():
-                        logits = self._forward(model, self._to_device(batch), split).float()
+                        forward = self.method.forward(model, self.method.inputs(self._to_device(batch), split))
+                    logits = forward["logits"].float()
+                    for name, array in self.method.output_arrays(forward, batch).items():
+                        extra.setdefault(name, []).append(array)
                     columns["logits"].append(logits.cpu().numpy())
                     columns["video_ids"].append(np.asarray(videos.video_ids, dtype=object)[index].astype(str))
                     columns["view_index"].append(batch["view"].numpy())
                     columns["split"].append(np.full(len(index), split))
                     columns["targets"].append(one_hot[index])
                     bar.advance()
-        return {name: np.concatenate(parts) for name, parts in columns.items()}
+        arrays = {name: np.concatenate(parts) for name, parts in columns.items()}
+        arrays["extra"] = {name: np.concatenate(parts) for name, parts in extra.items()}
+        return arrays
 
     def write_outputs(self) -> None:
         for member in self.members:
             arrays = self.predict(member)
-            best = load_checkpoint(artifacts.best_checkpoint(member.run_dir))
-            provenance = artifacts.outputs_provenance(
+            best = load_checkpoint(runs.best_checkpoint(member.run_dir))
+            provenance = runs.outputs_provenance(
                 member.run_dir, self.request.features, self.reader.fingerprint, best["epoch"], self.teacher_record
             )
             write_outputs(member.run_dir, provenance=provenance, **arrays)

@@ -38,6 +38,8 @@ The hooks, in the order a run calls them (``training`` is the :class:`hoitool.tr
   share is measured, :mod:`hoitool.losses.gradients`). The loop combines, logs (``loss_<name>``,
   ``grad_share_<name>``) and measures them without knowing the names; every step must give the same
   names. Default: GLIDN's :class:`hoitool.losses.Objective` (``ce``, ``distill``) on the logits.
+* ``output_arrays(outputs, batch)`` -> ``{name: (B, ...) array}``: further per-row arrays of
+  ``outputs.npz`` (``Run.extra``; e.g. dual attention's object logits); default none.
 * ``write_outputs(training, member)`` -- after the run's outputs: any extra artifact (e.g. node embeddings).
 * ``run_info()`` -> dict recorded in ``run.json`` under ``method`` (``name`` + the method's settings)
   and ``label(kind, view, teacher_view)`` -> the default name of the run in reports.
@@ -55,6 +57,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 from hoitool.errors import UsageError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -102,6 +105,9 @@ class Method:
         objective = training.members[position].objective
         terms = objective.terms(logits[position], batch["target"], training._distill_target(position, logits, batch))
         return terms, objective.weights(), [logits[position]]
+
+    def output_arrays(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, np.ndarray]:
+        return {}
 
     def write_outputs(self, training: Training, member: Member) -> None:
         if self.config.get("train", {}).get("embeddings"):  # train-teacher --save-embeddings (any method)
