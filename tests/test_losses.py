@@ -47,20 +47,37 @@ def test_kd_by_hand_two_classes():
     assert kd_loss(student, teacher, 2.0).item() == pytest.approx(expected_t2, rel=1e-5)
 
 
-def test_l2_is_eq3_mean_squared_difference_of_softened_sigmoids():
+def test_l2_is_eq3_mean_squared_difference_of_softened_sigmoids_times_t_squared():
     student = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
     teacher = torch.tensor([[4.0, 2.0], [-1.0, 3.0]])
     temperature = 2.0
     sig = lambda x: 1 / (1 + math.exp(-x / temperature))  # noqa: E731
     by_hand = [
-        ((sig(4) - sig(0)) ** 2 + 0) / 2,
-        ((sig(-1) - sig(1)) ** 2 + (sig(3) - sig(-1)) ** 2) / 2,
+        4 * ((sig(4) - sig(0)) ** 2 + 0) / 2,
+        4 * ((sig(-1) - sig(1)) ** 2 + (sig(3) - sig(-1)) ** 2) / 2,
     ]
     values = l2_loss(student, teacher, temperature)
     assert values.tolist() == pytest.approx(by_hand, rel=1e-6)
     assert values.mean().item() == pytest.approx(
-        F.mse_loss(torch.sigmoid(student / 2), torch.sigmoid(teacher / 2)).item(), rel=1e-6
+        4 * F.mse_loss(torch.sigmoid(student / 2), torch.sigmoid(teacher / 2)).item(), rel=1e-6
     )
+    assert l2_loss(student, teacher, 1.0).mean().item() == pytest.approx(
+        F.mse_loss(torch.sigmoid(student), torch.sigmoid(teacher)).item(), rel=1e-6
+    )  # T = 1: Eq. 3 exactly
+
+
+def test_l2_gradient_does_not_fade_with_temperature():
+    """With T^2 the gradient tends to (s - t) / (8 C) for T large against the logits (functional.py's derivation)."""
+    generator = torch.Generator().manual_seed(4)
+    student = torch.rand(3, 5, generator=generator).mul(2).sub(1).requires_grad_(True)
+    teacher = torch.rand(3, 5, generator=generator).mul(2).sub(1)
+    limit = (student.detach() - teacher) / (8 * 5)
+    for temperature in (10.0, 100.0):
+        (grad,) = torch.autograd.grad(l2_loss(student, teacher, temperature).sum(), student)
+        assert torch.allclose(grad, limit, rtol=0.03 if temperature == 10 else 3e-4, atol=1e-7)
+    # and T -> infinity is logit matching: mean_c (s - t)^2 / 16
+    far = l2_loss(student.detach(), teacher, 100.0)
+    assert far.tolist() == pytest.approx(((student.detach() - teacher) ** 2 / 16).mean(1).tolist(), rel=1e-3)
 
 
 def test_binary_kd_is_per_class_binary_kl_times_t_squared():

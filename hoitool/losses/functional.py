@@ -1,4 +1,4 @@
-"""Per-sample loss functions of GLIDN: the supervised term and the distillation terms kd, l2, bce.
+"""Per-sample loss functions of GLIDN: the supervised term and the distillation terms kd, l2, bce (all three times T^2).
 
 Every function returns one value **per sample** (shape ``(B,)``); the training
 loop reduces them with per-sample weights (:func:`weighted_sum`). That keeps the
@@ -12,7 +12,15 @@ Per-sample values, averaged over the batch, equal the usual definitions:
   The ``T^2`` keeps the gradient scale independent of ``T`` (torchdistill drops it
   in one branch: a bug we do not copy).
 * ``l2``  -- GLIDN Eq. 3 for multi-label data: the squared difference of the
-  softened sigmoids ``sigmoid(t/T)`` and ``sigmoid(s/T)``, mean over classes.
+  softened sigmoids ``sigmoid(t/T)`` and ``sigmoid(s/T)``, mean over classes, times
+  ``T^2`` as ``kd``: the gradient of Eq. 3 w.r.t. a logit is
+  ``2 (sigmoid(s/T) - sigmoid(t/T)) sigmoid'(s/T) / (T C)``, which for ``T`` large
+  against the logits is ``(s - t) / (8 T^2 C)`` (``sigmoid(x/T) ~ 1/2 + x/(4T)``), so
+  unscaled it falls as ``1/T^2`` (at ``T = 10`` the term carried ~1% of the BCE
+  gradient per unit weight on random logits, docs/training.md); scaled, it tends to
+  ``(s - t) / (8 C)`` at every large ``T`` and is unchanged at ``T = 1``, so ``lambda2``
+  means the same at every ``T``. (For ``T`` -> infinity ``T^2 * l2`` -> ``mean_c (s_c - t_c)^2 / 16``:
+  logit matching, Hinton's limit of ``kd`` too.)
 * ``bce`` -- the multi-label analogue of ``kd``: per-class binary
   ``KL(sigmoid(t/T) || sigmoid(s/T)) * T^2``, mean over classes. It equals the
   BCE of ``s/T`` against the soft target ``sigmoid(t/T)`` minus the (constant)
@@ -54,11 +62,11 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 
 @register_distill_loss("l2")
 def l2_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """GLIDN Eq. 3: ``mean_c (sigmoid(t_c/T) - sigmoid(s_c/T))^2`` per sample."""
+    """GLIDN Eq. 3 with Hinton's ``T^2``: ``mean_c (sigmoid(t_c/T) - sigmoid(s_c/T))^2 * T^2`` per sample."""
     import torch
 
     difference = torch.sigmoid(teacher.float() / temperature) - torch.sigmoid(student.float() / temperature)
-    return difference.pow(2).mean(dim=1)
+    return difference.pow(2).mean(dim=1) * temperature * temperature
 
 
 @register_distill_loss("bce")
