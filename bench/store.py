@@ -84,9 +84,14 @@ def report(label: str, seconds: float, videos: int, nbytes: int | None = None) -
     print(f"  {label:44s} {seconds:8.2f} s  {1e3 * seconds / max(1, videos):8.3f} ms/video{per_gb}")
 
 
+CHECKPOINT = {"bytes": None}
+
+
 def staged_run(path: Path, ids, shape, seed=0, finalize=True) -> tuple[float, float, int]:
     """Stage ``ids`` (as an extraction does) and commit; returns (staging s, commit s, peak bytes during commit)."""
     staged = StagedStore(path, "features", HEADER)
+    if CHECKPOINT["bytes"]:
+        staged.checkpoint_bytes = CHECKPOINT["bytes"]
     start = time.perf_counter()
     with staged.writer() as write:
         for video_id, arrays, attrs in items(ids, shape, seed):
@@ -284,7 +289,9 @@ def main(argv=None) -> None:
     parser.add_argument("--suffix", nargs="+", default=[".h5", ".zarr"])
     parser.add_argument("--codecs", action="store_true", help="also compare codecs (real scenario)")
     parser.add_argument("--root", default=tempfile.gettempdir())
+    parser.add_argument("--checkpoint-mb", type=float, default=None, help="staged parts per checkpoint segment")
     args = parser.parse_args(argv)
+    CHECKPOINT["bytes"] = int(args.checkpoint_mb * 2**20) if args.checkpoint_mb else None
     args.videos = args.videos or (100_000 if args.scenario == "big" else 2000)
     args.dim = args.dim or (8 if args.scenario == "big" else 512)
     free = shutil.disk_usage(args.root).free

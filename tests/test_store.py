@@ -35,7 +35,7 @@ def segment_of(path, video_id):
     from hoitool.store.schema import video_key
     from hoitool.store.segments import SEGMENTS, SegmentedBackend
 
-    name, row, _ = SegmentedBackend(path).entries[video_key(video_id)]
+    name, row = SegmentedBackend(path).entries[video_key(video_id)]
     return path / SEGMENTS / name, row
 
 

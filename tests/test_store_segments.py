@@ -118,9 +118,14 @@ def test_a_schema_1_store_stays_readable_and_grows_into_schema_2(tmp_path, suffi
     reader = open_store(old)
     assert reader.attrs["schema_version"] == 1 and reader.video_ids == ["v1", "v2"]
     assert verify_store(old) == [] and store_info(old)["videos_done"] == 2
-    build(tmp_path / f"ref{suffix}", ["v1", "v2", "v3"])
-    build(old, ["v3"])  # a re-run that adds a video rewrites it once into segments
-    assert read_index(old)["hoitool"]["schema_version"] == 2
+    build(tmp_path / f"ref{suffix}", ["v1", "v2", "v3", "v4"])
+    staged = StagedStore(old, "features", HEADER)  # a re-run that adds videos rewrites it once into segments
+    staged.checkpoint_bytes = 1
+    staged.save("v3", features(3), {"views": 1})  # in a checkpoint segment
+    staged.checkpoint_bytes = 1 << 40
+    staged.save("v4", features(4), {"views": 1})  # a part
+    staged.finalize({"manifest": "m.json", "shard": None})
+    assert read_index(old)["hoitool"]["schema_version"] == 2 and not (tmp_path / f"old{suffix}.old").exists()
     assert_same_content(tmp_path / f"ref{suffix}", old)
 
 
@@ -162,8 +167,30 @@ def test_index_records_codec_and_segment_metadata_is_plain_json(tmp_path):
     index = json.loads((path / INDEX).read_text())
     assert index["hoitool"]["codec"]["name"] in ("gzip", "lzf")
     segment = json.loads((path / SEGMENTS / "seg-000001.json").read_text())
-    assert [video["id"] for video in segment["videos"]] == ["v1", "v2"]
+    assert segment["videos"]["id"] == ["v1", "v2"] and len(segment["videos"]["array_digests"]["nodes"]) == 2
     import h5py
 
     with h5py.File(path / SEGMENTS / "seg-000001.h5", "r") as handle:  # plain h5py reads a video's row
         np.testing.assert_array_equal(handle["nodes"][1], features(2)["nodes"].astype(np.float16))
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_checkpoints_bound_the_staged_parts_and_a_killed_run_resumes_identically(tmp_path, suffix):
+    path = tmp_path / f"f{suffix}"
+    staged = StagedStore(path, "features", HEADER)
+    staged.checkpoint_bytes = 1  # every part becomes a segment at once
+    for number in (1, 2, 3):
+        staged.save(f"v{number}", features(number), {"views": 1})
+    assert not list(staged.parts.glob("*.npz")) and len(list(staged.parts.glob("seg-*.json"))) == 3
+    staged.checkpoint_bytes = 1 << 40
+    staged.save("v4", features(4), {"views": 1})
+    staged.save("v1", features(1), {"views": 1})  # as if killed after a checkpoint, before it dropped its parts
+    staged.close()  # the run dies here
+    resumed = StagedStore(path, "features", HEADER)
+    assert resumed.done_ids() == {"v1", "v2", "v3", "v4"} and resumed.staged_ids() == {"v4"}
+    resumed.save("v5", features(5), {"views": 1})
+    meta = resumed.finalize({"manifest": "m.json", "shard": None})
+    assert meta["num_segments"] == 4 and not resumed.parts.exists()  # 3 linked checkpoints + the last parts
+    build(tmp_path / f"ref{suffix}", ["v1", "v2", "v3", "v4", "v5"])
+    assert_same_content(tmp_path / f"ref{suffix}", path)
+    assert verify_store(path) == []

@@ -72,10 +72,13 @@ def foreign_files(path: Path, layout) -> list[str]:
 
 
 def _parts_file_is_ours(parts: tuple[str, ...]) -> bool:
+    """Staged parts, the header, the failure log, temporaries and checkpoint segments (``seg-*``)."""
     name = parts[-1]
-    return len(parts) == 1 and (
+    if len(parts) == 1 and (
         name in PARTS_FILES or name.endswith(".npz") or (name.startswith(".") and name.endswith(".tmp"))
-    )
+    ):
+        return True
+    return _segmented_file_is_ours((SEGMENTS, *parts))
 
 
 def _listing(found: list[str]) -> str:

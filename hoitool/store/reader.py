@@ -109,9 +109,8 @@ class StoreReader:
             self.attrs = backend.read_meta()
             keys = backend.video_keys()
         except Exception as exc:  # a truncated or overwritten file: h5py raises RuntimeError, OSError, ...
-            raise UsageError(f"{self.path}: cannot read the store ({_first_line(exc)}); is the file damaged?") from None
-        finally:
             backend.close()
+            raise UsageError(f"{self.path}: cannot read the store ({_first_line(exc)}); is the file damaged?") from None
         if not isinstance(self.attrs, dict) or not self.attrs or "kind" not in self.attrs:
             raise UsageError(
                 f"{self.path}: not a hoitool store (no metadata; an unfinished run leaves only a .parts folder)"
@@ -122,8 +121,8 @@ class StoreReader:
                 f"(this hoitool reads {', '.join(map(str, READABLE_SCHEMAS))}, writes {SCHEMA_VERSION})"
             )
         self.video_ids = sorted(video_id_from_key(key) for key in keys)
-        self._backend = None
-        self._pid = None
+        self._backend = backend  # kept for this process (a big index is parsed once); a fork opens its own
+        self._pid = os.getpid()
         self._verified: set[tuple[str, str]] = set()
         if self.partial:
             warn_partial(self.path, self.partial)

@@ -40,7 +40,9 @@ CODECS = {
     "hdf5": {"name": "gzip", "level": 1, "shuffle": True},
     "zarr": {"name": "zstd", "level": 1},
 }
-CHUNK_BYTES = 32 << 10  # small arrays: several videos per chunk, so a video's small arrays are not thousands of chunks
+CHUNK_BYTES = (
+    8 << 10
+)  # small arrays: several videos per chunk (a video's small arrays are not thousands of chunks, nor big to decode)
 SHARD_BYTES = 64 << 20  # Zarr: one file holds this much of an array (goal: well under 0.01 files per video)
 BLOCK_BYTES = 64 << 20  # HDF5: rows buffered before a write
 
@@ -92,7 +94,7 @@ class SegmentWriter:
         self.tmp = folder / f".{self.name}.{os.getpid()}.tmp"
         self.expected = max(1, expected)
         self.signature: tuple | None = None
-        self.videos: list[dict] = []
+        self.videos: dict = {"id": [], "digest": [], "array_digests": {}, "attrs": []}  # columns, row order
         self.buffers: dict[str, list[np.ndarray]] = {}
         self.written: dict[str, int] = {}
         self.arrays: dict = {}
@@ -105,14 +107,17 @@ class SegmentWriter:
         """Buffer one video; returns its whole-video digest (the fingerprint is made of these)."""
         if self.signature is None:
             self._create(arrays)
-        digests = array_digests(arrays)
-        entry = {"id": video_id, "digest": video_digest(arrays), "array_digests": digests, "attrs": attrs}
-        self.videos.append(entry)
+        digest = video_digest(arrays)
+        self.videos["id"].append(video_id)
+        self.videos["digest"].append(digest)
+        for name, value in array_digests(arrays).items():
+            self.videos["array_digests"].setdefault(name, []).append(value)
+        self.videos["attrs"].append(attrs)
         for name, array in arrays.items():
             self.buffers[name].append(array)
             if len(self.buffers[name]) >= self.arrays[name]["block"]:
                 self._flush(name)
-        return entry["digest"]
+        return digest
 
     def _create(self, arrays: dict[str, np.ndarray]) -> None:
         self.signature = _signature(arrays)
@@ -140,7 +145,7 @@ class SegmentWriter:
         """Write what is buffered, trim, make it durable and give it its final name (then it never changes)."""
         for name in self.arrays:
             self._flush(name)
-        _close_writer(self.backend, self.handle, self.arrays, len(self.videos))
+        _close_writer(self.backend, self.handle, self.arrays, len(self.videos["id"]))
         self.handle = None
         fsync_tree(self.tmp) if self.tmp.is_dir() else fsync_file(self.tmp)
         os.replace(self.tmp, self.folder / self.name)
@@ -249,15 +254,26 @@ def write_segments(
     return names, digests
 
 
-def next_seq(root: Path) -> int:
-    """One past the highest segment number in the folder (listed or not): names are never reused."""
-    folder = root / SEGMENTS
+def next_seq(folder: Path) -> int:
+    """One past the highest segment number in ``folder`` (listed or not): names are never reused."""
     numbers = [int(m.group(1)) for m in map(SEGMENT_NAME.match, os.listdir(folder) if folder.is_dir() else []) if m]
     return max(numbers, default=0) + 1
 
 
-def all_digests(root: Path, segments: list[str]) -> dict[str, str]:
-    return {entry["id"]: entry["digest"] for name in segments for entry in segment_meta(root, name)["videos"]}
+def segment_ids(folder: Path, name: str) -> list[str]:
+    return json.loads((folder / f"{Path(name).stem}.json").read_text())["videos"]["id"]
+
+
+def all_digests(root: Path, segments: list[str], known: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    """Video id -> digest over the listed segments (``known``: per segment, already read by the caller)."""
+    digests: dict[str, str] = {}
+    for name in segments:
+        if known and name in known:
+            digests.update(known[name])
+        else:
+            videos = segment_meta(root, name)["videos"]
+            digests.update(zip(videos["id"], videos["digest"], strict=True))
+    return digests
 
 
 def commit(
@@ -268,8 +284,11 @@ def commit(
     expected: int,
     base_meta: dict,
     keep: list[str] | None = None,
+    staged: list[tuple[Path, list[str]]] | None = None,
+    known: dict | None = None,
 ) -> dict:
-    """Add new segments holding ``items`` to the store at ``path`` (kept segments: ``keep``), then write its index.
+    """Add new segments to the store at ``path`` and write its index: ``keep`` (its segments that stay),
+    ``staged`` (finished segments elsewhere, hard-linked in: no data is written) and one holding ``items``.
 
     A store that does not exist yet is built in a temporary folder and renamed into place,
     so a folder at ``path`` always has an index.
@@ -278,8 +297,9 @@ def commit(
     root = path.with_name(f".{path.name}.{os.getpid()}.tmp") if fresh else path
     try:
         keep = list(keep or [])
-        names, _ = write_segments(root / SEGMENTS, backend, kind, items, next_seq(root), expected)
-        meta = write_index(root, kind, backend, keep + names, base_meta)
+        linked = link_segments(staged or [], root)
+        names, _ = write_segments(root / SEGMENTS, backend, kind, items, next_seq(root / SEGMENTS), expected)
+        meta = write_index(root, kind, backend, keep + linked + names, base_meta, known)
         if fresh:
             fsync_tree(root)
             os.replace(root, path)
@@ -291,9 +311,11 @@ def commit(
     return meta
 
 
-def write_index(root: Path, kind: str, backend: str, segments: list[str], base_meta: dict) -> dict:
+def write_index(
+    root: Path, kind: str, backend: str, segments: list[str], base_meta: dict, known: dict | None = None
+) -> dict:
     """The index lists the segments and holds the root metadata; replacing it atomically is the commit."""
-    digests = all_digests(root, segments)
+    digests = all_digests(root, segments, known)
     meta = {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
@@ -309,20 +331,21 @@ def write_index(root: Path, kind: str, backend: str, segments: list[str], base_m
 
 
 def link_segments(sources: list[tuple[Path, list[str]]], root: Path) -> list[str]:
-    """Hard-link the segments of other stores into ``root`` under new names: no array data is written.
+    """Hard-link segments (``(folder, names)``: other stores' ``segments/``, a run's ``.parts``) into ``root``
+    under new names: no array data is written.
 
     Hard links (not references) so the merged store survives moving or deleting its inputs;
     across file systems, where a link is impossible, the segment files are copied.
     """
     folder = root / SEGMENTS
     folder.mkdir(parents=True, exist_ok=True)
-    names, seq, copied = [], next_seq(root), False
-    for source_root, segments in sources:
+    names, seq, copied = [], next_seq(folder), False
+    for source, segments in sources:
         for name in segments:
             suffix = Path(name).suffix
             new = f"seg-{seq:06d}{suffix}"
-            copied |= _link(source_root / SEGMENTS / name, folder / new)
-            copied |= _link(source_root / SEGMENTS / f"{Path(name).stem}.json", folder / f"seg-{seq:06d}.json")
+            copied |= _link(source / name, folder / new)
+            copied |= _link(source / f"{Path(name).stem}.json", folder / f"seg-{seq:06d}.json")
             names.append(new)
             seq += 1
     if copied:
@@ -347,6 +370,28 @@ def _link(source: Path, target: Path) -> bool:
         shutil.copy2(source, target)
         fsync_file(target)
         return True
+
+
+def finished_segments(folder: Path) -> list[str]:
+    """Segments in ``folder`` whose ``.json`` exists (it is written last: the segment is complete)."""
+    if not folder.is_dir():
+        return []
+    names = []
+    for meta in sorted(folder.glob("seg-*.json")):
+        data = [entry for entry in folder.glob(f"{meta.stem}.*") if entry.suffix in (".h5", ".zarr")]
+        names.extend(entry.name for entry in data)
+    return names
+
+
+def remove_unfinished_segments(folder: Path) -> None:
+    """Segment files without their ``.json`` (a writer killed between the two renames) and temporaries."""
+    finished = {Path(name).stem for name in finished_segments(folder)}
+    for entry in folder.iterdir() if folder.is_dir() else []:
+        match = SEGMENT_NAME.match(entry.name)
+        if (match and entry.suffix != ".json" and f"seg-{match.group(1)}" not in finished) or (
+            entry.name.startswith(".seg-") and entry.name.endswith(".tmp")
+        ):
+            remove_path(entry)
 
 
 def clean_orphans(path: Path) -> None:
@@ -376,13 +421,15 @@ class SegmentedBackend:
         index = read_index(self.path)
         self.meta = index[META_ATTR]
         self.segments: list[str] = list(index["segments"])
-        self.entries: dict[str, tuple[str, int, dict]] = {}
+        self.entries: dict[str, tuple[str, int]] = {}  # video key -> (segment, row)
+        self.columns: dict[str, dict] = {}  # segment -> its videos' columns (ids, digests, attrs)
         self.layout: dict[str, dict] = {}
         for name in self.segments:
             meta = segment_meta(self.path, name)
             self.layout[name] = meta["arrays"]
-            for row, entry in enumerate(meta["videos"]):
-                self.entries[video_key(entry["id"])] = (name, row, entry)
+            self.columns[name] = meta["videos"]
+            for row, video_id in enumerate(meta["videos"]["id"]):
+                self.entries[video_key(video_id)] = (name, row)
         self._open: dict[str, object] = {}
 
     def read_meta(self) -> dict:
@@ -401,19 +448,25 @@ class SegmentedBackend:
             self._open[name] = handle
         return handle
 
+    def digests(self) -> dict[str, dict[str, str]]:
+        """Per segment: video id -> digest (what the next index needs, without reading the segments again)."""
+        return {name: dict(zip(videos["id"], videos["digest"], strict=True)) for name, videos in self.columns.items()}
+
     def array_names(self, key: str) -> list[str]:
-        name, _, _ = self.entries[key]
+        name, _ = self.entries[key]
         return self._segment(name).names()
 
     def read_video(self, key: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        name, row, _ = self.entries[key]
+        name, row = self.entries[key]
         segment = self._segment(name)
         return {array: segment.read(array, row) for array in (names or sorted(self.layout[name]))}
 
     def open_video(self, key: str):
         """``(attrs with digests, read(names))``, as the single-file backends give it (for ``checked_read``)."""
-        name, row, entry = self.entries[key]
-        attrs = dict(entry["attrs"], digest=entry["digest"], array_digests=entry["array_digests"])
+        name, row = self.entries[key]
+        videos = self.columns[name]
+        recorded = {array: values[row] for array, values in videos["array_digests"].items()}
+        attrs = dict(videos["attrs"][row], digest=videos["digest"][row], array_digests=recorded)
         return attrs, lambda names: self.read_video(key, names)
 
     def video_attrs(self, key: str) -> dict:
@@ -459,6 +512,18 @@ class _SegmentReader:
     def close(self) -> None:
         if self.hdf5:
             self.handle.close()
+
+
+def segment_items(folder: Path, name: str):
+    """``(video_id, arrays, attrs)`` of every video of one segment file, in row order (a rewrite reads them)."""
+    meta = json.loads((folder / f"{Path(name).stem}.json").read_text())
+    reader = _SegmentReader(folder / name)
+    try:
+        videos = meta["videos"]
+        for row, video_id in enumerate(videos["id"]):
+            yield video_id, {array: reader.read(array, row) for array in sorted(meta["arrays"])}, videos["attrs"][row]
+    finally:
+        reader.close()
 
 
 def items_of(ids: Iterable[str], read: Callable[[str], tuple[dict, dict]]):

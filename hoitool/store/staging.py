@@ -41,9 +41,22 @@ from hoitool.store.backends import backend_name, open_backend
 from hoitool.store.ownership import check_ours, remove_parts, remove_store
 from hoitool.store.reader import checked_read
 from hoitool.store.schema import check_arrays, video_id_from_key, video_key
-from hoitool.store.segments import SegmentedBackend, clean_orphans, commit, items_of, remove_path
+from hoitool.store.segments import (
+    SegmentedBackend,
+    clean_orphans,
+    commit,
+    finished_segments,
+    items_of,
+    next_seq,
+    remove_path,
+    remove_unfinished_segments,
+    segment_ids,
+    segment_items,
+    write_segments,
+)
 
 ATTRS_KEY = "__attrs__"
+CHECKPOINT_BYTES = 1 << 30  # staged parts (uncompressed) beyond this become a compressed segment during the run
 
 
 def sidecar(path: Path, name: str) -> Path:
@@ -71,8 +84,12 @@ class StagedStore:
         what = f"{kind} store" if what == "output" else what
         check_ours(self.path, kind, what)  # before anything is created: never touch what hoitool did not write
         self._lock = writer_lock(self.path)
+        self.checkpoint_bytes = CHECKPOINT_BYTES
+        self._pending_bytes = 0
+        self._store = None  # the existing store, opened once (see _existing)
         try:
             clean_temporaries(self.path)
+            self._drop_parts_in_segments()
             self._check_existing(force, what)
         except BaseException:  # refused (stale, damaged, interrupted): release the lock now, not at garbage collection
             self.close()
@@ -102,8 +119,16 @@ class StagedStore:
                 self.discard()
                 return
 
+    def _drop_parts_in_segments(self) -> None:
+        """Parts that a finished checkpoint segment already holds (a run killed right after a checkpoint)."""
+        in_segments = self.segment_ids()
+        for video_id in self.staged_ids() & in_segments:
+            self._part(video_id).unlink()
+        self._pending_bytes = sum(part.stat().st_size for part in self.parts.glob("*.npz"))
+
     def discard(self) -> None:
         """Remove the store and its staged parts (``--force``; both were checked to be hoitool's own)."""
+        self._forget()
         remove_store(self.path)
         remove_parts(self.parts)
 
@@ -112,19 +137,25 @@ class StagedStore:
         return self.parts / f"{video_key(video_id)}.npz"
 
     def staged_ids(self) -> set[str]:
+        """Videos staged as ``.npz`` parts (not yet in a checkpoint segment)."""
         return {video_id_from_key(part.stem) for part in self.parts.glob("*.npz")}
 
+    def segment_ids(self) -> set[str]:
+        """Videos in this run's checkpoint segments (``<store>.parts/seg-*``), not yet in the index."""
+        return {video_id for name in finished_segments(self.parts) for video_id in segment_ids(self.parts, name)}
+
+    def _existing(self):
+        """The store as it is at ``path`` (None when there is none), read once: we hold its only writer lock."""
+        if self._store is None and self.path.exists():
+            self._store = open_backend(self.path, "r")
+        return self._store
+
     def final_ids(self) -> set[str]:
-        if not self.path.exists():
-            return set()
-        backend = open_backend(self.path, "r")
-        try:
-            return {video_id_from_key(key) for key in backend.video_keys()}
-        finally:
-            backend.close()
+        store = self._existing()
+        return {video_id_from_key(key) for key in store.video_keys()} if store else set()
 
     def done_ids(self) -> set[str]:
-        return self.staged_ids() | self.final_ids()
+        return self.staged_ids() | self.segment_ids() | self.final_ids()
 
     # -- writing ---------------------------------------------------------------
     def _ensure_parts(self) -> None:
@@ -144,6 +175,25 @@ class StagedStore:
         np.savez(buffer, allow_pickle=False, **payload)  # schema dtypes are numeric; parts load without pickle
         with atomic_path(self._part(video_id)) as tmp:
             tmp.write_bytes(buffer.getvalue())
+        self._pending_bytes += buffer.tell()
+        if self._pending_bytes >= self.checkpoint_bytes:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Turn the staged parts into one compressed segment in ``<store>.parts/``, then drop those parts.
+
+        This bounds the disk a long run needs: uncompressed parts never exceed ``checkpoint_bytes``
+        (the store grows by compressed segments instead). The segment is complete before any
+        part goes, and a part that is also in a finished segment is dropped at the next start.
+        """
+        ids = sorted(self.staged_ids() - self.segment_ids())
+        if ids:
+            items = items_of(ids, lambda video_id: load_part(self._part(video_id)))
+            folder = self.parts
+            write_segments(folder, backend_name(self.path), self.kind, items, next_seq(folder), len(ids))
+            for video_id in ids:
+                self._part(video_id).unlink()
+        self._pending_bytes = 0
 
     def fail(self, video_id: str, error: str) -> None:
         self._ensure_parts()
@@ -189,13 +239,9 @@ class StagedStore:
         latest: dict[str, dict] = {}
         for record in read_jsonl(self.parts / "failures.jsonl"):
             latest[record["video"]] = record
-        if self.path.exists():
-            backend = open_backend(self.path, "r")
-            try:
-                for record in backend.read_meta().get("failed", []):
-                    latest.setdefault(record["video"], record)
-            finally:
-                backend.close()
+        store = self._existing()
+        for record in store.read_meta().get("failed", []) if store else []:
+            latest.setdefault(record["video"], record)
         return [latest[key] for key in sorted(latest) if key not in done]
 
     def finalize(self, provenance: dict, extra_meta: dict | None = None) -> dict:
@@ -205,27 +251,44 @@ class StagedStore:
         """
         failures = self.failures()
         base = {"header": self.header, "provenance": provenance, "failed": failures, **(extra_meta or {})}
-        old = open_backend(self.path, "r") if self.path.exists() else None
+        old = self._existing()
         try:
             old_ids = {video_id_from_key(key) for key in old.video_keys()} if old else set()
-            new_ids = sorted(self.staged_ids() - old_ids)  # a part already in the index: a crash right after a commit
+            staged = [name for name in finished_segments(self.parts) if not self._committed(name, old_ids)]
+            in_staged = self.segment_ids()
+            new_ids = sorted(self.staged_ids() - old_ids - in_staged)  # in the index already: a crash after a commit
             parts = items_of(new_ids, lambda video_id: load_part(self._part(video_id)))
             if old is None or isinstance(old, SegmentedBackend):
                 keep = old.segments if old else []
-                meta = commit(self.path, backend_name(self.path), self.kind, parts, len(new_ids), base, keep)
+                backend = backend_name(self.path)
+                known = old.digests() if old else None
+                meta = commit(
+                    self.path, backend, self.kind, parts, len(new_ids), base, keep, [(self.parts, staged)], known
+                )
             else:  # schema 1: checked, so a damaged video is never re-digested into a "valid" one
                 legacy = items_of(sorted(old_ids), lambda video_id: checked_read(old, self.path, self.kind, video_id))
-                meta = write_store(self.path, self.kind, _merged_in_order(legacy, parts), base)
+                segments = [items_of_segment(self.parts, name) for name in staged]
+                meta = write_store(self.path, self.kind, _merged_in_order(legacy, parts, *segments), base)
         finally:
-            if old:
-                old.close()
+            self._forget()
         write_failures(sidecar(self.path, "failures.jsonl"), failures)
         remove_parts(self.parts)
         self.close()
         return meta
 
+    def _committed(self, name: str, old_ids: set[str]) -> bool:
+        """A checkpoint segment whose videos the index already lists (a crash after the commit, before cleanup)."""
+        videos = segment_ids(self.parts, name)
+        return bool(videos) and all(video_id in old_ids for video_id in videos)
+
+    def _forget(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def close(self) -> None:
         """Release the writer lock (also released when the process ends, however it ends)."""
+        self._forget()
         if self._lock is not None:
             release(self._lock)  # LOCK_UN: free even if a DataLoader worker still shares the file for a moment
             self._lock = None
@@ -272,6 +335,11 @@ def recover_old(path: Path) -> None:
             os.replace(old, path)
 
 
+def items_of_segment(folder: Path, name: str):
+    """A checkpoint segment's videos in id order (a segment is written in id order)."""
+    return segment_items(folder, name)
+
+
 def _merged_in_order(*streams):
     """Items of several id-sorted streams, in id order (disjoint ids)."""
     import heapq
@@ -291,7 +359,8 @@ def clean_temporaries(path: Path) -> None:
     parts = path.with_name(path.name + ".parts")
     if parts.is_dir():
         for leftover in parts.glob(".*.tmp"):
-            leftover.unlink()
+            remove_path(leftover)
+        remove_unfinished_segments(parts)
 
 
 def writer_lock(path: Path):

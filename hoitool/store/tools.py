@@ -281,7 +281,7 @@ def _link_merge(readers: list, out: Path, backend: str, base: dict) -> dict:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     remove_path(tmp)
     try:
-        sources = [(reader.path, read_index(reader.path)["segments"]) for reader in readers]
+        sources = [(reader.path / SEGMENTS, read_index(reader.path)["segments"]) for reader in readers]
         names = link_segments(sources, tmp)
         meta = write_index(tmp, readers[0].kind, backend, names, base)
         fsync_tree(tmp)
@@ -313,7 +313,7 @@ def compact_store(path: Path) -> dict:
         if not is_segmented(path):
             return write_store(path, reader.kind, items, base)
         root, backend = path, backend_name(path)
-        names, _ = write_segments(root / SEGMENTS, backend, reader.kind, items, next_seq(root), len(ids))
+        names, _ = write_segments(root / SEGMENTS, backend, reader.kind, items, next_seq(root / SEGMENTS), len(ids))
         reader.close()
         meta = write_index(root, reader.kind, backend, names, base)
         clean_orphans(root)
