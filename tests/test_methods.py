@@ -15,16 +15,30 @@ import torch
 from helpers import run_cli
 from test_train import request
 
+from hoitool.datasets.synthetic import COLOURS
 from hoitool.datasets.synthetic_features import generate_split
 from hoitool.manifest import Manifest, VideoEntry
 from hoitool.nn.anticipation import LeadTime, observe_until, truncate_batch
-from hoitool.store import StagedStore
+from hoitool.store import StagedStore, open_store
 from hoitool.train.loop import train
 from hoitool.train.methods import Method, get_method, list_methods, register_method
 
 FRAMES, FPS = 15, 5.0
 TINY_LIB = {"train__epochs": 2, "train__batch_size": 8, "optim__lr": 0.01}
 TINY = ["--epochs", "2", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--set", "model.hidden=16"]
+
+
+def _turns(frame_pairs: np.ndarray) -> list[dict]:
+    """The manifest's ``extra.turns`` (as ``prepare synthetic`` writes them) from the frames' (shirt, object) colours."""
+    starts = [0, *(np.flatnonzero(np.any(np.diff(frame_pairs, axis=0) != 0, axis=1)) + 1)]
+    return [
+        {
+            "person_colour": COLOURS[frame_pairs[start, 0]],
+            "object_colour": COLOURS[frame_pairs[start, 1]],
+            "object_kind": "object",
+        }
+        for start in starts
+    ]
 
 
 def _write_set(root):
@@ -35,7 +49,8 @@ def _write_set(root):
     for split, data in splits.items():
         for row in range(len(data)):
             video = f"{split}{row:02d}"
-            videos.append(VideoEntry(video, f"{video}.mp4", [int(data.labels[row])], split, fps=FPS, num_frames=FRAMES))
+            labels, extra = [int(data.labels[row])], {"turns": _turns(data.frame_pairs[row])}
+            videos.append(VideoEntry(video, f"{video}.mp4", labels, split, fps=FPS, num_frames=FRAMES, extra=extra))
             arrays[video] = {name: getattr(data, name)[row] for name in ("nodes", "valid", "boxes", "frame_size")}
     Manifest(dataset="synthetic", classes=classes, multilabel=False, videos=videos).save(root / "manifest.json")
     frames = np.arange(FRAMES)[None]
@@ -72,7 +87,8 @@ def _write_set(root):
     manifest = {"manifest": str((root / "manifest.json").resolve())}
     shape = {"num_frames": FRAMES, "max_boxes": 2}
     boxes.finalize(manifest, shape)
-    features.finalize(dict(manifest, boxes=str((root / "boxes.h5").resolve())), {"views": 1, "dim": 16, **shape})
+    upstream = {"boxes": open_store(root / "boxes.h5").fingerprint, "boxes_path": str((root / "boxes.h5").resolve())}
+    features.finalize(dict(manifest, upstream=upstream), {"views": 1, "dim": 16, **shape})
     return classes
 
 
@@ -93,7 +109,7 @@ def teacher(synthetic):
 
 
 def test_registry_lists_the_methods_and_refuses_unknown_or_taken_names():
-    assert {"glidn", "anticipation"} <= set(list_methods())
+    assert {"glidn", "anticipation", "cl_hoi"} <= set(list_methods())
     assert get_method("glidn") is Method
     with pytest.raises(ValueError, match="already registered"):
         register_method("anticipation")(type("Again", (Method,), {}))
@@ -211,3 +227,49 @@ def test_anticipation_refuses_stale_teacher_embeddings_and_a_teacher_without_the
         capsys,
     )
     assert code == 2 and "setting of --method anticipation" in err
+
+
+def test_text_commands_write_a_simulated_teacher_and_fill_triplets_from_captions(synthetic, tmp_path, capsys):
+    root, classes = synthetic
+    code, _, err = run_cli(["text", "simulate", root / "manifest.json", "--out", tmp_path / "vlm.jsonl"], capsys)
+    assert code == 0, err
+    lines = [json.loads(line) for line in (tmp_path / "vlm.jsonl").read_text().splitlines()]
+    assert len(lines) == 54 and lines[0]["captions"][0].startswith("A person in a ")
+    phrases = {name.replace("_", " ") for name in classes}
+    assert all(len(line["triplets"]) == 1 and line["triplets"][0][0] in phrases for line in lines)
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"video": "train00", "caption": "A man is swinging a baseball bat."}) + "\n")
+    code, _, err = run_cli(["text", "triplets", captions, "--out", tmp_path / "triplets.jsonl"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "triplets.jsonl").read_text())["triplets"] == [["swing", "baseball bat"]]
+    code, _, err = run_cli(["text", "triplets", captions, "--out", captions], capsys)
+    assert code == 2 and "is the input file" in err
+
+
+def test_cl_hoi_label_free_from_the_cli_is_scored_against_the_true_labels(synthetic, teacher, tmp_path, capsys):
+    root, _ = synthetic
+    vlm = tmp_path / "vlm.jsonl"
+    assert run_cli(["text", "simulate", root / "manifest.json", "--out", vlm, "--error-rate", "0.2"], capsys)[0] == 0
+    out = tmp_path / "cl_hoi"
+    args = ["--method", "cl_hoi", "--vlm-import", vlm, "--text-encoder", "tiny:16", "--label-free", *TINY]
+    code, _, err = run_cli(["train-teacher", root / "features.h5", "--view", "global", "--out", out, *args], capsys)
+    assert code == 0, err
+    info = json.loads((out / "run.json").read_text())
+    assert info["method"]["name"] == "cl_hoi" and info["method"]["label_free"] is True
+    assert info["label"] == "cl_hoi label-free (global-context)"
+    for record in _metrics(out):
+        assert {"loss_ce", "loss_context", "loss_i2t", "loss_t2i", "loss_sr"} <= set(record)
+        assert record["loss_context"] > 0 and record["loss_sr"] > 0
+    assert (out / "text_embeddings.npz").is_file() and (out / "text_embeddings.json").is_file()
+    assert "teacher labels" in err and "as the manifest does" in err
+    code, _, err = run_cli(["eval", out], capsys)
+    assert code == 0, err
+    record = json.loads((out / "eval" / "metrics_test.json").read_text())
+    assert record["counts"]["videos"] == len(Manifest.load(root / "manifest.json").split("test"))
+    # a student of a GLIDN teacher adds the KD term beside the contrastive ones
+    student = tmp_path / "student"
+    code, _, err = run_cli(
+        ["distill", root / "features.h5", "--view", "local", "--teacher", teacher, "--out", student, *args], capsys
+    )
+    assert code == 0, err
+    assert _metrics(student)[-1]["loss_distill"] > 0

@@ -17,6 +17,8 @@ and the instances are the human-object node pairs of its frames.
   mapped to its nearest class name (cosine of text embeddings, above a threshold).
 * :class:`PairHead` -- the instance-level head: one embedding per (human node, object node) pair of a
   frame, from both nodes and their box geometry, scored against interaction text embeddings.
+* :class:`ClHoiNet` -- a graph model with a video projection into the text space and a pair head over
+  its node embeddings after the graph layers (what ``--method cl_hoi`` trains).
 
 All losses take embeddings of any scale (they are L2-normalised inside) and return one value per
 video, ``(B,)``, like ``hoitool.losses``.
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hoitool.nn.models import masked_pool
 
 GEOMETRY_DIM = 5
 
@@ -325,3 +329,31 @@ def video_scores(
 ) -> torch.Tensor:
     """Video-level class scores (B, C): the best pair per class (the instance head evaluated as a video classifier)."""
     return best_pair_logits(pairs, pair_valid, bank, temperature)[0]
+
+
+class ClHoiNet(nn.Module):
+    """A :class:`hoitool.nn.models.ContextGraphNet` plus a video projection and a :class:`PairHead` (``--method cl_hoi``).
+
+    ``forward`` gives the graph model's logits (so outputs and ``eval`` are unchanged); :meth:`outputs`
+    also the video embedding in the text space (B, E) and, given ``is_person`` (B, T, K), the pairs of
+    the node embeddings after the graph layers (B, T*K*K, E) with their mask.
+    """
+
+    def __init__(self, base: nn.Module, text_dim: int, pair_hidden: int = 64):
+        super().__init__()
+        hidden = base.classifier.in_features
+        self.base = base
+        self.video = nn.Linear(hidden, text_dim)
+        self.pairs = PairHead(hidden, text_dim, pair_hidden)
+
+    def outputs(self, nodes, valid, boxes=None, frame_size=None, is_person=None) -> dict[str, torch.Tensor]:
+        valid = valid.bool()
+        h = self.base.relate(self.base.embed(nodes, boxes, frame_size), valid)  # (B, T, K, hidden)
+        pooled = masked_pool(h.flatten(1, 2), valid.flatten(1), self.base.pooling)
+        out = {"logits": self.base.classifier(pooled), "video": self.video(pooled)}
+        if is_person is not None:
+            out["pairs"], out["pair_valid"] = self.pairs(h, valid, is_person, boxes)
+        return out
+
+    def forward(self, nodes, valid, boxes=None, frame_size=None) -> torch.Tensor:
+        return self.outputs(nodes, valid, boxes, frame_size)["logits"]

@@ -37,6 +37,11 @@ def pair_text(interaction: str, obj: str | None) -> str:
     return interaction if obj is None else f"{interaction} {obj}"
 
 
+def class_text(name: str) -> str:
+    """A class name as text: ``hold_same_colour`` -> ``hold same colour`` (what a teacher's interaction may say)."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split()).lower()
+
+
 def collect_texts(
     texts: dict[str, VideoText], class_names: Sequence[str] = (), extra_interactions: Sequence[str] = ()
 ) -> list[tuple[str, str]]:
@@ -81,7 +86,7 @@ def _read_sidecar(out: Path) -> dict | None:
     return info if isinstance(info, dict) and info.get("format") == FORMAT else None
 
 
-def _check_ours(out: Path) -> dict | None:
+def check_ours(out: Path) -> dict | None:
     """The sidecar of an earlier build, None when nothing is there; a foreign file is refused."""
     if out.suffix != ".npz":
         raise UsageError(f"{out}: the text embeddings are written as an .npz file; give a path ending in .npz")
@@ -113,7 +118,7 @@ def build_text_embeddings(
     manifest_path = Path(manifest_path) if manifest_path is not None else None
     if "{}" not in template:
         raise UsageError(f"text template {template!r} must contain {{}} where the text goes")
-    previous = _check_ours(out)
+    previous = check_ours(out)
     inputs = _inputs(import_path, manifest_path)
     identity = encoder.identity()
     fingerprint = _fingerprint(inputs, identity, template)

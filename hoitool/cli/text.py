@@ -1,0 +1,49 @@
+"""``hoitool text``: a vision-language teacher's text for ``--method cl_hoi`` (docs/vlm-import.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hoitool.cli import console
+from hoitool.cli.app import app
+
+text_app = typer.Typer(help="Captions and triplets of a vision-language teacher (CL-HOI).", no_args_is_help=True)
+app.add_typer(text_app, name="text")
+
+
+@text_app.command("triplets")
+def triplets_command(
+    source: Path = typer.Argument(..., help="VLM import (JSON lines: video, captions and/or triplets)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="New JSON-lines file: the import with the rules' triplets added."
+    ),
+) -> None:
+    """Fill in triplets from captions by the documented rule set where a video has captions only."""
+    from hoitool.text.vlm_import import captions_to_triplets
+
+    counts = captions_to_triplets(source, out)
+    console.info(
+        f"wrote {out}: {counts['videos']} videos, {counts['filled']} given triplets by the rules, "
+        f"{counts['without']} whose captions gave none"
+    )
+
+
+@text_app.command("simulate")
+def simulate_command(
+    manifest: Path = typer.Argument(..., help="Manifest (manifest.json from hoitool prepare)."),
+    out: Path = typer.Option(..., "--out", "-o", help="New JSON-lines import file."),
+    error_rate: float = typer.Option(
+        0.1, "--error-rate", min=0.0, max=1.0, help="Share of videos given a wrong class."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of which videos are wrong, and how."),
+) -> None:
+    """Write a stand-in teacher's import from the manifest (captions from its annotation, class names; some wrong)."""
+    from hoitool.manifest import Manifest
+    from hoitool.text.simulated import simulated_teacher
+    from hoitool.text.vlm_import import write_vlm_import
+
+    texts = simulated_teacher(Manifest.load(manifest), error_rate, seed)
+    write_vlm_import(texts, out)
+    console.info(f"wrote {out}: {len(texts)} videos (a simulated teacher: not a VLM's knowledge)")
