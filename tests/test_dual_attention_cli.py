@@ -130,7 +130,9 @@ def with_objects(features, every: int = 1):
     return manifest
 
 
-def test_train_teacher_dual_attention_writes_object_outputs_and_eval_reports_them(tmp_path):
+def test_train_teacher_dual_attention_writes_object_outputs_and_eval_reports_them(tmp_path, capsys):
+    from helpers import run_cli
+    from PIL import Image
     from test_train import make_features, request
 
     from hoitool.eval.evaluate import evaluate_runs
@@ -150,6 +152,13 @@ def test_train_teacher_dual_attention_writes_object_outputs_and_eval_reports_the
     assert {"loss_ce", "loss_ce_first", "loss_object", "loss_object_first", "grad_share_object"} <= set(records[0])
     record = evaluate_runs([run], split="test")
     assert 0.0 <= record["metrics"]["object_top1"] <= 1.0 and record["metrics"]["top5_accuracy"] is None
+    code, out, err = run_cli(["eval", tmp_path / "run", "--attention", "test00"], capsys)
+    assert code == 0 and "object top-1" in out and "accuracy (top-1)" in out
+    with Image.open(tmp_path / "run" / "eval" / "attention" / "test00.png") as image:  # boxes on grey: no video
+        image.verify()
+        assert image.format == "PNG"
+    code, _, err = run_cli(["eval", tmp_path / "run", "--attention", "nosuchvideo"], capsys)
+    assert code == 2 and "nosuchvideo: not a video of" in err
 
 
 def test_a_dataset_without_object_labels_or_frame_maps_is_refused_before_any_file(tmp_path, capsys):

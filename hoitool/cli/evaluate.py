@@ -100,6 +100,13 @@ def evaluate(
         help="Also score best.pt on inputs cut at this lead time (1.5s or 80%; repeatable), as an anticipation "
         "run's student sees them; writes lead_times_<split>.json.",
     ),
+    attention: list[str] = typer.Option(
+        [],
+        "--attention",
+        metavar="VIDEO",
+        help="Also draw this video's attention maps on its frames (a --method dual_attention run; repeatable): "
+        "OUT/attention/VIDEO.png.",
+    ),
 ) -> None:
     """Score a run's outputs (views fused per video), or a Charades submission with the official metric."""
     if submission is not None:
@@ -132,6 +139,11 @@ def evaluate(
             parse_lead_time(text)
     record = evaluate_runs(runs, split=split, fusion=fusion, map_variant=map_variant, out_dir=out_dir, gt=gt)
     print_metrics(record, out_dir)
+    if attention:
+        from hoitool.train.methods.dual_attention import attention_maps
+
+        for path in attention_maps(run, attention, out_dir / "attention"):
+            console.info(f"wrote {path}")
     if lead_time:
         _print_lead_times(run, lead_time, split, out_dir)
 

@@ -37,6 +37,7 @@ LabelOption = typer.Option(
     None, "--label", help="Name of the run in reports (default: e.g. 'global-context', 'global-teacher')."
 )
 S = DistillStageSettings  # every training option sets a key of this schema (train-teacher uses its teacher part)
+DA = {"rich_help_panel": "dual attention (--method dual_attention)"}  # its settings, in a panel of their own
 View = Literal["global", "local", "baseline"]
 
 
@@ -58,6 +59,18 @@ def train_teacher_command(
     epochs: Optional[int] = setting(S, "train.epochs", "--epochs"),
     lr: Optional[float] = setting(S, "optim.lr", "--lr"),
     batch_size: Optional[int] = setting(S, "train.batch_size", "--batch-size"),
+    da_regions: Optional[Literal["nodes", "cells"]] = setting(S, "dual_attention.regions", "--regions", **DA),
+    da_temporal: Optional[Literal["trn", "mean"]] = setting(S, "dual_attention.temporal", "--temporal-head", **DA),
+    da_slots: Optional[int] = setting(S, "dual_attention.object_slots", "--object-slots", **DA),
+    da_hidden: Optional[int] = setting(S, "dual_attention.hidden", "--da-hidden", **DA),
+    da_prior: Optional[int] = setting(S, "dual_attention.prior_hidden", "--prior-hidden", **DA),
+    da_attention: Optional[int] = setting(S, "dual_attention.attention_dim", "--attention-dim", **DA),
+    da_head: Optional[int] = setting(S, "dual_attention.head_hidden", "--head-hidden", **DA),
+    da_order: Optional[int] = setting(S, "dual_attention.trn_max_order", "--trn-max-order", **DA),
+    da_tuples: Optional[int] = setting(S, "dual_attention.trn_max_tuples", "--trn-max-tuples", **DA),
+    da_dropout: Optional[float] = setting(S, "dual_attention.dropout", "--da-dropout", **DA),
+    da_first: Optional[float] = setting(S, "dual_attention.first_weight", "--first-weight", **DA),
+    da_object: Optional[float] = setting(S, "dual_attention.object_weight", "--object-weight", **DA),
     resume: bool = ResumeOption,
     device: Optional[str] = setting(S, "runtime.device", "--device"),
     amp: Optional[bool] = setting(S, "train.amp", "--amp/--no-amp"),
