@@ -192,12 +192,14 @@ def test_charades_real_files(real_charades, tmp_path):
     assert manifest.classes[0] == "Holding some clothes"
     assert by_id["19UA5"].labels == [20, 26, 31, 106]
     assert by_id["YSKX3"].labels == [75, 76, 77, 79, 80] and by_id["YSKX3"].split == "test"
-    assert by_id["YSKX3"].extra == {"length": 16.62}
+    assert by_id["YSKX3"].extra["length"] == 16.62
+    assert sorted({action[0] for action in by_id["YSKX3"].extra["actions"]}) == by_id["YSKX3"].labels  # intervals
     assert by_id["YSKX3"].objects == ["bed", "blanket", "mattress", "pillow"]  # the real CSV's objects column
     assert by_id["TRN01"].objects == ["cup", "dish"]
     assert manifest.extra["ground_truth"]["test"] == str(root / "Charades_v1_test.csv")
     assert by_id["TRN01"].labels == [0, 156] and by_id["TRN02"].labels == []
-    assert by_id["TRN03"].extra == {"length": None}
+    assert by_id["TRN03"].extra == {"length": None, "actions": [[10, 0.0, 1.0]]}  # [class, start, end] seconds
+    assert by_id["TRN02"].extra["actions"] == []
     assert by_id["19UA5"].group == "18IT" and by_id["19UA5"].kind == "video"
     assert by_id["19UA5"].source == str(root / "Charades_v1_480" / "19UA5.mp4")  # outside OUT: absolute, symlink kept
     train_subjects = {v.group for v in manifest.videos if v.split == "train"}

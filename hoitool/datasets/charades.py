@@ -33,6 +33,7 @@ class CharadesRow:
     labels: list[int]
     length: float | None
     objects: list[str]  # the ``objects`` column: names joined by ";" (may be empty or absent)
+    actions: list[list[float]]  # [class, start, end] in seconds, as listed (clip labels, data.labels=clip)
 
 
 def read_classes(path: Path) -> list[str]:
@@ -70,6 +71,12 @@ def parse_actions(text: str, num_classes: int, where: str) -> list[int]:
     return sorted(labels)
 
 
+def action_intervals(text: str) -> list[list[float]]:
+    """``"c092 11.90 21.20;c147 0.00 12.60"`` -> ``[[92, 11.9, 21.2], [147, 0.0, 12.6]]`` (checked by parse_actions)."""
+    fields = (action.split() for action in text.split(";") if action.strip())
+    return [[int(code[1:]), float(start), float(end)] for code, start, end in fields]
+
+
 def read_csv(path: Path, num_classes: int) -> list[CharadesRow]:
     if not path.is_file():
         raise UsageError(f"{path}: Charades annotation CSV not found")
@@ -94,7 +101,8 @@ def read_csv(path: Path, num_classes: int) -> list[CharadesRow]:
                 raise UsageError(f"{where}: bad length {length_text!r}") from None
             labels = parse_actions(record["actions"], num_classes, where)
             objects = [name.strip() for name in (record.get("objects") or "").split(";") if name.strip()]
-            rows.append(CharadesRow(video_id, record["subject"].strip(), labels, length, objects))
+            actions = action_intervals(record["actions"])
+            rows.append(CharadesRow(video_id, record["subject"].strip(), labels, length, objects, actions))
     return rows
 
 
@@ -145,7 +153,7 @@ def prepare_charades(
                     fps=FRAMES_FPS if from_frames else None,
                     num_frames=count_images(source) if from_frames else None,
                     objects=row.objects,
-                    extra={"length": row.length},
+                    extra={"length": row.length, "actions": row.actions},
                 )
             )
     manifest = Manifest(
