@@ -2,6 +2,12 @@
 
 Input per run: its ``run.json`` and its eval metrics record. Runs are grouped
 by (dataset, label); the label comes from ``run.json`` (its ``label`` wins).
+
+The report guards itself (:func:`check_run`): each run's train accuracy and best
+epoch stand beside its test score in a runs table, and a single-label run stuck
+at chance (chance inside the bootstrap interval of its test accuracy, or of its
+train accuracy) is marked in its row (:data:`AT_CHANCE_MARK`) and named in a
+footnote, never averaged in silently.
 """
 
 from __future__ import annotations
@@ -10,10 +16,13 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from hoitool.errors import UsageError
+from hoitool.eval.fusion import fuse_views, probabilities
+from hoitool.eval.stats import Interval, at_chance, bootstrap_mean, chance_level
 
 REPORT_METRICS = (
     "auto",
@@ -36,6 +45,56 @@ METRIC_NAMES = {
 }
 # Shown beside the main metric when some run of the report predicts objects (--method dual_attention).
 EXTRA_METRICS = ("top5_accuracy", "object_top1")
+AT_CHANCE_MARK = "‡"
+
+
+@dataclass
+class RunCheck:
+    """What the runs table shows of one run, and whether it is stuck at chance (single-label runs)."""
+
+    run: str
+    best_epoch: int | None = None
+    test: Interval | None = None  # accuracy on the report's split, with its bootstrap interval
+    train_accuracy: float | None = None
+    chance: float | None = None  # the best constant guess on the report's split
+    stuck: str = ""  # why the run counts as stuck at chance ("" when it does not)
+
+
+def _correct(run, split: str, fusion: str) -> np.ndarray | None:
+    """Per video of ``split``, whether the view-fused top class is the label (None: no outputs for it)."""
+    rows = np.flatnonzero(run.split == split)
+    if not rows.size:
+        return None
+    _, scores, targets, _ = fuse_views(
+        run.video_ids[rows], probabilities(run.logits[rows], False), run.targets[rows], fusion
+    )
+    return scores.argmax(1) == targets.argmax(1)
+
+
+def check_run(run_dir: Path | str, split: str, record: dict) -> RunCheck:
+    """Best epoch, train accuracy and the chance test of one run (``record``: its metrics on ``split``)."""
+    from hoitool.runs import load_run  # the outputs are read only when a report is made
+
+    best = ((record.get("provenance") or {}).get("checkpoint") or {}).get("epoch")
+    check = RunCheck(run=str(run_dir), best_epoch=best)
+    if record.get("task") == "multi-label" or not Path(run_dir, "outputs.npz").is_file():
+        return check  # chance of an mAP is not a constant guess; no outputs: the recorded metrics only
+    run = load_run(run_dir)
+    fusion = (record.get("fusion") or {}).get("views") or "max"
+    test, train = _correct(run, split, fusion), _correct(run, "train", fusion)
+    if test is None:
+        return check
+    labels = run.targets[run.split == split].argmax(1)
+    check.chance = chance_level(labels, len(run.classes))
+    check.test = bootstrap_mean(test)
+    check.train_accuracy = None if train is None else float(train.mean())
+    reasons = []
+    if at_chance(test, check.chance):
+        reasons.append(f"chance within the interval of its {split} accuracy")
+    if train is not None and at_chance(train, check.chance):
+        reasons.append("train accuracy at chance")
+    check.stuck = " and ".join(reasons)
+    return check
 
 
 def _number(value) -> str:
@@ -45,8 +104,15 @@ def _number(value) -> str:
 def run_label(info: dict) -> str:
     """A method name from ``run.json``, e.g. ``global``, ``global->local (kd T=10 λ2=0.7)``, ``DML local``.
 
-    λ1 is shown only where it is not 1 − λ2 (the paper's second regime, λ1 = 1, λ2 = 4).
+    λ1 is shown only where it is not 1 − λ2 (the paper's second regime, λ1 = 1, λ2 = 4). A run of
+    another training method than GLIDN's (``run.json``'s ``method``) always names it.
     """
+    label = _glidn_label(info)
+    method = (info.get("method") or {}).get("name", "glidn")
+    return label if method == "glidn" or method in label else f"{label} [{method}]"
+
+
+def _glidn_label(info: dict) -> str:
     if info.get("label"):
         return str(info["label"])
     kind, view = info.get("kind"), info.get("view") or "?"
@@ -89,10 +155,15 @@ class ReportRow:
     fusions: list[str] = field(default_factory=list)
     missing: int = 0  # runs in the group for which the metric is undefined (null)
     extras: dict[str, list[float]] = field(default_factory=dict)  # EXTRA_METRICS values, where defined
+    checks: list[RunCheck] = field(default_factory=list)  # per run, where the caller checked them
 
     @property
     def n(self) -> int:
         return len(self.values)
+
+    @property
+    def stuck(self) -> list[RunCheck]:
+        return [check for check in self.checks if check.stuck]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -103,10 +174,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), (float(array.std(ddof=1)) if array.size > 1 else float("nan"))
 
 
-def build_rows(entries: list[tuple[dict, dict]], metric: str = "auto") -> list[ReportRow]:
-    """Group ``(run_info, metrics_record)`` pairs by (dataset, label), in order of first appearance."""
+def build_rows(
+    entries: list[tuple[dict, dict]], metric: str = "auto", checks: list[RunCheck] | None = None
+) -> list[ReportRow]:
+    """Group ``(run_info, metrics_record)`` pairs by (dataset, label), in order of first appearance.
+
+    ``checks`` (one per entry, from :func:`check_run`) fill the runs table and the at-chance marks.
+    """
+    if checks is not None and len(checks) != len(entries):
+        raise ValueError(f"{len(checks)} run checks for {len(entries)} runs")
     rows: dict[tuple[str, str, str], ReportRow] = {}
-    for info, record in entries:
+    for position, (info, record) in enumerate(entries):
         name = main_metric_name(record, metric)
         key = (str(info.get("dataset", "?")), run_label(info), name)
         row = rows.setdefault(key, ReportRow(dataset=key[0], method=key[1], metric=name))
@@ -122,6 +200,8 @@ def build_rows(entries: list[tuple[dict, dict]], metric: str = "auto") -> list[R
             if record["metrics"].get(extra) is not None:
                 row.extras.setdefault(extra, []).append(float(record["metrics"][extra]))
         row.seeds.append(info.get("seed"))
+        if checks is not None:
+            row.checks.append(checks[position])
         row.runs.append(record.get("run", "?"))
         row.fusions.append(record.get("fusion", {}).get("views", "?"))
     return list(rows.values())
@@ -151,7 +231,8 @@ def table_cells(rows: list[ReportRow]) -> tuple[list[str], list[list[str]]]:
     for row in rows:
         line = [row.dataset, row.method] + ([] if single_metric else [METRIC_NAMES.get(row.metric, row.metric)])
         n_text = str(row.n) + (f" (+{row.missing} n/a)" if row.missing else "")
-        line += [n_text, _percent(row.values)]
+        mark = f" {AT_CHANCE_MARK}{len(row.stuck)}" if row.stuck else ""  # how many of its runs are at chance
+        line += [n_text, _percent(row.values) + mark]
         if show_f1:
             line.append(_percent(row.macro_f1) if row.macro_f1 else "—")
         line += [_percent(row.extras[m]) if row.extras.get(m) else "—" for m in extras]
@@ -178,7 +259,62 @@ def render_markdown(rows: list[ReportRow], split: str) -> str:
         "|" + "|".join("---:" if is_number else "---" for is_number in numeric_columns(header)) + "|",
     ]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in cells]
+    lines += [f"\n{note}" for note in footnotes(rows)]
+    runs_header, runs_cells = runs_table(rows, split)
+    if runs_cells:
+        lines += ["", "## Runs", "", "| " + " | ".join(runs_header) + " |"]
+        lines.append("|" + "|".join("---:" if n else "---" for n in numeric_columns(runs_header)) + "|")
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in runs_cells]
     return "\n".join(lines) + "\n"
+
+
+def footnotes(rows: list[ReportRow]) -> list[str]:
+    """One line per run stuck at chance: which run, its score and interval, chance, and why."""
+    notes = []
+    for row in rows:
+        for check in row.stuck:
+            test = check.test
+            notes.append(
+                f"{AT_CHANCE_MARK} {row.method}: {check.run} is at chance ({check.stuck}): test "
+                f"{100 * test.mean:.1f}% [{100 * test.low:.1f}, {100 * test.high:.1f}], chance {100 * check.chance:.1f}%"
+                + ("" if check.train_accuracy is None else f", train {100 * check.train_accuracy:.1f}%")
+                + "; it is counted in its row's mean."
+            )
+    return notes
+
+
+def runs_table(rows: list[ReportRow], split: str) -> tuple[list[str], list[list[str]]]:
+    """Per run: its test score beside its train accuracy and best epoch, and the at-chance flag."""
+    header = [
+        "Method",
+        "Seed",
+        f"{split} accuracy (%) [95% CI]",
+        "Train accuracy (%)",
+        "Best epoch",
+        "At chance",
+        "Run",
+    ]
+    cells = []
+    for row in rows:
+        for seed, check in zip(row.seeds, row.checks, strict=False):
+            test = (
+                "—"
+                if check.test is None
+                else f"{100 * check.test.mean:.1f} [{100 * check.test.low:.1f}, {100 * check.test.high:.1f}]"
+            )
+            train = "—" if check.train_accuracy is None else f"{100 * check.train_accuracy:.1f}"
+            cells.append(
+                [
+                    row.method,
+                    "?" if seed is None else str(seed),
+                    test,
+                    train,
+                    "?" if check.best_epoch is None else str(check.best_epoch),
+                    AT_CHANCE_MARK if check.stuck else "",
+                    check.run,
+                ]
+            )
+    return header, cells
 
 
 def render_csv(rows: list[ReportRow]) -> str:
@@ -197,6 +333,8 @@ def render_csv(rows: list[ReportRow]) -> str:
             "macro_f1_mean",
             "macro_f1_std",
             *(f"{m}_{stat}" for m in EXTRA_METRICS for stat in ("mean", "std")),
+            "train_accuracy_mean",
+            "runs_at_chance",
             "seeds",
             "fusion",
             "runs",
@@ -214,9 +352,16 @@ def render_csv(rows: list[ReportRow]) -> str:
                 row.missing,
                 *("" if math.isnan(v) else repr(v) for v in (mean, std, f1_mean, f1_std)),
                 *("" if math.isnan(v) else repr(v) for m in EXTRA_METRICS for v in mean_std(row.extras.get(m, []))),
+                _train_mean(row),
+                len(row.stuck),
                 ";".join("" if seed is None else str(seed) for seed in row.seeds),
                 ";".join(sorted(set(row.fusions))),
                 ";".join(row.runs),
             ]
         )
     return buffer.getvalue()
+
+
+def _train_mean(row: ReportRow) -> str:
+    values = [check.train_accuracy for check in row.checks if check.train_accuracy is not None]
+    return repr(float(np.mean(values))) if values else ""
