@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 
 from hoitool.datasets.synthetic import generate
 from hoitool.eval.evaluate import evaluate_runs
-from hoitool.eval.runs import load_run
 from hoitool.extract.boxes import extract_boxes
 from hoitool.extract.features import extract_features
+from hoitool.runs import load_run
 from hoitool.settings.boxes import BoxesSettings
 from hoitool.settings.features import FeaturesSettings
 from hoitool.settings.training import TeacherSettings

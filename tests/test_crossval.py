@@ -21,8 +21,8 @@ from test_prepare import write_cad120_root
 from hoitool.crossval import CrossvalRequest, check_fold, crossval
 from hoitool.datasets.cad120 import prepare_cad120
 from hoitool.errors import HoitoolError, UsageError
-from hoitool.eval.runs import load_run
 from hoitool.manifest import Manifest
+from hoitool.runs import load_run
 
 FOLDS = ["Subject1", "Subject3", "Subject4", "Subject5"]  # the release's subjects
 SUBJECTS = {  # two activities per subject, one video each: 8 videos, 6 train and 2 test per fold

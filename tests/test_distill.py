@@ -13,10 +13,10 @@ from helpers import run_cli
 from test_train import make_features, request
 
 from hoitool.errors import StaleArtifactError
-from hoitool.eval.runs import load_run
+from hoitool.runs import load_run
 from hoitool.store import open_store
-from hoitool.train.artifacts import load_teacher_logits
 from hoitool.train.loop import train
+from hoitool.train.teacher import load_teacher_logits
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from helpers import run_cli
 from sklearn import metrics as skm
 
 from hoitool.eval.charades import charades_map, read_charades_gt, read_submission
-from hoitool.eval.runs import OUTPUTS_JSON, load_run, write_outputs
+from hoitool.runs import OUTPUTS_JSON, load_run, write_outputs
 
 CHARADES = Path(__file__).resolve().parents[2] / "shared" / "data" / "charades"
 

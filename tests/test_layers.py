@@ -44,6 +44,22 @@ def test_nn_does_not_import_train():
     assert not offenders, "nn modules importing hoitool.train:\n" + "\n".join(offenders)
 
 
+def test_runs_and_resume_sit_below_train_and_eval():
+    """The run directory (hoitool.runs) and the resume policy are imported by training, eval, stores and prepare:
+    they import none of them (no arrow back up), and no torch (eval and ``hoitool --help`` stay light)."""
+    above = ("hoitool.train", "hoitool.eval", "hoitool.store", "hoitool.datasets", "hoitool.cli", "torch")
+    offenders = []
+    for name in ("runs.py", "resume.py"):
+        path = PACKAGE / name
+        bad = sorted(i for i in _imports(path) if any(i == top or i.startswith(f"{top}.") for top in above))
+        if bad:
+            offenders.append(f"{name}: {', '.join(bad)}")
+    assert not offenders, "modules importing upward:\n" + "\n".join(offenders)
+    code = "import sys, hoitool.runs, hoitool.resume; print(sorted(m for m in ('torch', 'hoitool.train', 'hoitool.eval') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 def test_importing_the_library_does_not_set_up_a_cli():
     """Every library module imported (a notebook's view): no typer, no rich console, no hoitool.cli."""
     modules = sorted(

@@ -9,7 +9,7 @@ import pytest
 from helpers import run_cli
 
 from hoitool.eval.report import build_rows, run_label
-from hoitool.eval.runs import write_outputs
+from hoitool.runs import write_outputs
 
 STUDENT = {
     "kind": "student",

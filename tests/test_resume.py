@@ -14,8 +14,8 @@ import torch
 from test_train import make_features, request, state_dicts_equal
 
 from hoitool.errors import Interrupted, StaleArtifactError, UsageError
-from hoitool.eval.runs import load_run
 from hoitool.io.atomic import append_jsonl
+from hoitool.runs import load_run
 from hoitool.train.loop import train
 
 EPOCHS = 4
@@ -126,6 +126,7 @@ def test_resume_on_a_changed_features_store_is_stale_unless_forced(tmp_path):
     changed = make_features(other, seed=5, split_sizes={"train": 4, "val": 2, "test": 2})
     shutil.rmtree(tmp_path / "manifest.json", ignore_errors=True)
     os.replace(other / "manifest.json", tmp_path / "manifest.json")
+    shutil.rmtree(features) if features.is_dir() else features.unlink()  # a store is a folder (schema 2)
     os.replace(changed, features)
     with pytest.raises(
         StaleArtifactError,

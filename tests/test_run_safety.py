@@ -14,10 +14,11 @@ import torch
 from helpers import run_cli, run_cli_raw
 from test_train import make_features, request, state_dicts_equal
 
+from hoitool import runs
 from hoitool.datasets.common import run_prepare
 from hoitool.datasets.folder import prepare_folder
 from hoitool.errors import HoitoolError, Interrupted, UsageError
-from hoitool.train import artifacts, fit
+from hoitool.train import fit
 from hoitool.train.loop import train
 
 TINY = [
@@ -151,21 +152,21 @@ def test_run_json_is_hoitool_marker_of_every_member(world, tmp_path):
     out = tmp_path / "dml"
     train(request(world["features"], out, kind="dml", view="local", train__epochs=1))
     for run_dir in (out, out / "peer"):
-        assert artifacts.run_marker(run_dir)["format"] == "hoitool.run/1"
-        assert artifacts.run_marker(run_dir)["kind"] == "dml"
+        assert runs.run_marker(run_dir)["format"] == "hoitool.run/1"
+        assert runs.run_marker(run_dir)["kind"] == "dml"
 
 
 def test_the_marker_is_the_first_file_of_a_run(world, tmp_path, monkeypatch):
     written = []
-    original = artifacts.write_json
+    original = runs.write_json
 
     def spy(path, obj):
         written.append((Path(path).name, sorted(p.name for p in Path(path).parent.iterdir())))
         original(path, obj)
 
-    monkeypatch.setattr(artifacts, "write_json", spy)
+    monkeypatch.setattr(runs, "write_json", spy)
     train(request(world["features"], tmp_path / "run", train__epochs=1))
-    assert written[0] == ("run.json", [artifacts.LOCK_FILE])
+    assert written[0] == ("run.json", [runs.LOCK_FILE])
 
 
 # -- checks before anything is written ---------------------------------------------------------------------------------
@@ -296,11 +297,11 @@ def test_disk_full_is_one_line_and_the_rerun_logs_each_epoch_once(
 
 # -- one writer per run directory ---------------------------------------------------------------------------------------
 def test_a_second_writer_is_refused_and_a_released_lock_never_blocks(world, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(artifacts, "LOCK_GRACE_S", 0.2)
+    monkeypatch.setattr(runs, "LOCK_GRACE_S", 0.2)
     out = tmp_path / "run"
     with pytest.raises(Interrupted):
         train(request(world["features"], out, train__epochs=2), on_epoch_end=stop_after(1))
-    held = artifacts.lock_run_dir(out)  # as if another process were training into it
+    held = runs.lock_run_dir(out)  # as if another process were training into it
     try:
         before = snapshot(out)
         for flag in ([], ["--resume"], ["--force"]):
@@ -425,22 +426,22 @@ def test_kill_9_of_the_main_process_leaves_no_worker_and_the_rerun_is_identical(
 
 
 def test_a_released_run_lock_is_free_while_a_forked_worker_still_lives(tmp_path, monkeypatch):
-    monkeypatch.setattr(artifacts, "LOCK_GRACE_S", 0.2)
+    monkeypatch.setattr(runs, "LOCK_GRACE_S", 0.2)
     import os
     import time
 
     from hoitool.io.lock import release
 
-    held = artifacts.lock_run_dir(tmp_path / "run")
+    held = runs.lock_run_dir(tmp_path / "run")
     child = os.fork()  # shares the lock's open file, as a DataLoader worker does
     if child == 0:
         time.sleep(2)
         os._exit(0)
     try:
         with pytest.raises(UsageError, match="another hoitool process"):
-            artifacts.lock_run_dir(tmp_path / "run")
+            runs.lock_run_dir(tmp_path / "run")
         release(held)
-        release(artifacts.lock_run_dir(tmp_path / "run"))  # free although the child still shares it
+        release(runs.lock_run_dir(tmp_path / "run"))  # free although the child still shares it
     finally:
         os.waitpid(child, 0)
 
@@ -448,7 +449,7 @@ def test_a_released_run_lock_is_free_while_a_forked_worker_still_lives(tmp_path,
 def test_a_run_killed_while_writing_its_first_file_is_not_blocked(world, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / artifacts.LOCK_FILE).write_text("")
+    (out / runs.LOCK_FILE).write_text("")
     (out / ".run.json.k3j4.tmp").write_text('{"form')  # torn atomic write of the marker
-    assert artifacts.inspect_run_dir(out, "teacher") == "empty"
+    assert runs.inspect_run_dir(out, "teacher") == "empty"
     assert train(request(world["features"], out, train__epochs=1)).trained_epochs == 1

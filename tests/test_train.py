@@ -15,9 +15,9 @@ import yaml
 from helpers import run_cli
 
 from hoitool.errors import UsageError
-from hoitool.eval.runs import load_run
 from hoitool.io.digest import file_sha256
 from hoitool.manifest import Manifest, VideoEntry
+from hoitool.runs import load_run
 from hoitool.store import StagedStore, open_store
 from hoitool.train.data import EpochBatchSampler, collate
 from hoitool.train.loop import TrainRequest, train
@@ -204,7 +204,8 @@ def test_cli_refuses_existing_run_amp_on_cpu_and_non_run_dirs(teacher_run, tmp_p
     features, run_dir, _ = teacher_run
     base = ["train-teacher", features, "--view", "global", "--device", "cpu", "--workers", "0", "--epochs", "1"]
     code, _, text = run_cli(base + ["--out", run_dir], capsys)
-    assert code == 2 and "already holds a run" in text and "--resume" in text
+    assert code == 2 and "refusing to resume the teacher run: it was made with a different config" in text
+    assert "--resume" in text
     code, _, text = run_cli(base + ["--out", tmp_path / "amp", "--amp"], capsys)
     assert code == 2 and "--amp needs a CUDA device" in text
     other = tmp_path / "notes"

@@ -14,8 +14,8 @@ from hoitool.cli import console
 from hoitool.cli.app import app
 from hoitool.errors import UsageError
 from hoitool.eval.charades import CHARADES_CLASSES
-from hoitool.eval.evaluate import EVAL_DIR, evaluate_runs, score_submission
-from hoitool.eval.runs import load_run
+from hoitool.eval.evaluate import evaluate_runs, score_submission
+from hoitool.runs import EVAL_DIR, load_run
 
 _METRIC_TITLES = {
     "accuracy": "accuracy (top-1)",

@@ -18,8 +18,8 @@ from hoitool.cli.app import app
 from hoitool.errors import UsageError
 from hoitool.eval.evaluate import metrics_for_run
 from hoitool.eval.report import REPORT_METRICS, build_rows, numeric_columns, render_csv, render_markdown, table_cells
-from hoitool.eval.runs import read_run_info
 from hoitool.io.atomic import write_text
+from hoitool.runs import read_run_info
 
 
 @app.command("report")

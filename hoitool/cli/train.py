@@ -154,9 +154,9 @@ def distill_command(
     print_config: bool = PrintConfigOption,
 ) -> None:
     """Train a student view with CE + distillation from a teacher's logits (or two views mutually with --dml)."""
-    from hoitool.train.artifacts import check_teacher_run
     from hoitool.train.loop import PEER_VIEW, TrainRequest, train
     from hoitool.train.presets import apply_preset, preset_name, training_defaults
+    from hoitool.train.teacher import check_teacher_run
 
     _check_view(view, ("global", "local") if dml else ("global", "local", "baseline"))
     if dml and teacher is not None:

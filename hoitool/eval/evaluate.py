@@ -32,13 +32,12 @@ from hoitool.eval.ground_truth import (
     find_ground_truth,
     needs_ground_truth,
 )
-from hoitool.eval.runs import OUTPUTS_NPZ, Run, load_run
 from hoitool.io.atomic import write_json, write_text
 from hoitool.io.digest import file_sha256
+from hoitool.runs import EVAL_DIR, OUTPUTS_NPZ, Run, load_run
 
 METRICS_SCHEMA = 1
 MAP_VARIANTS = ("official", "sklearn")
-EVAL_DIR = "eval"
 
 
 def metrics_filename(split: str, tag: str = "") -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hoitool.errors import UsageError
+from hoitool.runs import TENSORBOARD_DIR
 
-TENSORBOARD_DIR = "tensorboard"
 STEP_KEY = "epoch"  # the step of every scalar, not a scalar itself
 
 

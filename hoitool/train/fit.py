@@ -17,13 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from hoitool import log
+from hoitool import log, runs
 from hoitool.errors import HoitoolError
 from hoitool.eval.metrics import accuracy, sklearn_style_map
 from hoitool.io.atomic import append_jsonl
 from hoitool.losses import supervised_loss, weighted_sum
 from hoitool.losses.gradients import combine, gradient_norms, shares
-from hoitool.train import artifacts
 from hoitool.train.checkpoint import capture_rng_state, save_checkpoint
 from hoitool.train.data import batches
 from hoitool.train.distributed import unwrap
@@ -164,7 +163,7 @@ class Fitting(TrainingParts):
     def _save_best(self, member: Member, epoch: int, value: float | None) -> None:
         model_config = dict(self.config["model"], view=member.view)
         save_checkpoint(
-            artifacts.best_checkpoint(member.run_dir),
+            runs.best_checkpoint(member.run_dir),
             {
                 "epoch": epoch,
                 "score": plain_number(value),
@@ -197,10 +196,10 @@ class Fitting(TrainingParts):
                 self._save_best(member, epoch, value)
             record[f"{member.prefix}best"] = improved
         record["time"] = round(time.monotonic() - started, 3)
-        append_jsonl(self.out / artifacts.METRICS_FILE, record)
+        append_jsonl(self.out / runs.METRICS_FILE, record)
         if self.board is not None:
             self.board.write(record)
-        save_checkpoint(artifacts.last_checkpoint(self.out), self._state(epoch, rng_states))
+        save_checkpoint(runs.last_checkpoint(self.out), self._state(epoch, rng_states))
         self.saved_epoch = epoch
         summary = "  ".join(
             f"{key} {value:.4f}"

@@ -1,7 +1,7 @@
 """The one training loop behind ``train-teacher``, ``distill`` and ``distill --dml``.
 
 A run trains one model (teacher or student) or two jointly (DML), and owns a
-run directory (:mod:`hoitool.train.artifacts`). What it guarantees:
+run directory (:mod:`hoitool.runs`). What it guarantees:
 
 * **full-state resume**: ``last.pt`` is written atomically after every epoch and
   holds everything an epoch consumes (weights, optimizer, scheduler, grad
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hoitool import log
+from hoitool import log, runs
 from hoitool.errors import UsageError
 from hoitool.io.lock import release
 from hoitool.losses import Objective
@@ -43,7 +43,6 @@ from hoitool.manifest import Manifest
 from hoitool.settings import resolved
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 from hoitool.store import open_store
-from hoitool.train import artifacts
 from hoitool.train.board import Board, require_tensorboard
 from hoitool.train.data import EpochBatchSampler, ViewDataset, decide_preload, make_loader, split_videos
 from hoitool.train.distributed import DistContext, init_distributed
@@ -52,8 +51,9 @@ from hoitool.train.methods import Method, method_of
 from hoitool.train.predict import SPLITS, Prediction
 from hoitool.train.presets import distill_loss_name, identity
 from hoitool.train.state import RunState, kept_on_failure
+from hoitool.train.teacher import check_teacher_run, load_teacher_logits, teacher_fingerprint
 
-KINDS = artifacts.KINDS
+KINDS = runs.KINDS
 PEER_VIEW = {"global": "local", "local": "global"}
 
 
@@ -132,7 +132,7 @@ class Training(RunState, Fitting, Prediction):
         self.request, self.ctx = request, ctx
         self.config = request.config
         self.out = Path(request.out)
-        artifacts.inspect_run_dir(self.out, request.kind)  # refuse a folder that is not ours before any work
+        runs.inspect_run_dir(self.out, request.kind)  # refuse a folder that is not ours before any work
         self.epochs = self.config["train"]["epochs"]
         self.saved_epoch = 0  # the epoch last.pt holds (what an interrupted run keeps)
         self.lock = None
@@ -174,9 +174,9 @@ class Training(RunState, Fitting, Prediction):
         if self.request.kind != "student":
             self.teacher_record, self.teacher_logits = None, None
             return
-        self.teacher_record = artifacts.teacher_fingerprint(self.teacher_dir)
+        self.teacher_record = teacher_fingerprint(self.teacher_dir)
         views = self.num_views if self.random_view else 1
-        table = artifacts.load_teacher_logits(
+        table = load_teacher_logits(
             self.teacher_dir,
             self.reader.fingerprint,
             self.videos["train"].video_ids,
@@ -204,7 +204,7 @@ class Training(RunState, Fitting, Prediction):
         return Manifest.load(path)
 
     def _teacher_info(self) -> dict | None:
-        return artifacts.check_teacher_run(self.teacher_dir) if self.request.kind == "student" else None
+        return check_teacher_run(self.teacher_dir) if self.request.kind == "student" else None
 
     def _distill_settings(self) -> dict | None:
         if self.request.kind == "teacher":
@@ -259,11 +259,9 @@ class Training(RunState, Fitting, Prediction):
         return dataset
 
     def _write_run_files(self) -> None:
-        artifacts.write_run_files(self.out, self._run_info(self.view, self.teacher_view), self.config)
+        runs.write_run_files(self.out, self._run_info(self.view, self.teacher_view), self.config)
         if self.request.kind == "dml":
-            artifacts.write_run_files(
-                self.out / artifacts.PEER_DIR, self._run_info(PEER_VIEW[self.view], self.view), None
-            )
+            runs.write_run_files(self.out / runs.PEER_DIR, self._run_info(PEER_VIEW[self.view], self.view), None)
 
     def setup(self, state: dict | None) -> None:
         """Build data and models, restore ``state`` (a resumed run's description is rewritten first)."""
@@ -274,7 +272,7 @@ class Training(RunState, Fitting, Prediction):
         seed_everything(seed)
         self.members = [self._build_member("main", self.view, self.out)]
         if self.request.kind == "dml":
-            self.members.append(self._build_member("peer", PEER_VIEW[self.view], self.out / artifacts.PEER_DIR))
+            self.members.append(self._build_member("peer", PEER_VIEW[self.view], self.out / runs.PEER_DIR))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         batch_size = self.config["train"]["batch_size"]
         self.train_set = self._dataset("train", self.random_view)
@@ -336,7 +334,7 @@ def train(request: TrainRequest, on_epoch_end: Callable[[int, dict], None] | Non
         if ctx.is_main:
             if state is not None:
                 log.info(f"{request.out}: resuming after epoch {start}/{training.epochs}")
-            artifacts.truncate_metrics(training.out, start)  # every start: no epoch is ever logged twice
+            runs.truncate_metrics(training.out, start)  # every start: no epoch is ever logged twice
         with kept_on_failure(training):
             trained = training.fit(start, on_epoch_end)
             if ctx.is_main:

@@ -1,7 +1,7 @@
 """Prediction: the best weights' logits for every video and view of every split, written with provenance.
 
 :class:`Prediction` is one part of :class:`hoitool.train.loop.Training`; what it writes
-(``outputs.npz``/``.json``, :func:`hoitool.eval.runs.write_outputs`) is what ``distill`` and ``eval`` read.
+(``outputs.npz``/``.json``, :func:`hoitool.runs.write_outputs`) is what ``distill`` and ``eval`` read.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
-from hoitool import log
-from hoitool.eval.runs import write_outputs
-from hoitool.train import artifacts
+from hoitool import log, runs
+from hoitool.runs import write_outputs
 from hoitool.train.checkpoint import load_checkpoint
 from hoitool.train.data import SplitVideos, VideoDataset, batches, make_loader
 from hoitool.train.state import TrainingParts
@@ -30,7 +29,7 @@ class Prediction(TrainingParts):
     @torch.no_grad()
     def predict(self, member: Member) -> dict[str, np.ndarray]:
         """Logits of the member's best weights for every video and view of every split."""
-        best = load_checkpoint(artifacts.best_checkpoint(member.run_dir))
+        best = load_checkpoint(runs.best_checkpoint(member.run_dir))
         model = self.method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
         model.load_state_dict(best["model"])
         model.to(self.ctx.device).eval()
@@ -77,8 +76,8 @@ class Prediction(TrainingParts):
     def write_outputs(self) -> None:
         for member in self.members:
             arrays = self.predict(member)
-            best = load_checkpoint(artifacts.best_checkpoint(member.run_dir))
-            provenance = artifacts.outputs_provenance(
+            best = load_checkpoint(runs.best_checkpoint(member.run_dir))
+            provenance = runs.outputs_provenance(
                 member.run_dir, self.request.features, self.reader.fingerprint, best["epoch"], self.teacher_record
             )
             write_outputs(member.run_dir, provenance=provenance, **arrays)

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hoitool import resume
+from hoitool import resume, runs
 from hoitool.errors import HoitoolError, Interrupted, UsageError
 from hoitool.resume import Decision, Place, Record, Request
-from hoitool.train import artifacts
 from hoitool.train.checkpoint import load_checkpoint, restore_rng_state
 from hoitool.train.distributed import unwrap
 from hoitool.train.presets import identity
+from hoitool.train.teacher import teacher_fingerprint
 
 if TYPE_CHECKING:
     from hoitool.manifest import Manifest
@@ -85,7 +85,7 @@ class RunState(TrainingParts):
     """Fresh start or resume of :class:`hoitool.train.loop.Training`, and the state ``last.pt`` holds."""
 
     def member_dirs(self) -> list[Path]:
-        return [self.out, self.out / artifacts.PEER_DIR] if self.request.kind == "dml" else [self.out]
+        return [self.out, self.out / runs.PEER_DIR] if self.request.kind == "dml" else [self.out]
 
     def prepare(self) -> dict | None:
         """Lock the run directory, decide fresh start or resume (checking config and upstream); returns the state to resume.
@@ -93,14 +93,14 @@ class RunState(TrainingParts):
         A fresh run's ``run.json`` (hoitool's marker) is its first file.
         """
         if self.ctx.is_main:
-            self.lock = artifacts.lock_run_dir(self.out)
+            self.lock = runs.lock_run_dir(self.out)
         decision = resume.decide(self._place(self.out), self._recorded(), self._asked())
         self.ctx.barrier()  # every rank has looked at the directory before rank 0 may delete it
         if decision is Decision.CONTINUE:
             return self._check_resume()
         if self.ctx.is_main:
             if decision is Decision.REPLACE:
-                artifacts.replace_run_dir(self.out)
+                runs.replace_run_dir(self.out)
             self._write_run_files()
         self.ctx.barrier()
         return None
@@ -110,7 +110,7 @@ class RunState(TrainingParts):
         return Place(
             where,
             f"{self.request.kind} run",
-            remedy=f"to continue it use the same options (or --config {self.out / artifacts.CONFIG_FILE}), "
+            remedy=f"to continue it use the same options (or --config {self.out / runs.CONFIG_FILE}), "
             "to start over add --force (without --resume), or choose another --out",
             stale_remedy="--resume --force continues anyway, --force without --resume starts over",
             values=True,
@@ -118,12 +118,10 @@ class RunState(TrainingParts):
 
     def _recorded(self) -> Record | None:
         """What the directory holds before ``last.pt`` is read: None when empty, else its saved config."""
-        if artifacts.inspect_run_dir(self.out, self.request.kind) == "empty":
+        if runs.inspect_run_dir(self.out, self.request.kind) == "empty":
             return None
-        saved = artifacts.saved_config(self.out)  # none: judged by last.pt's own record below
-        return Record(
-            config=None if saved is None else identity(saved), saved=artifacts.last_checkpoint(self.out).exists()
-        )
+        saved = runs.saved_config(self.out)  # none: judged by last.pt's own record below
+        return Record(config=None if saved is None else identity(saved), saved=runs.last_checkpoint(self.out).exists())
 
     def _asked(self) -> Request:
         return Request(identity(self.config), force=self.request.force, resume=self.request.resume)
@@ -133,13 +131,13 @@ class RunState(TrainingParts):
         features = state["features_fingerprint"] if state else self.reader.fingerprint
         upstream = {f"features store {self.request.features}": features}
         if self.request.kind == "student":
-            teacher = state["teacher"] if state else artifacts.teacher_fingerprint(self.teacher_dir)
+            teacher = state["teacher"] if state else teacher_fingerprint(self.teacher_dir)
             upstream[f"teacher outputs {self.teacher_dir}"] = teacher["outputs_sha256"]
         return upstream
 
     def _check_resume(self) -> dict:
         """Load ``last.pt`` and ask the policy again with its record: the config and upstream it was made with."""
-        last = artifacts.last_checkpoint(self.out)
+        last = runs.last_checkpoint(self.out)
         state = load_checkpoint(last)
         if state["identity"].get("kind") != self.request.kind:
             raise UsageError(f"{self.out}: holds a {state['identity'].get('kind')} run, not a {self.request.kind} run")
@@ -153,7 +151,7 @@ class RunState(TrainingParts):
         return (
             state is not None
             and state["epoch"] >= self.epochs
-            and all(artifacts.outputs_current(run_dir) for run_dir in self.member_dirs())
+            and all(runs.outputs_current(run_dir) for run_dir in self.member_dirs())
         )
 
     def _state(self, epoch: int, rng_states: list[dict]) -> dict:
@@ -202,7 +200,7 @@ def kept_on_failure(training: Training):
     def kept() -> str:
         if training.saved_epoch == 0:
             return "no checkpoint yet (the run restarts from epoch 1)"
-        return f"{artifacts.last_checkpoint(training.out)} holds epoch {training.saved_epoch}/{training.epochs}"
+        return f"{runs.last_checkpoint(training.out)} holds epoch {training.saved_epoch}/{training.epochs}"
 
     try:
         yield

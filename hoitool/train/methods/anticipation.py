@@ -158,15 +158,13 @@ def evaluate_lead_times(run_dir: Path, leads: list[str], split: str = "test", ou
     """
     import torch
 
-    from hoitool.eval.evaluate import EVAL_DIR
     from hoitool.eval.fusion import fuse_views, probabilities
     from hoitool.eval.metrics import accuracy, sklearn_style_map
-    from hoitool.eval.runs import read_run_info
     from hoitool.io.atomic import write_json
     from hoitool.manifest import Manifest
     from hoitool.nn.anticipation import parse_lead_time
+    from hoitool.runs import EVAL_DIR, best_checkpoint, read_run_info, saved_config
     from hoitool.store import open_store
-    from hoitool.train import artifacts
     from hoitool.train.checkpoint import load_checkpoint
     from hoitool.train.data import VideoDataset, batches, make_loader, split_videos
     from hoitool.train.methods import get_method
@@ -174,10 +172,10 @@ def evaluate_lead_times(run_dir: Path, leads: list[str], split: str = "test", ou
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     parsed = [parse_lead_time(text) for text in leads]  # every lead checked before any work
-    best_path = artifacts.best_checkpoint(run_dir)
+    best_path = best_checkpoint(run_dir)
     if not best_path.is_file():
         raise UsageError(f"{run_dir}: no {best_path.relative_to(run_dir)} (has the run finished?)")
-    config = artifacts.saved_config(run_dir) or {}
+    config = saved_config(run_dir) or {}
     reader = open_store(info["features"])
     if reader.fingerprint != info.get("features_fingerprint"):
         raise UsageError(f"{info['features']}: the features store changed since {run_dir} was trained")

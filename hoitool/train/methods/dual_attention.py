@@ -212,11 +212,10 @@ def attention_maps(run_dir: Path | str, video_ids: list[str], out_dir: Path | st
     import torch
 
     from hoitool.errors import StaleArtifactError
-    from hoitool.eval.runs import read_run_info
     from hoitool.manifest import Manifest
     from hoitool.nn.dual_attention import plot_attention_maps
+    from hoitool.runs import best_checkpoint, read_run_info, saved_config
     from hoitool.store import open_store
-    from hoitool.train import artifacts
     from hoitool.train.checkpoint import load_checkpoint
     from hoitool.train.data import SampleRef, SplitVideos, ViewDataset, collate
     from hoitool.train.methods import method_info
@@ -228,7 +227,7 @@ def attention_maps(run_dir: Path | str, video_ids: list[str], out_dir: Path | st
         raise UsageError(
             f"{run_dir}: a {record.get('name')} run; attention maps are drawn for --method dual_attention runs"
         )
-    config = artifacts.saved_config(run_dir)
+    config = saved_config(run_dir)
     reader = open_store(info["features"])
     if reader.fingerprint != info["features_fingerprint"]:
         raise StaleArtifactError(f"{info['features']}: the features store changed since {run_dir} was trained")
@@ -240,7 +239,7 @@ def attention_maps(run_dir: Path | str, video_ids: list[str], out_dir: Path | st
     method = DualAttention(config)
     method.object_classes, method.num_frames = record["object_classes"], record["num_frames"]
     method.multilabel = bool(info["multilabel"])
-    best = load_checkpoint(artifacts.best_checkpoint(run_dir))
+    best = load_checkpoint(best_checkpoint(run_dir))
     model = method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
     model.load_state_dict(best["model"])
     model.eval()

@@ -10,7 +10,7 @@ Layout, beside the run's ``outputs.npz`` (docs/method-anticipation.md)::
 Both are written atomically, the ``.json`` last. A reader (``distill --method anticipation``) refuses
 (:class:`StaleArtifactError`, ``--force`` overrides) embeddings made from another ``best.pt`` or
 another features store, or whose ``.npz`` changed since it was written: the checks of the teacher's
-logits (:func:`hoitool.train.artifacts.load_teacher_logits`).
+logits (:func:`hoitool.train.teacher.load_teacher_logits`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from hoitool import __version__, log
+from hoitool import __version__, log, runs
 from hoitool.errors import HoitoolError, StaleArtifactError, UsageError
 from hoitool.io.atomic import atomic_path, write_json
 from hoitool.io.digest import file_sha256
-from hoitool.train import artifacts
 
 if TYPE_CHECKING:
     from hoitool.nn.models import ContextGraphNet
@@ -46,7 +45,7 @@ def write_embeddings(training: Training, member: Member) -> Path:
     from hoitool.train.data import VideoDataset, batches, make_loader
     from hoitool.train.distributed import unwrap
 
-    best = load_checkpoint(artifacts.best_checkpoint(member.run_dir))
+    best = load_checkpoint(runs.best_checkpoint(member.run_dir))
     model = training.method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
     model.load_state_dict(best["model"])
     model = cast("ContextGraphNet", unwrap(model).to(training.ctx.device).eval())
@@ -79,7 +78,7 @@ def write_embeddings(training: Training, member: Member) -> Path:
             embeddings=_stack(embeddings, 0),
             valid=_stack(valid, False),
         )
-    checkpoint = artifacts.best_checkpoint(member.run_dir)
+    checkpoint = runs.best_checkpoint(member.run_dir)
     write_json(
         Path(member.run_dir) / EMBEDDINGS_JSON,
         {
@@ -139,7 +138,7 @@ def load_teacher_embeddings(
         problems.append(
             f"made from features store {info.get('features', {}).get('fingerprint')} but the store is now {features_fingerprint}"
         )
-    checkpoint = artifacts.best_checkpoint(teacher_dir)
+    checkpoint = runs.best_checkpoint(teacher_dir)
     if not checkpoint.exists():
         problems.append(f"its checkpoint {checkpoint} is missing")
     elif info.get("checkpoint", {}).get("sha256") != file_sha256(checkpoint):

@@ -1,18 +1,23 @@
-"""The run directory a training stage owns, and the teacher artifact ``distill`` reads.
+"""The run directory: its layout, hoitool's marker, its config, metrics, checkpoints and outputs.
 
-Layout (docs/training.md)::
+One home for what a training stage writes and what eval, report and distill read (``hoitool.train``
+and ``hoitool.eval`` both import it; it imports neither, nor torch). Layout (docs/training.md)::
 
     RUN/run.json                 hoitool's marker (format hoitool.run/1, written first) and what was
                                  trained (kind, view, classes, ...) for eval/report
     RUN/.hoitool.lock            held (flock) by the one process training into RUN
-    RUN/config.resolved.yaml     the full config; --resume refuses a different one
+    RUN/config.resolved.yaml     the full config; resuming refuses a different one (hoitool.resume)
     RUN/checkpoints/last.pt      full training state, every epoch
     RUN/checkpoints/best.pt      weights of the best epoch on the val split
     RUN/metrics.jsonl            one line per epoch
     RUN/tensorboard/main|peer/   TensorBoard event files of those lines (train.tensorboard)
-    RUN/outputs.npz/.json        logits of every video and view of every split (hoitool.eval.runs)
+    RUN/outputs.npz/.json        logits of every video and view of every split (:func:`write_outputs`)
     RUN/peer/...                 the second model of a --dml run (run.json, best.pt, outputs)
     RUN/eval/...                 written by ``hoitool eval``
+
+``outputs.npz`` holds one row per (video, test-time view) with the model's logits and the targets;
+``outputs.json`` holds its provenance plus the SHA-256 of the ``.npz``, so a torn pair (new arrays,
+old provenance) is detected, not read.
 
 Ownership: hoitool writes into, resumes, or deletes (``--force``) only a directory
 that is missing, empty, or holds its ``run.json`` marker of the same kind, and
@@ -23,21 +28,26 @@ that happens to be in the directory.
 from __future__ import annotations
 
 import json
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from hoitool import __version__, log
-from hoitool.errors import HoitoolError, StaleArtifactError, UsageError
-from hoitool.eval.evaluate import EVAL_DIR  # where eval writes inside a run (owned by the run)
-from hoitool.eval.runs import OUTPUTS_JSON, OUTPUTS_NPZ, RUN_INFO, load_run, read_run_info
-from hoitool.io.atomic import read_jsonl, write_json, write_text
+from hoitool.errors import StaleArtifactError, UsageError
+from hoitool.io.atomic import atomic_path, read_jsonl, write_json, write_text
 from hoitool.io.digest import file_sha256
 from hoitool.io.gitinfo import code_commit
 from hoitool.io.lock import exclusive_lock
-from hoitool.train.board import TENSORBOARD_DIR
 
+RUN_INFO = "run.json"
+OUTPUTS_NPZ = "outputs.npz"
+OUTPUTS_JSON = "outputs.json"
+OUTPUT_ARRAYS = ("video_ids", "view_index", "split", "logits", "targets")
+EVAL_DIR = "eval"  # where hoitool eval writes inside a run (owned by the run)
+TENSORBOARD_DIR = "tensorboard"  # train.tensorboard's event files (hoitool.train.board)
 RUN_FORMAT = "hoitool.run/1"
 KINDS = ("teacher", "student", "dml")
 CONFIG_FILE = "config.resolved.yaml"
@@ -79,6 +89,7 @@ OWNED = {
 }
 
 
+# -- layout, marker, lock, config, metrics ------------------------------------
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
@@ -187,21 +198,6 @@ def replace_run_dir(out: Path) -> None:
     log.info(f"{out}: {why}{note}")
 
 
-def check_teacher_run(teacher_dir: Path) -> dict:
-    """The teacher's ``run.json``, after checking the run finished (its outputs exist); one line otherwise."""
-    teacher_dir = Path(teacher_dir)
-    if not teacher_dir.is_dir():
-        raise UsageError(f"{teacher_dir}: teacher run directory not found")
-    info = read_run_info(teacher_dir)
-    missing = [name for name in (OUTPUTS_NPZ, OUTPUTS_JSON) if not (teacher_dir / name).is_file()]
-    if missing:
-        raise UsageError(
-            f"{teacher_dir}: the teacher run is not finished ({' and '.join(missing)} missing); "
-            "finish it first (run its train-teacher command again: it resumes)"
-        )
-    return info
-
-
 def saved_config(run_dir: Path) -> dict | None:
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
@@ -257,67 +253,164 @@ def outputs_current(run_dir: Path) -> bool:
     return recorded == file_sha256(best_checkpoint(run_dir))
 
 
-def teacher_fingerprint(teacher_dir: Path) -> dict:
-    """How a student records its teacher: the run path and the sha256 of its outputs."""
-    record = json.loads((Path(teacher_dir) / OUTPUTS_JSON).read_text(encoding="utf-8"))
-    return {"path": str(Path(teacher_dir).resolve()), "outputs_sha256": record.get("outputs_sha256")}
+# -- outputs ------------------------------------------------------------------
+@dataclass
+class Run:
+    """A run directory as eval sees it: its description and its per-view outputs."""
+
+    path: Path
+    info: dict
+    video_ids: np.ndarray  # (N,) str
+    view_index: np.ndarray  # (N,) int64
+    split: np.ndarray  # (N,) str
+    logits: np.ndarray  # (N, C) float32
+    targets: np.ndarray  # (N, C) float32
+    provenance: dict = field(default_factory=dict)
+    outputs_sha256: str = ""
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # a method's arrays, one row each (object_logits)
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.info["multilabel"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    def rows(self, split: str) -> np.ndarray:
+        """Indices of the rows of one split; refuses a split the run has no outputs for."""
+        selected = np.flatnonzero(self.split == split)
+        if selected.size == 0:
+            present = ", ".join(sorted(set(self.split.tolist()))) or "none"
+            raise UsageError(f"{self.path / OUTPUTS_NPZ}: no outputs for split {split!r} (present: {present})")
+        return selected
 
 
-def load_teacher_logits(
-    teacher_dir: Path, features_fingerprint: str, video_ids: list[str], views: int, classes: list[str], force: bool
-) -> np.ndarray:
-    """The teacher's train-split logits, ``(len(video_ids), views, C)``, matched by video id and view.
-
-    Refuses (StaleArtifactError, ``--force`` overrides) outputs computed from a
-    different features store or from a checkpoint other than the teacher's
-    ``best.pt`` on disk.
-    """
-    teacher_dir = Path(teacher_dir)
-    run = load_run(teacher_dir)
-    outputs_json = teacher_dir / OUTPUTS_JSON
-    if run.classes != list(classes):
+def _checked_arrays(where: str, video_ids, view_index, split, logits, targets, multilabel: bool | None = None) -> dict:
+    """Coerce and validate the five arrays; ``where`` names the file in the one-line error."""
+    view_index = np.asarray(view_index)
+    if not np.issubdtype(view_index.dtype, np.integer):
+        raise UsageError(f"{where}: view_index must be integers, got {view_index.dtype}")
+    try:
+        arrays = {
+            "video_ids": np.asarray(video_ids).astype(str),
+            "view_index": view_index.astype(np.int64),
+            "split": np.asarray(split).astype(str),
+            "logits": np.asarray(logits, dtype=np.float32),
+            "targets": np.asarray(targets, dtype=np.float32),
+        }
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: arrays of the wrong type ({exc})") from None
+    n = arrays["video_ids"].shape[0] if arrays["video_ids"].ndim == 1 else -1
+    for name in ("video_ids", "view_index", "split"):
+        if arrays[name].ndim != 1 or arrays[name].shape[0] != n:
+            raise UsageError(f"{where}: {name} must be 1-D with one entry per row ({arrays[name].shape} vs {n} rows)")
+    for name in ("logits", "targets"):
+        if arrays[name].ndim != 2 or arrays[name].shape[0] != n:
+            raise UsageError(f"{where}: {name} must be (rows, classes), got {arrays[name].shape} for {n} rows")
+    if arrays["logits"].shape != arrays["targets"].shape:
         raise UsageError(
-            f"{teacher_dir / RUN_INFO}: the teacher's classes differ from the manifest's ({len(run.classes)} vs {len(classes)})"
+            f"{where}: logits {arrays['logits'].shape} and targets {arrays['targets'].shape} differ in shape"
         )
-    _check_teacher_provenance(teacher_dir, outputs_json, run.provenance, features_fingerprint, force)
-    rows: dict[tuple[str, int], int] = {}
-    for index in np.flatnonzero(run.split == "train"):
-        rows[(str(run.video_ids[index]), int(run.view_index[index]))] = int(index)
-    table = np.zeros((len(video_ids), views, run.logits.shape[1]), dtype=np.float32)
-    missing: list[str] = []
-    for position, video_id in enumerate(video_ids):
-        for view in range(views):
-            row = rows.get((video_id, view))
-            if row is None:
-                missing.append(f"{video_id} view {view}")
-            else:
-                table[position, view] = run.logits[row]
-    if missing:
-        raise HoitoolError(
-            f"{outputs_json}: no teacher logits (train split) for {missing[0]}"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-        )
-    return table
+    if not np.isfinite(arrays["logits"]).all():
+        raise UsageError(f"{where}: logits contain NaN or inf (did training diverge?)")
+    targets = arrays["targets"]
+    if not np.isin(targets, (0.0, 1.0)).all():
+        raise UsageError(f"{where}: targets must be 0/1 (one-hot or multi-hot)")
+    if multilabel is False and n and not (targets.sum(axis=1) == 1).all():
+        bad = int(np.flatnonzero(targets.sum(axis=1) != 1)[0])
+        raise UsageError(f"{where}: single-label run but row {bad} ({arrays['video_ids'][bad]}) is not one-hot")
+    order = np.lexsort((arrays["view_index"], arrays["video_ids"]))
+    ids, views = arrays["video_ids"][order], arrays["view_index"][order]
+    repeated = np.flatnonzero((ids[1:] == ids[:-1]) & (views[1:] == views[:-1]))
+    if repeated.size:
+        raise UsageError(f"{where}: video {ids[repeated[0]]} view {views[repeated[0]]} appears more than once")
+    return arrays
 
 
-def _check_teacher_provenance(
-    teacher_dir: Path, outputs_json: Path, provenance: dict, features_fingerprint: str, force: bool
-) -> None:
-    problems = []
-    recorded_features = provenance.get("features", {}).get("fingerprint")
-    if recorded_features != features_fingerprint:
-        problems.append(f"made from features store {recorded_features} but the store is now {features_fingerprint}")
-    checkpoint = best_checkpoint(teacher_dir)
-    recorded_checkpoint = provenance.get("checkpoint", {}).get("sha256")
-    if not checkpoint.exists():
-        problems.append(f"its checkpoint {checkpoint} is missing")
-    elif recorded_checkpoint != file_sha256(checkpoint):
-        problems.append(f"made from a different checkpoint than {checkpoint}")
-    if not problems:
-        return
-    message = f"{outputs_json}: stale teacher outputs ({'; '.join(problems)})"
-    if not force:
-        raise StaleArtifactError(
-            message + "; refresh the teacher (train-teacher --resume, or retrain it on this store) or use --force"
-        )
-    log.warning(f"{message}; used anyway (--force)")
+def _checked_extra(where: str, extra: dict, rows: int) -> dict[str, np.ndarray]:
+    """A method's extra arrays (e.g. ``object_logits``): numeric, one entry per row, names not the five's."""
+    out = {}
+    for name, value in extra.items():
+        array = np.asarray(value)
+        if name in OUTPUT_ARRAYS or array.ndim < 1 or array.shape[0] != rows or array.dtype.kind not in "biuf":
+            raise UsageError(f"{where}: extra array {name!r} {array.shape} is not numeric with one entry per row")
+        out[name] = array
+    return out
+
+
+def write_outputs(
+    run_dir, video_ids, view_index, split, logits, targets, provenance: dict, extra: dict | None = None
+) -> Path:
+    """Write ``outputs.npz`` then ``outputs.json`` (each atomically) for eval and distill to read.
+
+    One row per (video, test-time view). Targets are one-hot for single-label runs
+    and multi-hot for multi-label runs. ``extra``: a method's further arrays, one
+    entry per row (``Run.extra``). Returns the path of ``outputs.npz``.
+    """
+    run_dir = Path(run_dir)
+    npz_path = run_dir / OUTPUTS_NPZ
+    arrays = _checked_arrays(str(npz_path), video_ids, view_index, split, logits, targets)
+    arrays.update(_checked_extra(str(npz_path), extra or {}, len(arrays["video_ids"])))
+    with atomic_path(npz_path) as tmp:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a path
+            np.savez(handle, **arrays)
+    record = dict(provenance)
+    record["outputs_sha256"] = file_sha256(npz_path)
+    write_json(run_dir / OUTPUTS_JSON, record)
+    return npz_path
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UsageError(f"{path}: missing (is {path.parent} a run directory?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_run_info(run_dir: Path | str) -> dict:
+    """``run.json``, checked for the keys eval needs (``multilabel``, ``classes``)."""
+    path = Path(run_dir) / RUN_INFO
+    info = _read_json(path)
+    if not isinstance(info.get("multilabel"), bool):
+        raise UsageError(f"{path}: 'multilabel' must be true or false")
+    classes = info.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise UsageError(f"{path}: 'classes' must be a non-empty list of class names")
+    return info
+
+
+def load_run(path: Path | str) -> Run:
+    """Read ``run.json``, ``outputs.npz`` and ``outputs.json``; refuse anything missing or inconsistent."""
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: run directory not found")
+    info = read_run_info(run_dir)
+    npz_path = run_dir / OUTPUTS_NPZ
+    if not npz_path.is_file():
+        raise UsageError(f"{npz_path}: missing (has the run finished and written its outputs?)")
+    provenance = _read_json(run_dir / OUTPUTS_JSON)
+    try:
+        with np.load(npz_path, allow_pickle=False) as data:
+            missing = [name for name in OUTPUT_ARRAYS if name not in data.files]
+            if missing:
+                raise UsageError(f"{npz_path}: missing arrays {', '.join(missing)}")
+            loaded = {name: data[name] for name in OUTPUT_ARRAYS}
+            extra = {name: data[name] for name in data.files if name not in OUTPUT_ARRAYS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise UsageError(f"{npz_path}: unreadable ({exc})") from None
+    arrays = _checked_arrays(str(npz_path), **loaded, multilabel=info["multilabel"])
+    extra = _checked_extra(str(npz_path), extra, len(arrays["video_ids"]))
+    sha = file_sha256(npz_path)
+    recorded = provenance.get("outputs_sha256")
+    if recorded is not None and recorded != sha:
+        raise StaleArtifactError(f"{npz_path}: does not match {OUTPUTS_JSON} (written by another run of the trainer?)")
+    n_classes = arrays["logits"].shape[1]
+    if n_classes != len(info["classes"]):
+        raise UsageError(f"{npz_path}: {n_classes} classes in logits but {len(info['classes'])} in {RUN_INFO}")
+    return Run(path=run_dir, info=info, provenance=provenance, outputs_sha256=sha, extra=extra, **arrays)
