@@ -191,6 +191,11 @@ def test_anticipation_from_the_cli_with_unlabelled_videos_and_eval_at_lead_times
     # the run's outputs were made from the same truncated input as eval at the trained lead time
     assert lead["40%"]["accuracy"] == pytest.approx(metrics["accuracy"])
     assert set(lead) == {"40%", "0%"} and "40%" in stdout
+    # the report shows the method's row beside GLIDN's
+    code, _, err = run_cli(["report", teacher, out, "--out", tmp_path / "report"], capsys)
+    assert code == 0, err
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "| global-context |" in table and "| anticipation τ=40% L_d (global-teacher → global) |" in table
 
 
 def test_anticipation_refuses_stale_teacher_embeddings_and_a_teacher_without_them(synthetic, teacher, tmp_path, capsys):
@@ -273,3 +278,12 @@ def test_cl_hoi_label_free_from_the_cli_is_scored_against_the_true_labels(synthe
     )
     assert code == 0, err
     assert _metrics(student)[-1]["loss_distill"] > 0
+
+
+def test_report_names_a_methods_run_even_under_a_label_of_its_own():
+    from hoitool.eval.report import run_label
+
+    assert run_label({"label": "mine", "method": {"name": "cl_hoi"}}) == "mine [cl_hoi]"
+    assert run_label({"label": "cl_hoi label-free (global-context)", "method": {"name": "cl_hoi"}}).count("cl_hoi") == 1
+    assert run_label({"label": "global-context", "method": {"name": "glidn"}}) == "global-context"
+    assert run_label({"kind": "teacher", "view": "local"}) == "local"  # runs from before methods: GLIDN's
