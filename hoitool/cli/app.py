@@ -55,7 +55,19 @@ def _register_commands() -> None:
     """Import the command modules; each adds its commands to the groups above."""
     import importlib
 
-    for name in ("prepare", "extract", "cache", "train", "evaluate", "report", "plot", "demo", "crossval", "text"):
+    for name in (
+        "prepare",
+        "extract",
+        "cache",
+        "train",
+        "evaluate",
+        "report",
+        "plot",
+        "demo",
+        "crossval",
+        "text",
+        "show",
+    ):
         try:
             importlib.import_module(f"hoitool.cli.{name}")
         except ModuleNotFoundError as exc:  # a command group not built yet
