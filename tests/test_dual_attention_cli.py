@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from hoitool.extract.features import map_content, pooled_cells
@@ -141,7 +142,7 @@ def test_train_teacher_dual_attention_writes_object_outputs_and_eval_reports_the
 
     features = make_features(tmp_path, split_sizes={"train": 12, "val": 4, "test": 6})
     with_objects(features)
-    train(request(features, tmp_path / "run", train__epochs=4, **TINY))
+    train(request(features, tmp_path / "run", train__epochs=2, **TINY))
     run = load_run(tmp_path / "run")
     assert run.info["method"]["name"] == "dual_attention" and run.info["label"] == "dual-attention (nodes, trn)"
     assert run.info["method"]["object_classes"] == ["obj0", "obj1", "obj2"]
@@ -238,3 +239,62 @@ def test_map_cells_train_and_their_attention_is_drawn_as_a_png(tmp_path):
     with Image.open(path) as image:
         image.verify()
         assert image.format == "PNG" and image.size[0] > 100
+
+
+# -- the synthetic set from the CLI, as a new user runs it ------------------------------------------
+
+TINY_CLI = [
+    "--method",
+    "dual_attention",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "6",
+    "--da-hidden",
+    "16",
+    "--prior-hidden",
+    "8",
+    "--attention-dim",
+    "8",
+    "--head-hidden",
+    "8",
+]
+
+
+@pytest.mark.slow
+def test_synthetic_set_from_the_cli_train_eval_report_and_attention_pngs(tmp_path, capsys):
+    import json
+
+    from helpers import run_cli
+    from PIL import Image
+
+    from hoitool.datasets.synthetic import generate
+    from hoitool.store import open_store
+
+    generate(tmp_path / "data", videos_per_class=2, num_frames=8, size=64, seed=0)  # 12 videos: 3 val, 3 test
+    boxes = ["extract", "boxes", tmp_path / "data", "--out", tmp_path / "boxes.h5", "--source", "dataset"]
+    assert run_cli([*boxes, "--frames", "4", "--top-k", "2", "--workers", "0"], capsys)[0] == 0
+    features = ["extract", "features", tmp_path / "boxes.h5", "--out", tmp_path / "f.h5", "--backbone", "resnet18"]
+    features += ["--weights", "random", "--device", "cpu", "--workers", "0", "--frame-maps"]
+    assert run_cli([*features, "--set", "short_side=64", "--set", "frame_map_grid=2"], capsys)[0] == 0
+    store = open_store(tmp_path / "f.h5")
+    assert store.attrs["frame_map_grid"] == 2 and store.read(store.video_ids[0])["frame_maps"].shape == (1, 4, 4, 512)
+    for regions in ("nodes", "cells"):
+        run = tmp_path / regions
+        argv = ["train-teacher", tmp_path / "f.h5", "--view", "global", "--out", run, "--regions", regions]
+        assert run_cli([*argv, *TINY_CLI], capsys)[0] == 0
+        code, out, _ = run_cli(["eval", run, "--attention", "syn0003"], capsys)
+        assert code == 0 and all(name in out for name in ("accuracy (top-1)", "top-5 accuracy", "object top-1"))
+        metrics = json.loads((run / "eval" / "metrics_test.json").read_text())["metrics"]
+        assert {"accuracy", "top5_accuracy", "object_top1"} <= set(metrics) and metrics["object_top1"] is not None
+        with Image.open(run / "eval" / "attention" / "syn0003.png") as image:  # drawn on the decoded frames
+            image.verify()
+            assert image.format == "PNG"
+    code, out, _ = run_cli(["report", tmp_path / "nodes", tmp_path / "cells", "--out", tmp_path / "report"], capsys)
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert code == 0 and "dual-attention (nodes, trn)" in table and "dual-attention (cells, trn)" in table
+    assert "Top-5 accuracy (%)" in table and "Object top-1 (%)" in table
