@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hoitool.nn.models import masked_pool
+from hoitool.nn.models import ContextGraphNet, masked_pool
 
 GEOMETRY_DIM = 5
 
@@ -339,7 +339,7 @@ class ClHoiNet(nn.Module):
     the node embeddings after the graph layers (B, T*K*K, E) with their mask.
     """
 
-    def __init__(self, base: nn.Module, text_dim: int, pair_hidden: int = 64):
+    def __init__(self, base: ContextGraphNet, text_dim: int, pair_hidden: int = 64):
         super().__init__()
         hidden = base.classifier.in_features
         self.base = base

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hoitool.nn.contrastive import ClHoiNet
+    from hoitool.nn.models import ContextGraphNet
     from hoitool.train.loop import Training
 
 TEXT_EMBEDDINGS = "text_embeddings.npz"
@@ -201,7 +202,7 @@ class ClHoi(Method):
     def build_model(self, model_config: dict, in_dim: int, num_classes: int) -> nn.Module:
         from hoitool.nn.contrastive import ClHoiNet
 
-        base = super().build_model(model_config, in_dim, num_classes)
+        base = cast("ContextGraphNet", super().build_model(model_config, in_dim, num_classes))
         return ClHoiNet(base, self.text_dim, self.config["cl_hoi"]["pair_hidden"])
 
     def inputs(self, batch: dict, split: str) -> dict:
