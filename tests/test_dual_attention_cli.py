@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hoitool.errors import UsageError
 from hoitool.extract.features import map_content, pooled_cells
 from hoitool.settings.features import FeaturesSettings
 
@@ -298,3 +299,42 @@ def test_synthetic_set_from_the_cli_train_eval_report_and_attention_pngs(tmp_pat
     table = (tmp_path / "report" / "report.md").read_text()
     assert code == 0 and "dual-attention (nodes, trn)" in table and "dual-attention (cells, trn)" in table
     assert "Top-5 accuracy (%)" in table and "Object top-1 (%)" in table
+
+
+def test_object_classes_and_targets_of_each_publishers_manifest():
+    """SSv2 placeholders and Charades objects are free names (sorted); CAD-120 types follow object_classes."""
+    from hoitool.datasets.cad120 import OBJECT_CLASSES as CAD_CLASSES
+    from hoitool.manifest import Manifest, VideoEntry
+    from hoitool.train.methods.dual_attention import object_targets, run_object_classes
+
+    def manifest(object_classes, objects):
+        videos = [
+            VideoEntry(id=f"v{i}", source="x", labels=[0], split="train", objects=o) for i, o in enumerate(objects)
+        ]
+        return Manifest(
+            dataset="d", classes=["a"], multilabel=False, videos=videos, object_classes=list(object_classes)
+        )
+
+    ssv2 = manifest(["hand", "object 0", "object 1"], [["wireless mouse", "mouse pad"], ["cup"], []])
+    assert run_object_classes(ssv2, 2, "ssv2") == ["cup", "mouse pad", "wireless mouse"]
+    targets = object_targets(ssv2, ["v0", "v1", "v2"], ["cup", "mouse pad", "wireless mouse"], 2)
+    assert targets.tolist() == [[2, 1], [0, 3], [-1, -1]]  # null = 3; a video without objects is not supervised
+    cad = manifest(CAD_CLASSES, [["bowl", "cup"], ["microwave"]])
+    assert run_object_classes(cad, 2, "cad") == [name for name in CAD_CLASSES if name in {"bowl", "cup", "microwave"}]
+    charades = manifest([], [["bed", "blanket", "pillow"], ["door"]])
+    assert run_object_classes(charades, 1, "charades") == ["bed", "door"]  # one slot: the first name of each video
+    with pytest.raises(UsageError, match="no video of dataset 'd' has object labels"):
+        run_object_classes(manifest([], [[], []]), 2, "none")
+
+
+def test_multilabel_actions_train_with_sigmoid_priors(tmp_path):
+    from test_train import make_features, request
+
+    from hoitool.eval.runs import load_run
+    from hoitool.train.loop import train
+
+    features = make_features(tmp_path, multilabel=True, split_sizes={"train": 6, "val": 2, "test": 2})
+    with_objects(features)
+    train(request(features, tmp_path / "run", train__epochs=1, **TINY))
+    run = load_run(tmp_path / "run")
+    assert run.multilabel and run.extra["object_logits"].shape == (10, 2, 4)
