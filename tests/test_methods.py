@@ -270,6 +270,8 @@ def test_cl_hoi_label_free_from_the_cli_is_scored_against_the_true_labels(synthe
     code, _, err = run_cli(["eval", out], capsys)
     assert code == 0, err
     record = json.loads((out / "eval" / "metrics_test.json").read_text())
+    code, _, err = run_cli(["eval", out, "--lead-time", "10%"], capsys)
+    assert code == 2 and "not a cl_hoi run" in err
     assert record["counts"]["videos"] == len(Manifest.load(root / "manifest.json").split("test"))
     # a student of a GLIDN teacher adds the KD term beside the contrastive ones
     student = tmp_path / "student"

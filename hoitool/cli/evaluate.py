@@ -134,9 +134,11 @@ def evaluate(
     out_dir = out if out is not None else runs[0].path / EVAL_DIR
     if lead_time:
         from hoitool.nn.anticipation import parse_lead_time
+        from hoitool.train.methods.anticipation import check_lead_time_run
 
         for text in lead_time:  # every lead time checked before any work
             parse_lead_time(text)
+        check_lead_time_run(runs[0].info, run)
     record = evaluate_runs(runs, split=split, fusion=fusion, map_variant=map_variant, out_dir=out_dir, gt=gt)
     print_metrics(record, out_dir)
     if attention:

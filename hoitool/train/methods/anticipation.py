@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from hoitool.train.loop import Training
 
 
+LEAD_TIME_METHODS = ("glidn", "anticipation")  # their models are rebuilt from best.pt alone
+
+
 def _frames(manifest, video_ids: list[str], lead) -> tuple[np.ndarray, np.ndarray]:
     """``(t, tau)`` in decoded frames for each video (the manifest's fps / frame count; one line if missing)."""
     from hoitool.nn.anticipation import lead_time_frames
@@ -149,6 +152,14 @@ class Anticipation(Method):
         return f"anticipation τ={settings['lead_time']} {loss} ({teacher_view}-teacher → {view})"
 
 
+def check_lead_time_run(info: dict, run_dir: Path) -> str:
+    """The run's method name, if ``eval --lead-time`` can score it (its model rebuilt from ``best.pt`` alone)."""
+    name = method_info(info)["name"]
+    if name not in LEAD_TIME_METHODS:
+        raise UsageError(f"{run_dir}: eval --lead-time scores {' or '.join(LEAD_TIME_METHODS)} runs, not a {name} run")
+    return name
+
+
 def evaluate_lead_times(run_dir: Path, leads: list[str], split: str = "test", out_dir: Path | None = None) -> dict:
     """Score a finished run's ``best.pt`` on the ``split`` videos cut at each lead time; write ``lead_times_<split>.json``.
 
@@ -171,6 +182,7 @@ def evaluate_lead_times(run_dir: Path, leads: list[str], split: str = "test", ou
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
+    name = check_lead_time_run(info, run_dir)
     parsed = [parse_lead_time(text) for text in leads]  # every lead checked before any work
     best_path = best_checkpoint(run_dir)
     if not best_path.is_file():
@@ -184,7 +196,7 @@ def evaluate_lead_times(run_dir: Path, leads: list[str], split: str = "test", ou
     if not len(videos):
         raise UsageError(f"{info['features']}: holds no videos of the {split!r} split")
     best = load_checkpoint(best_path)
-    method = get_method(method_info(info)["name"])(config)
+    method = get_method(name)(config)
     model = method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
     model.load_state_dict(best["model"])
     model.eval()
