@@ -330,7 +330,7 @@ def test_object_classes_and_targets_of_each_publishers_manifest():
 def test_multilabel_actions_train_with_sigmoid_priors(tmp_path):
     from test_train import make_features, request
 
-    from hoitool.eval.runs import load_run
+    from hoitool.runs import load_run
     from hoitool.train.loop import train
 
     features = make_features(tmp_path, multilabel=True, split_sizes={"train": 6, "val": 2, "test": 2})
