@@ -54,6 +54,8 @@ def test_student_logs_each_term_and_records_its_teacher(teacher, tmp_path):
     for record in _records(out):
         assert record["loss_distill"] > 0
         assert record["loss_total"] == pytest.approx(0.7 * record["loss_ce"] + 0.3 * record["loss_distill"], rel=1e-6)
+        assert 0 < record["grad_share_distill"] < 1  # each weighted term's share of the gradient, logged per epoch
+        assert record["grad_share_ce"] + record["grad_share_distill"] == pytest.approx(1.0)
     run = load_run(out)
     assert run.provenance["teacher"]["outputs_sha256"] == load_run(teacher_dir).outputs_sha256
 
@@ -128,6 +130,7 @@ def test_dml_writes_both_views_with_peer_outputs(teacher, tmp_path):
     assert {"loss_ce", "loss_distill", "peer_loss_ce", "peer_loss_distill", "val_accuracy", "peer_val_accuracy"} <= set(
         record
     )
+    assert record["peer_grad_share_ce"] + record["peer_grad_share_distill"] == pytest.approx(1.0)  # each model's own
     main_run, peer_run = load_run(out), load_run(out / "peer")
     assert len(main_run.video_ids) == len(peer_run.video_ids) == 2 * 16
     assert not np.array_equal(main_run.logits, peer_run.logits)

@@ -137,6 +137,7 @@ def test_run_directory_contract(teacher_run):
             record
         )
         assert record["loss_ce"] == pytest.approx(record["loss_total"])
+        assert record["grad_share_ce"] == 1.0  # a teacher's one term carries the whole gradient
     # every video and view of every split, from best.pt, with the store's and the checkpoint's fingerprints
     run = load_run(run_dir)
     assert sorted(run.video_ids.tolist()) == sorted(open_store(features).video_ids)
