@@ -161,6 +161,10 @@ def test_train_teacher_dual_attention_writes_object_outputs_and_eval_reports_the
         assert image.format == "PNG"
     code, _, err = run_cli(["eval", tmp_path / "run", "--attention", "nosuchvideo"], capsys)
     assert code == 2 and "nosuchvideo: not a video of" in err
+    code, _, err = run_cli(["show", tmp_path / "run", "test01", "--out", tmp_path / "show.png"], capsys)
+    assert code == 0 and "dual attention" in err  # hoitool show draws the same maps for this kind of run
+    with Image.open(tmp_path / "show.png") as image:
+        image.verify()
 
 
 def test_a_dataset_without_object_labels_or_frame_maps_is_refused_before_any_file(tmp_path, capsys):

@@ -22,11 +22,24 @@ def show_command(
         None, "--frame", help="Global view: the sampled frame of the human whose attention is drawn (default: first)."
     ),
 ) -> None:
-    """Draw which boxes each human attends to: per frame (local view) or across frames (global view)."""
+    """Draw which boxes each human attends to: per frame (local view) or across frames (global view).
+
+    A ``--method dual_attention`` run: its action and object attention maps on the frames instead.
+    """
     from hoitool.eval.attention import attention_figure
+    from hoitool.runs import read_run_info
+    from hoitool.train.methods import method_info
 
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {out}: must name a .png file")
+    if method_info(read_run_info(run)).get("name") == "dual_attention":  # its action and object maps instead
+        from hoitool.train.methods.dual_attention import attention_maps
+
+        if frame is not None or layer != -1:
+            raise UsageError("--frame and --layer choose a graph's attention; a dual-attention run has none")
+        attention_maps(run, [video_id], paths=[out])
+        console.info(f"wrote {out} (dual attention: the action and the object map on each sampled frame)")
+        return
     view = attention_figure(run, video_id, out, layer=layer, frame=frame)
     focus = ", ".join(f"frame {t} box {k}" for t, k in view.focus)
     console.info(f"wrote {out} ({view.view} attention of {focus}; predicted {view.predicted})")

@@ -201,13 +201,20 @@ TERMS = {"ce": "action", "ce_first": "action_first", "object": "object", "object
 # -- weak localisation: a finished run's attention drawn on a video's frames -----------------------
 
 
-def attention_maps(run_dir: Path | str, video_ids: list[str], out_dir: Path | str, view: int = 0) -> list[Path]:
+def attention_maps(
+    run_dir: Path | str,
+    video_ids: list[str],
+    out_dir: Path | str | None = None,
+    view: int = 0,
+    paths: list[Path] | None = None,
+) -> list[Path]:
     """Draw the action (alpha) and object (beta) attention of a dual-attention run on each video's frames.
 
     Reads the run's ``best.pt`` and the features store and manifest it was trained on (refused when the
     store changed since: StaleArtifactError); decodes the sampled frames when the source video is
-    there (else grey); one PNG per video, ``OUT/<video>.png`` (boxes outlined by weight for node
-    regions, a heat map over the cells for map regions). Returns the paths written.
+    there (else grey); one PNG per video, ``paths`` or ``out_dir/<video>.png`` (boxes outlined by
+    weight for node regions, a heat map over the cells for map regions), titled with the predicted
+    action and objects. Returns the paths written.
     """
     import torch
 
@@ -220,7 +227,11 @@ def attention_maps(run_dir: Path | str, video_ids: list[str], out_dir: Path | st
     from hoitool.train.data import SampleRef, SplitVideos, ViewDataset, collate
     from hoitool.train.methods import method_info
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir = Path(run_dir)
+    if paths is None:
+        if out_dir is None:
+            raise ValueError("give out_dir or paths")
+        paths = [Path(out_dir) / f"{video}.png" for video in video_ids]
     info = read_run_info(run_dir)
     record = method_info(info)
     if record.get("name") != "dual_attention":
@@ -255,8 +266,10 @@ def attention_maps(run_dir: Path | str, video_ids: list[str], out_dir: Path | st
         alpha, beta = outputs["alpha"][0].numpy(), outputs["beta"][0].numpy()
         frames = _frames(manifest, entries[video], arrays["frame_indices"][view])
         grid = int(reader.attrs["frame_map_grid"]) if cells else None
-        path = out_dir / f"{video}.png"
+        path = Path(paths[position])
         action = info["classes"][int(outputs["logits"][0].argmax())]
+        names = [*record["object_classes"], "-"]  # the null label: no object in that slot
+        objects = ", ".join(names[int(index)] for index in outputs["object"][0].argmax(dim=-1))
         plot_attention_maps(
             path,
             alpha,
@@ -267,7 +280,7 @@ def attention_maps(run_dir: Path | str, video_ids: list[str], out_dir: Path | st
             grid=(grid, grid) if grid else None,
             valid=None if cells else arrays["valid"][view],
             frame_indices=arrays["frame_indices"][view],
-            title=f"{video}: predicted {action}",
+            title=f"{video}: predicted {action} (objects: {objects})",
         )
         written.append(path)
     return written
