@@ -88,7 +88,8 @@ def _write_set(root):
     shape = {"num_frames": FRAMES, "max_boxes": 2}
     boxes.finalize(manifest, shape)
     upstream = {"boxes": open_store(root / "boxes.h5").fingerprint, "boxes_path": str((root / "boxes.h5").resolve())}
-    features.finalize(dict(manifest, upstream=upstream), {"views": 1, "dim": 16, **shape})
+    dim = next(iter(arrays.values()))["nodes"].shape[-1]
+    features.finalize(dict(manifest, upstream=upstream), {"views": 1, "dim": dim, **shape})
     return classes
 
 
