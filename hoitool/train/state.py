@@ -1,4 +1,4 @@
-"""State and resume: the resume decision, the checkpoint state of an epoch, its restore, and what was kept.
+"""State and resume: what a run asks the resume policy, the checkpoint state of an epoch, its restore, what was kept.
 
 :class:`RunState` is one part of :class:`hoitool.train.loop.Training`. ``last.pt`` holds everything an
 epoch consumes (weights, optimizer, scheduler, grad scaler, epoch, best score, every rank's RNG
