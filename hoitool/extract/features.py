@@ -4,7 +4,8 @@ Mode ``roi``: backbone feature map of each frame (2D) or clip (3D, mapped back t
 then one RoIAlign call for all boxes of the video (7x7, aligned, scale 1/stride), max- or
 average-pooled. Mode ``crop``: each box cropped from the decoded frame at source resolution,
 resized to ``crop_size`` and embedded by a 2D backbone (the CAD-120 recipe). Views = clips
-(from the boxes store) x spatial crops (1 or 3).
+(from the boxes store) x flips (1, or 2 with ``flip``: the frames mirrored left-right, boxes
+mirrored with them) x spatial crops (1 or 3), in that order: view ``(clip * flips + flip) * crops + crop``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,20 @@ def map_content(config: dict) -> dict:
     if not content.get("frame_maps"):
         content.pop("frame_maps", None)
         content.pop("frame_map_grid", None)
+    if not content.get("flip"):  # likewise for the mirrored views
+        content.pop("flip", None)
     return content
+
+
+def mirror_boxes(boxes: np.ndarray, valid: np.ndarray, width: int) -> np.ndarray:
+    """xyxy boxes (..., 4) in source pixels as they lie on the left-right mirrored frame (``x -> width - x``).
+
+    Padding boxes (``valid`` False) are kept as they are.
+    """
+    mirrored = boxes.copy()
+    mirrored[..., 0] = width - boxes[..., 2]
+    mirrored[..., 2] = width - boxes[..., 0]
+    return np.where(valid[..., None], mirrored, boxes)
 
 
 class FramesLoader:
@@ -139,6 +153,7 @@ class NodeFeatures:
 
     def __call__(self, item: dict) -> tuple[dict, dict]:
         crops = ["none"] if self.config["crops"] == 1 else [0, 1, 2]
+        flips = (False, True) if self.config["flip"] else (False,)
         views: dict[str, list] = {
             "nodes": [],
             "valid": [],
@@ -148,18 +163,22 @@ class NodeFeatures:
             "frame_indices": [],
             "frame_valid": [],
         }
-        for clip in range(item["boxes"].shape[0]):
+        for clip, flipped in ((clip, flipped) for clip in range(item["boxes"].shape[0]) for flipped in flips):
             frames = item["frames"][item["frame_slot"][clip]]
+            boxes = item["boxes"][clip]
+            if flipped:
+                frames = np.ascontiguousarray(frames[:, :, ::-1])
+                boxes = mirror_boxes(boxes, item["valid"][clip], int(item["frame_size"][1]))
             source = self._source_frames(frames) if self.config["mode"] == "crop" else None
             for crop in crops:
-                nodes, valid, frame, cells = self._view(frames, source, item["boxes"][clip], item["valid"][clip], crop)
+                nodes, valid, frame, cells = self._view(frames, source, boxes, item["valid"][clip], crop)
                 views["nodes"].append(nodes.float().cpu().numpy().astype(np.float16))
                 views["valid"].append(valid.cpu().numpy())
                 if frame is not None:
                     views["frame_features"].append(frame.float().cpu().numpy().astype(np.float16))
                 if cells is not None:
                     views["frame_maps"].append(cells.cpu().numpy().astype(np.float16))
-                views["boxes"].append(item["boxes"][clip])
+                views["boxes"].append(boxes)
                 views["frame_indices"].append(item["frame_indices"][clip])
                 views["frame_valid"].append(item["frame_valid"][clip])
         arrays = {name: np.stack(values) for name, values in views.items() if values}
@@ -194,7 +213,7 @@ def extract_features(
         {"backbone": model.backbone.fingerprint},
         shard,
     )
-    views = boxes.attrs.get("clips", 1) * config["crops"]
+    views = boxes.attrs.get("clips", 1) * config["crops"] * (2 if config["flip"] else 1)
     return run_video_stage(
         staged,
         videos,

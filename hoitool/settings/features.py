@@ -37,6 +37,11 @@ class FeaturesSettings(Section):
         1, description="1: the whole frame; 3: left/centre/right square crops (multi-view testing)"
     )
     crop_size: int = Field(224, ge=16, description="side of each box crop in mode=crop")
+    flip: bool = Field(
+        False,
+        description="also store every view mirrored left-right (frames flipped, boxes mirrored): twice the views, "
+        "a spatial augmentation training draws from; eval fuses them with the others",
+    )
     frame_features: bool = Field(True, description="also store whole-frame features (baselines, context)")
     frame_maps: bool = Field(
         False,

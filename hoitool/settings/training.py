@@ -72,7 +72,17 @@ class DataSettings(Section):
         "auto", description="read the store into RAM: true, false, or auto (when it fits the budget)"
     )
     memory_budget_gb: float | None = Field(None, gt=0, description="RAM budget of preload=auto; none: 25% of RAM")
-    random_view: bool = Field(False, description="train on a random stored view per video per epoch")
+    random_view: bool = Field(
+        True,
+        description="train on a random stored view (clip x crop x flip) per video per epoch, drawn from (seed, "
+        "epoch, video); false: view 0 only. A one-view store trains on its one view either way",
+    )
+    labels: Literal["video", "clip"] = Field(
+        "video",
+        description="training targets: video (the video's labels) or clip (the actions whose time interval "
+        "overlaps the sampled clip, PySlowFast's Charades rule; multi-label data with action intervals). "
+        "Validation and eval always use video labels",
+    )
     workers: int = Field(2, ge=0, description="DataLoader worker processes reading the store")
     manifest: str | None = Field(
         None, description="manifest for labels and splits; none: the one the store was built from"
@@ -151,6 +161,11 @@ class AnticipationSettings(Section):
         "mean", description="L_d over the query nodes: mean (independent of their number) or sum (the paper's)"
     )
     T: float = Field(1.0, gt=0, description="temperature of the soft-prediction loss on unlabelled videos")
+    labels: Literal["at_t", "video"] = Field(
+        "at_t",
+        description="at_t: the label at t (the last frame) where the manifest has times (Charades' action "
+        "intervals, segments named by class); video: the video's labels",
+    )
 
 
 class ClHoiSettings(Section):

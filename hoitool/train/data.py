@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hoitool import log
-from hoitool.errors import UsageError
+from hoitool.errors import HoitoolError, UsageError
 from hoitool.io.process import worker_init
 from hoitool.manifest import Manifest
 
@@ -43,9 +44,16 @@ class SplitVideos:
     num_classes: int
     objects: np.ndarray | None = None  # (N, slots) int64 object-slot targets (dual attention; -1: no label)
     arrays: tuple[str, ...] = ()  # store arrays read beyond FIELDS, served per view (e.g. frame_maps)
+    view_targets: np.ndarray | None = None  # (N, V, C) per-view targets (data.labels=clip: clip_labels)
 
     def __len__(self) -> int:
         return len(self.video_ids)
+
+    def target(self, position: int, view: int) -> np.ndarray:
+        """What sample ``(position, view)`` trains on: its clip's labels where set, else the video's."""
+        if self.view_targets is not None:
+            return self.view_targets[position, view]
+        return self.targets[position]
 
     def one_hot(self) -> np.ndarray:
         """(N, C) 0/1 targets, the form the run outputs hold for both kinds of label."""
@@ -72,6 +80,106 @@ def split_videos(manifest: Manifest, store_ids: list[str], split: str) -> SplitV
     else:
         targets = np.array([video.labels[0] for video in entries], dtype=np.int64)
     return SplitVideos(split, [video.id for video in entries], targets, manifest.multilabel, manifest.num_classes)
+
+
+def clip_labels(manifest: Manifest, reader, videos: SplitVideos) -> SplitVideos:
+    """``videos`` with per-view targets: each view's clip is labelled by the actions whose interval overlaps it.
+
+    PySlowFast's Charades rule: a clip's label is the union of the labels of its frames from the
+    first sampled frame to the last, a frame at time ``index / fps`` carrying every action whose
+    ``[start, end]`` (seconds) holds it; as intervals, action ``(c, start, end)`` labels the clip
+    when ``start <= t_last`` and ``end >= t_first``. A clip that no action overlaps gets an all-zero
+    target. Intervals come from the manifest (``extra.actions`` per video: ``[[class, start, end], ...]``,
+    written by ``prepare charades``), the clip's frames from the store's ``frame_indices`` /
+    ``frame_valid``, the frame rate from the manifest (``fps``) or, where it has none, the source's
+    header. Everything is checked here, before any training.
+    """
+    if not manifest.multilabel:
+        raise UsageError(
+            f"data.labels=clip labels clips by their actions' time intervals (multi-label data such as Charades); "
+            f"the {manifest.dataset} manifest is single-label: use data.labels=video"
+        )
+    entries = manifest.by_id()
+    lacking = [video_id for video_id in videos.video_ids if "actions" not in entries[video_id].extra]
+    if lacking:
+        raise UsageError(
+            f"data.labels=clip needs each {videos.split} video's action intervals (the manifest's extra.actions, "
+            f"written by prepare charades): {len(lacking)} of {len(videos)} lack them, e.g. {lacking[0]!r} "
+            f"(prepare the dataset again, or use data.labels=video)"
+        )
+    rows = []
+    for video_id in videos.video_ids:
+        video = entries[video_id]
+        arrays = reader.read(video_id, ["frame_indices", "frame_valid"])
+        rows.append(
+            clip_targets(
+                _actions(video, manifest.num_classes),
+                arrays["frame_indices"],
+                arrays["frame_valid"],
+                _frame_rate(manifest, video),
+                manifest.num_classes,
+            )
+        )
+    views = {row.shape[0] for row in rows}
+    if len(views) > 1:
+        raise UsageError(f"data.labels=clip: the store's {videos.split} videos hold different numbers of views {views}")
+    return dataclasses.replace(videos, view_targets=np.stack(rows) if rows else None)
+
+
+def clip_targets(
+    actions: list[tuple[int, float, float]],
+    frame_indices: np.ndarray,
+    frame_valid: np.ndarray,
+    fps: float,
+    num_classes: int,
+) -> np.ndarray:
+    """(V, C) multi-hot: per view, the actions whose ``[start, end]`` overlaps the clip's sampled time span."""
+    targets = np.zeros((frame_indices.shape[0], num_classes), dtype=np.float32)
+    for view in range(frame_indices.shape[0]):
+        frames = frame_indices[view][frame_valid[view]]
+        if not frames.size:
+            continue
+        first, last = frames.min() / fps, frames.max() / fps
+        for label, start, end in actions:
+            if start <= last and end >= first:
+                targets[view, label] = 1.0
+    return targets
+
+
+def _actions(video, num_classes: int) -> list[tuple[int, float, float]]:
+    """The manifest's ``[[class, start, end], ...]`` of one video, checked."""
+    actions = video.extra["actions"]
+    try:
+        parsed = [(int(label), float(start), float(end)) for label, start, end in actions]
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"video {video.id!r}: extra.actions must be a list of [class, start, end], got {actions!r}"
+        ) from None
+    bad = [label for label, _, _ in parsed if not 0 <= label < num_classes]
+    if bad:
+        raise UsageError(f"video {video.id!r}: extra.actions has classes {bad} outside 0..{num_classes - 1}")
+    return parsed
+
+
+def _frame_rate(manifest: Manifest, video) -> float:
+    """The video's frames per second: the manifest's, else its source's header (a frame folder has none)."""
+    if video.fps:
+        return float(video.fps)
+    from hoitool.video.reader import probe
+
+    path = manifest.source_path(video)
+    try:
+        fps = probe(path, video.kind).fps
+    except (HoitoolError, OSError) as exc:
+        raise UsageError(
+            f"data.labels=clip needs video {video.id!r}'s frame rate: the manifest has no fps and {path} "
+            f"cannot be read ({exc})"
+        ) from None
+    if not fps:
+        raise UsageError(
+            f"data.labels=clip needs video {video.id!r}'s frame rate: neither the manifest nor {path} gives one"
+        )
+    return float(fps)
 
 
 class SampleRef(NamedTuple):
@@ -158,7 +266,7 @@ class ViewDataset(_StoreBacked):
             index=ref.position,
             view=view,
             weight=ref.weight,
-            target=self.videos.targets[ref.position],
+            target=self.videos.target(ref.position, view),
         )
         sample.update(self.extras(arrays, ref.position, view))
         return sample

@@ -44,7 +44,14 @@ from hoitool.settings import resolved
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 from hoitool.store import open_store
 from hoitool.train.board import Board, require_tensorboard
-from hoitool.train.data import EpochBatchSampler, ViewDataset, decide_preload, make_loader, split_videos
+from hoitool.train.data import (
+    EpochBatchSampler,
+    ViewDataset,
+    clip_labels,
+    decide_preload,
+    make_loader,
+    split_videos,
+)
 from hoitool.train.distributed import DistContext, init_distributed
 from hoitool.train.fit import Fitting, selection_metric
 from hoitool.train.methods import Method, method_of
@@ -147,6 +154,8 @@ class Training(RunState, Fitting, Prediction):
         self.videos = {split: split_videos(self.manifest, self.reader.video_ids, split) for split in SPLITS}
         if not len(self.videos["train"]):
             raise UsageError(f"{request.features}: holds no videos of the manifest's train split")
+        if self.config["data"]["labels"] == "clip":  # per-view targets of the train split (val/test: video labels)
+            self.videos["train"] = clip_labels(self.manifest, self.reader, self.videos["train"])
         self.num_views = int(self.reader.attrs.get("views") or 1)
         self.random_view = bool(self.config["data"]["random_view"])
         self.view = self.config["model"]["view"]
