@@ -290,3 +290,20 @@ def test_report_names_a_methods_run_even_under_a_label_of_its_own():
     assert run_label({"label": "cl_hoi label-free (global-context)", "method": {"name": "cl_hoi"}}).count("cl_hoi") == 1
     assert run_label({"label": "global-context", "method": {"name": "glidn"}}) == "global-context"
     assert run_label({"kind": "teacher", "view": "local"}) == "local"  # runs from before methods: GLIDN's
+
+
+def test_label_at_t_reads_action_intervals_and_class_named_segments_only():
+    from hoitool.train.methods.anticipation import label_at_end
+
+    classes = ["a", "b", "c"]
+    charades = VideoEntry("v", "v.mp4", [0, 1, 2], "train", fps=10.0, num_frames=101)  # t = 10 s
+    charades.extra = {"actions": [[0, 0.0, 4.0], [1, 8.0, 10.0], [2, 9.5, 30.0]]}
+    assert label_at_end(charades, classes, multilabel=True) == [1, 2]
+    charades.extra = {"actions": [[0, 0.0, 4.0]]}
+    assert label_at_end(charades, classes, multilabel=True) == []  # nothing happens at t
+    named = VideoEntry("w", "w.mp4", [0], "train", fps=10.0, num_frames=50)
+    named.extra = {"segments": [[0, 20, "a"], [21, 49, "c"]]}
+    assert label_at_end(named, classes, multilabel=False) == [2]
+    named.extra = {"segments": [[0, 49, "reaching"]]}  # CAD-120: sub-activities, not the classes
+    assert label_at_end(named, classes, multilabel=False) is None
+    assert label_at_end(VideoEntry("x", "x.mp4", [1], "train"), classes, multilabel=False) is None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from hoitool import log
 from hoitool.errors import UsageError
 from hoitool.train.methods import Method, method_info, register_method
 
@@ -44,6 +45,49 @@ def _frames(manifest, video_ids: list[str], lead) -> tuple[np.ndarray, np.ndarra
     by_id = manifest.by_id()
     pairs = [lead_time_frames(by_id[video], lead) for video in video_ids]
     return np.array([p[0] for p in pairs], dtype=np.float64), np.array([p[1] for p in pairs], dtype=np.float64)
+
+
+def label_at_end(video, classes: list[str], multilabel: bool) -> list[int] | None:
+    """The classes of ``video`` at ``t`` (its last frame) where the manifest has them; None: use its labels.
+
+    Charades' ``extra.actions`` (``[class, start, end]`` seconds): the actions whose interval holds
+    ``t`` (multi-label; possibly none). ``extra.segments`` (``[start, end, label]`` frames) whose labels
+    are the manifest's class names: the segment at ``t`` (:func:`hoitool.nn.anticipation.label_at`).
+    CAD-120's segments name sub-activities, not its classes (activities), so they are not used.
+    """
+    from hoitool.nn.anticipation import label_at
+
+    extra = video.extra or {}
+    if not video.num_frames:
+        return None
+    end = video.num_frames - 1
+    if multilabel and extra.get("actions") and video.fps:
+        t = end / video.fps
+        return sorted({int(c) for c, start, stop in extra["actions"] if start <= t <= stop})
+    segments = extra.get("segments") or []
+    if segments and all(str(label) in classes for _, _, label in segments):
+        found = label_at(segments, end)
+        return None if found is None else [classes.index(str(found))]
+    return None
+
+
+def labels_at_t(training: Training) -> int:
+    """Replace each split's targets by the labels at ``t`` where the manifest has them; how many changed."""
+    by_id, classes = training.manifest.by_id(), list(training.manifest.classes)
+    changed = 0
+    for videos in training.videos.values():
+        for row, video in enumerate(videos.video_ids):
+            labels = label_at_end(by_id[video], classes, videos.multilabel)
+            if labels is None or (not videos.multilabel and not labels):
+                continue
+            if videos.multilabel:
+                target = np.zeros(videos.num_classes, dtype=videos.targets.dtype)
+                target[labels] = 1
+            else:
+                target = np.asarray(labels[0], dtype=videos.targets.dtype)
+            changed += int(not np.array_equal(videos.targets[row], target))
+            videos.targets[row] = target
+    return changed
 
 
 def truncated(batch: dict, end: np.ndarray, tau: np.ndarray) -> dict:
@@ -77,6 +121,10 @@ class Anticipation(Method):
         if training.ctx.world_size > 1:
             raise UsageError("--method anticipation trains on one process (its node embeddings bypass DDP's hooks)")
         self.lead = parse_lead_time(settings["lead_time"])
+        if settings["labels"] == "at_t":
+            changed = labels_at_t(training)  # train, val selection and the outputs all score the label at t
+            if changed:
+                log.info(f"anticipation: {changed} video(s) labelled by what happens at t (their last frame)")
         self.frames = {
             split: _frames(training.manifest, videos.video_ids, self.lead) for split, videos in training.videos.items()
         }
