@@ -1,11 +1,23 @@
-"""Backbones: layer table vs real outputs, 3D temporal mapping, pooling, freezing (tiny random weights)."""
+"""Backbones: torchvision's registry and graph (2D), video layer tables vs real outputs, 3D mapping, freezing."""
 
 import pytest
 import torch
+import torchvision
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from hoitool.errors import UsageError
-from hoitool.features.backbones import _layer_table, _truncate, build_backbone
+from hoitool.features import backbones
+from hoitool.features.backbones import (
+    _layer_table,
+    _truncate,
+    build_backbone,
+    default_layer,
+    image_archs,
+    measure,
+    supported_backbones,
+    weights_file,
+)
 from hoitool.features.common import nearest_slice, slice_centres
 from hoitool.weights import load_model
 
@@ -18,19 +30,58 @@ def frames(count, size, seed=0):
     return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "r3d_18", "mc3_18", "r2plus1d_18", "s3d"])
+@pytest.mark.parametrize("arch", ["r3d_18", "mc3_18", "r2plus1d_18", "s3d"])
 def test_layer_table_matches_the_networks(arch):
-    """dim, spatial and temporal stride of every layer, measured on a real forward pass of the cut network."""
+    """Video layers: dim, spatial and temporal stride of every layer, measured on a real forward pass of the cut network."""
     model, _ = load_model(arch, "random")
-    count, size = (2, 64) if arch == "resnet18" else (8, 64 if arch == "s3d" else 32)
+    count, size = 8, 64 if arch == "s3d" else 32
     clip = frames(count, size)
     for layer, spec in _layer_table(arch).items():
         with torch.inference_mode():
-            if arch == "resnet18":
-                out = _truncate(model, arch, layer)(clip)
-            else:
-                out = _truncate(model, arch, layer)(clip.permute(1, 0, 2, 3)[None])[0].transpose(0, 1)
+            out = _truncate(model, arch, layer)(clip.permute(1, 0, 2, 3)[None])[0].transpose(0, 1)
         assert out.shape == (count // spec.temporal_stride, spec.dim, size // spec.stride, size // spec.stride), layer
+
+
+def test_default_resnet50_is_bit_identical_to_a_plain_torchvision_forward():
+    """The feature-extraction graph up to layer4 computes exactly what torchvision's own modules do, in order."""
+    backbone = build_backbone("resnet50", None, "random")
+    model, _ = load_model("resnet50", "random")
+    plain = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, *(model.layer1, model.layer2))
+    plain.extend([model.layer3, model.layer4])
+    clip = frames(2, 64)
+    with torch.inference_mode():
+        assert torch.equal(backbone.feature_map(clip), plain(clip))
+    # The fingerprint stores made before carry (layer tables then): they still resume.
+    assert backbone.fingerprint == "resnet50:layer4:b2223fc2b1d1b67c"
+
+
+@pytest.mark.parametrize(
+    "arch, layer",
+    [("resnet18", "layer1"), ("resnet18", "layer3"), ("resnet18", "layer4.0.relu"), ("mobilenet_v3_small", None)],
+)
+def test_2d_layers_come_from_the_traced_graph_with_measured_channels_and_stride(arch, layer):
+    """Any module or node of torchvision's graph is a layer; channels and stride are the real output's."""
+    backbone = build_backbone(arch, layer, "random")
+    model, _ = load_model(arch, "random")
+    clip = frames(1, 64)
+    with torch.inference_mode():
+        node = backbone.layer
+        direct = create_feature_extractor(model, {node: "out"})(clip)["out"]
+    assert backbone.kind == "2d" and backbone.feature_map(clip).shape == direct.shape
+    assert (backbone.dim, backbone.stride) == (direct.shape[1], 64 // direct.shape[-1])
+    assert measure(backbone.network).dim == backbone.dim
+    if layer is None:  # the last stage before pooling: mobilenet's `features` (then avgpool, classifier)
+        assert backbone.layer == "features" == default_layer(arch)
+
+
+def test_the_2d_family_is_torchvision_registry():
+    archs = image_archs()
+    assert set(archs) == {
+        a for a in torchvision.models.list_models(module=torchvision.models) if "vit" not in a and "swin" not in a
+    }
+    assert {"resnet50", "vgg16", "efficientnet_b0", "convnext_tiny", "densenet121"} <= set(archs)
+    assert {"r3d_18", "s3d"} <= set(supported_backbones()) and "vit_b_16" not in supported_backbones()
+    assert weights_file("resnet50") == "resnet50-11ad3fa6.pth"  # the name torchvision's cache gives it
 
 
 def test_bottleneck_resnet_dims():
@@ -93,11 +144,17 @@ def test_frozen_eval_and_fingerprints():
     assert build_backbone("resnet18", "layer3", "random", seed=0).fingerprint != backbone.fingerprint
 
 
-def test_bad_arch_or_layer_is_a_usage_error():
-    with pytest.raises(UsageError, match="unsupported backbone 'vgg16'"):
-        build_backbone("vgg16", None, "random")
-    with pytest.raises(UsageError, match="no layer 'layer5'"):
+def test_bad_arch_or_layer_is_a_usage_error_naming_close_ones(monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were read before the arch and layer were checked")
+
+    monkeypatch.setattr(backbones, "resolve_weights", no_weights)
+    with pytest.raises(UsageError, match=r"unsupported backbone 'resnet5O' \(close: resnet50"):
+        build_backbone("resnet5O", None, "random")
+    with pytest.raises(UsageError, match=r"backbone resnet18 has no layer 'layer5' \(close: layer4"):
         build_backbone("resnet18", "layer5", "random")
+    with pytest.raises(UsageError, match=r"no layer 'layer4.1.rleu' \(close: layer4.1.relu"):
+        build_backbone("resnet18", "layer4.1.rleu", "random")
     with pytest.raises(UsageError, match="no layer 'layer4'"):
         build_backbone("s3d", "layer4", "random")
 

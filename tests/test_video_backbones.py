@@ -223,9 +223,16 @@ def test_clip_length_that_slowfast_cannot_take_is_refused_before_any_work(boxes_
     assert not out.exists() and not list(boxes_store.glob("refused.h5*"))
 
 
-def test_list_backbones(capsys):
+def test_list_backbones(capsys, monkeypatch):
+    from hoitool.features import backbones
+
+    archs = ["mobilenet_v3_small", "r3d_18", "resnet50", "s3d", "i3d_r50", "slowfast_r50"]
+    assert set(archs) <= set(backbones.supported_backbones())
+    monkeypatch.setattr(backbones, "supported_backbones", lambda: archs)  # all ~75 rows take a while on 2 cores
     code, out, _ = run_cli(["extract", "features", "--list-backbones"], capsys)
     lines = {line.split()[0]: line for line in out.splitlines()}
-    assert code == 0 and {"resnet50", "r3d_18", "s3d", "i3d_r50", "slowfast_r50"} <= set(lines)
-    assert "res5*" in lines["i3d_r50"] and "dim 2304" in lines["slowfast_r50"] and "layer4*" in lines["resnet50"]
-    assert "PyTorchVideo model zoo" in lines["i3d_r50"] and "not installed" not in lines["i3d_r50"]
+    assert code == 0 and set(archs) <= set(lines) and "$TORCH_HOME/hub/checkpoints/" in out
+    assert "res5*" in lines["i3d_r50"] and "dim 2304" in lines["slowfast_r50"]
+    assert "layer layer4" in lines["resnet50"] and "resnet50-11ad3fa6.pth (torchvision)" in lines["resnet50"]
+    assert "layer features" in lines["mobilenet_v3_small"]  # the layer build_backbone takes by default
+    assert "I3D_8x8_R50.pyth (PyTorchVideo model zoo)" in lines["i3d_r50"] and "not installed" not in lines["i3d_r50"]

@@ -53,19 +53,31 @@ def boxes_command(
 
 
 def _list_backbones(value: bool) -> None:
-    """``--list-backbones``: every arch with its layers (* = default), the default's channels and strides, weights."""
+    """``--list-backbones``: every arch, its default layer (video: all layers, * = default) and its weights file.
+
+    2D archs come from torchvision's model registry (any traced node or module is a ``--layer``);
+    a row is printed as soon as it is known (each 2D default is found by building the network on
+    the meta device).
+    """
     if not value:
         return
-    from hoitool.features.backbones import backbone_table
+    from hoitool.features.backbones import backbone_table, supported_backbones
     from hoitool.features.video_models import INSTALL
 
-    for row in backbone_table():
-        default = row["default"]
+    typer.echo("weights: default files are read from $TORCH_HOME/hub/checkpoints/ (never downloaded)")
+    for arch in supported_backbones():
+        (row,) = backbone_table([arch])
+        weights = f"weights: {row['weights']} ({row['source']})"
+        if row["kind"] == "2d":
+            default = row["default"] or "(found when built)"
+            typer.echo(f"{arch:<22} 2d  layer {default:<14} {weights}")
+            continue
+        default, spec = row["default"], row["specs"][row["default"]]
         layers = " ".join(f"{layer}*" if layer == default else layer for layer in row["layers"])
         note = "" if row["available"] else f"  (not installed: {INSTALL})"
         typer.echo(
-            f"{row['arch']:<18} {row['kind']}  dim {row['dim'][default]:<5} stride {row['stride'][default]:<3}"
-            f"temporal {row['temporal_stride'][default]:<2} layers {layers:<32} weights: {row['weights']}{note}"
+            f"{arch:<22} 3d  layer {default:<14} dim {spec.dim:<5} stride {spec.stride:<3}"
+            f"temporal {spec.temporal_stride:<2} layers {layers:<28} {weights}{note}"
         )
     raise typer.Exit()
 
@@ -94,7 +106,7 @@ def features_command(
         "--list-backbones",
         callback=_list_backbones,
         is_eager=True,
-        help="Print the backbones, their layers (* = default) and exit.",
+        help="Print the backbones (torchvision's registry and the video models), default layers, weights files; exit.",
     ),
 ) -> None:
     """Backbone + RoIAlign (or box crops) -> one float16 vector per box, per view; resumable, shardable, crash-safe."""

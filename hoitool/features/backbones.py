@@ -1,21 +1,31 @@
 """Frozen backbones that turn frames into feature maps (docs/extraction-models.md).
 
-2D (ResNet family) backbones run frame by frame; 3D (video) backbones run the
-T sampled frames as one clip and map the temporal feature map back to the
-frames: frame ``i`` takes the temporal slice whose centre (in input frames,
-from the layer's temporal stride and offset) is nearest (``features.common``).
-Either way ``feature_map`` returns one (C, h, w) map per sampled frame, so
-RoIAlign and the stores never need to know which kind produced it. Video
-models come from torchvision (r3d_18, mc3_18, r2plus1d_18, s3d) or
-PyTorchVideo (i3d_r50, slowfast_r50: ``features.video_models``).
+2D backbones are torchvision's own classification models, found through its model
+registry (``list_models`` / ``get_model_builder`` / ``get_model_weights``) and cut at a
+named layer with ``torchvision.models.feature_extraction`` (any node or module name of the
+traced graph; default: the last stage before the global pooling). Their channels and
+stride are measured by a forward pass on the meta device, not read from a table.
+
+3D (video) backbones run the T sampled frames as one clip and map the temporal feature map
+back to the frames: frame ``i`` takes the temporal slice whose centre (in input frames, from
+the layer's temporal stride and offset) is nearest (``features.common``). Their layers keep a
+table, because the temporal offset of a slice's centre is a property of the network that a
+shape cannot show (each entry is checked against gradients in tests/test_backbones.py).
+Either way ``feature_map`` returns one (C, h, w) map per sampled frame, so RoIAlign and the
+stores never need to know which kind produced it. Video models come from torchvision
+(r3d_18, mc3_18, r2plus1d_18, s3d) or PyTorchVideo (i3d_r50, slowfast_r50: ``features.video_models``).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import os
+import warnings
 from contextlib import nullcontext
 from typing import cast
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -24,34 +34,45 @@ from torch import nn
 from hoitool.errors import UsageError
 from hoitool.features import video_models
 from hoitool.features.common import LayerSpec, nearest_slice, slice_centres
-from hoitool.weights import default_weights_enum, load_model
+from hoitool.weights import build_seeded, default_weights_enum, load_checked, load_model, resolve_weights
 
 TEMPORAL_MAPPING = "nearest slice centre (offset + j * temporal_stride)"
 
-_BASIC_2D = {"resnet18", "resnet34"}
-_BOTTLENECK_2D = {
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-}
+# Transformer families give token sequences (or channels-last maps), not (C, h, w) maps RoIAlign can read.
+_TOKEN_FAMILIES = ("vit_", "swin_", "maxvit_")
+# Top-level children of a classifier that come after its last feature map (pooling, heads, auxiliary heads).
+_HEAD_CHILDREN = {"avgpool", "fc", "classifier", "dropout", "flatten", "head", "heads", "aux1", "aux2", "AuxLogits"}
+MEASURE_SIZE = 224  # input side of the meta forward that measures a layer's channels and stride
+
 _VIDEO_RESNETS = {"r3d_18", "mc3_18", "r2plus1d_18"}
 # s3d's `features` is one nn.Sequential; a layer name ends it after this many modules.
 _S3D_END = {"mixed_3c": 7, "mixed_4f": 13, "mixed_5c": 16}
 _PYTORCHVIDEO = set(video_models.LAYERS)
 _VIDEO = _VIDEO_RESNETS | {"s3d"} | _PYTORCHVIDEO
-SUPPORTED_BACKBONES = tuple(sorted(_BASIC_2D | _BOTTLENECK_2D | _VIDEO))
+
+
+def image_archs() -> list[str]:
+    """torchvision's 2D classification models whose stages are (C, h, w) maps, from its own registry."""
+    names = torchvision.models.list_models(module=torchvision.models)
+    return [name for name in names if not name.startswith(_TOKEN_FAMILIES)]
+
+
+def supported_backbones() -> list[str]:
+    """Every arch ``build_backbone`` takes: the 2D registry's and the video models, sorted."""
+    return sorted(set(image_archs()) | _VIDEO)
+
+
+def _check_arch(arch: str) -> None:
+    """A one-line UsageError naming close archs, before any weights are read."""
+    known = supported_backbones()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=4, cutoff=0.5)
+        hint = f"close: {', '.join(close)}" if close else "hoitool extract features --list-backbones lists them"
+        raise UsageError(f"unsupported backbone {arch!r} ({hint})")
 
 
 def _layer_table(arch: str) -> dict[str, LayerSpec]:
-    """Channels and strides of each selectable layer (checked against real outputs in tests/test_backbones.py)."""
-    if arch in _BASIC_2D or arch in _BOTTLENECK_2D:
-        base = 64 if arch in _BASIC_2D else 256
-        return {f"layer{i}": LayerSpec(base * 2 ** (i - 1), 2 ** (i + 1), 1) for i in range(1, 5)}
+    """Channels and strides of each selectable layer of a video backbone (checked against real outputs in tests)."""
     if arch in _VIDEO_RESNETS:
         # Stem: stride (1, 2, 2), no max-pool; layers 2-4 halve space, and time too except in MC3's 2D layers.
         return {
@@ -68,45 +89,149 @@ def _layer_table(arch: str) -> dict[str, LayerSpec]:
         }
     if arch in _PYTORCHVIDEO:
         return {layer: spec for layer, (_, spec) in video_models.LAYERS[arch].items()}
-    raise UsageError(f"unsupported backbone {arch!r}; choose one of {', '.join(SUPPORTED_BACKBONES)}")
+    raise UsageError(f"{arch!r} is not a video backbone")
 
 
-def default_layer(arch: str) -> str:
+def default_image_layer(model: nn.Module) -> str:
+    """The last top-level stage before the pooling and the head: the last feature map (layer4 of a ResNet)."""
+    stages = [name for name, _ in model.named_children() if name not in _HEAD_CHILDREN]
+    return stages[-1]
+
+
+_FAMILY_DEFAULTS: dict[str, str | None] = {}  # None: the family's builder cannot run on the meta device
+
+
+def _family_default(arch: str) -> str | None:
+    """The default layer of ``arch``'s family, found once per family: one torchvision module builds one class,
+    so its models share their stage names (resnet18 ... wide_resnet101_2: layer4)."""
+    family = torchvision.models.get_model_builder(arch).__module__
+    if family not in _FAMILY_DEFAULTS:
+        try:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")  # some builders warn about their default initialisation
+                _FAMILY_DEFAULTS[family] = default_image_layer(torchvision.models.get_model(arch, weights=None))
+        except (NotImplementedError, RuntimeError):  # e.g. RegNet's initialisation copies tensors
+            _FAMILY_DEFAULTS[family] = None
+    return _FAMILY_DEFAULTS[family]
+
+
+def default_layer(arch: str) -> str | None:
+    """The layer read when none is given (2D: one network of its family built on the meta device finds it;
+    None where that cannot run: the built network itself tells, see :func:`default_image_layer`)."""
+    if arch in _VIDEO:
+        return _video_default(arch)
+    _check_arch(arch)
+    return _family_default(arch)
+
+
+def _video_default(arch: str) -> str:
+    """A video backbone's last layer."""
     if arch in _PYTORCHVIDEO:
         return video_models.DEFAULT_LAYER[arch]
     return "mixed_5c" if arch == "s3d" else "layer4"
 
 
-def backbone_table() -> list[dict]:
-    """One row per supported arch: kind, layers and the default one, dims and strides, where its weights come from."""
+def weights_file(arch: str) -> str:
+    """The file name of the arch's default weights, as it must lie under $TORCH_HOME/hub/checkpoints/."""
+    entry = video_models.WEIGHTS[arch] if arch in _PYTORCHVIDEO else default_weights_enum(arch)
+    return os.path.basename(urlparse(entry.url).path)
+
+
+def backbone_table(archs: list[str] | None = None) -> list[dict]:
+    """One row per arch: kind, default layer (video: every layer, with dims and strides), weights file.
+
+    2D rows find their default layer by building the network on the meta device (no weights, no
+    compute); an arch whose builder cannot run there shows ``None`` (it is found when built).
+    """
     rows = []
-    for arch in SUPPORTED_BACKBONES:
-        table = _layer_table(arch)
-        layers = list(table)
-        rows.append(
-            {
-                "arch": arch,
-                "kind": "3d" if arch in _VIDEO else "2d",
-                "layers": layers,
-                "default": default_layer(arch),
-                "dim": {layer: table[layer].dim for layer in layers},
-                "stride": {layer: table[layer].stride for layer in layers},
-                "temporal_stride": {layer: table[layer].temporal_stride for layer in layers},
-                "weights": "PyTorchVideo model zoo" if arch in _PYTORCHVIDEO else "torchvision",
-                "available": video_models.available() if arch in _PYTORCHVIDEO else True,
-            }
-        )
+    for arch in supported_backbones() if archs is None else archs:
+        row: dict = {"arch": arch, "kind": "3d" if arch in _VIDEO else "2d", "weights": weights_file(arch)}
+        if arch in _VIDEO:
+            table = _layer_table(arch)
+            row.update(layers=list(table), default=_video_default(arch), specs=table)
+            row["source"] = "PyTorchVideo model zoo" if arch in _PYTORCHVIDEO else "torchvision"
+            row["available"] = video_models.available() if arch in _PYTORCHVIDEO else True
+        else:
+            row.update(layers=None, default=default_layer(arch), specs=None, source="torchvision", available=True)
+        rows.append(row)
     return rows
 
 
 def _truncate(model: nn.Module, arch: str, layer: str) -> nn.Sequential:
-    """The modules from the input up to and including ``layer`` (the rest is dropped to save memory)."""
+    """A video network's modules from the input up to and including ``layer`` (the rest is dropped)."""
     if arch == "s3d":
         return nn.Sequential(*list(cast(nn.Module, model.features).children())[: _S3D_END[layer]])
     last = int(layer[-1])
-    names = ["conv1", "bn1", "relu", "maxpool"] if arch not in _VIDEO_RESNETS else ["stem"]
-    names += [f"layer{i}" for i in range(1, last + 1)]
+    names = ["stem", *(f"layer{i}" for i in range(1, last + 1))]
     return nn.Sequential(*(cast(nn.Module, getattr(model, name)) for name in names))
+
+
+class LayerOutput(nn.Module):
+    """A ``create_feature_extractor`` graph that returns its one node's map instead of a dict."""
+
+    def __init__(self, extractor: nn.Module):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.extractor(images)["map"]
+
+
+def _graph_names(model: nn.Module) -> list[str]:
+    """The eval-mode nodes of the traced network and the modules that hold them (``layer4``, ``layer4.2``...)."""
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "eval nodes are a subsequence of train nodes"
+        _, nodes = get_graph_node_names(model.eval())
+    modules = {name for name, _ in model.named_modules() if name}
+    return list(dict.fromkeys([*nodes, *(name for name in modules if any(n.startswith(name + ".") for n in nodes))]))
+
+
+def _check_layer(arch: str, layer: str, names: list[str]) -> None:
+    if layer not in names:
+        close = difflib.get_close_matches(layer, names, n=4, cutoff=0.6)
+        hint = f"close: {', '.join(close)}" if close else f"e.g. {', '.join(names[-6:])}"
+        raise UsageError(f"backbone {arch} has no layer {layer!r} ({hint})")
+
+
+def measure(network: nn.Module, size: int = MEASURE_SIZE) -> LayerSpec:
+    """Channels and spatial stride of a 2D network's output, from a forward pass on the meta device.
+
+    The network's parameters and buffers are stood in for by meta tensors of the same shapes
+    (``torch.func.functional_call``): shapes only, no compute, no copy of the weights.
+    """
+    tensors = {**dict(network.named_parameters()), **dict(network.named_buffers())}
+    meta = {name: torch.empty_like(tensor, device="meta") for name, tensor in tensors.items()}
+    with torch.no_grad():
+        out = torch.func.functional_call(network, meta, (torch.empty(1, 3, size, size, device="meta"),))
+    if out.ndim != 4:
+        raise UsageError(f"its output {tuple(out.shape)} is not a (C, h, w) feature map")
+    return LayerSpec(int(out.shape[1]), round(size / int(out.shape[-1])), 1)
+
+
+def _image_network(arch: str, layer: str | None, weights, seed: int) -> tuple[nn.Module, str, LayerSpec, str]:
+    """torchvision's ``arch`` cut at ``layer``: (network, layer, spec, weights fingerprint); checks before weights."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    builder = torchvision.models.get_model_builder(arch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GoogLeNet / Inception warn about their default initialisation
+        model = build_seeded(builder, seed, weights=None)
+    layer = layer or default_image_layer(model)
+    if layer not in dict(model.named_modules()):  # a module is a valid cut; any other name must be a traced node
+        _check_layer(arch, layer, _graph_names(model))
+    state, fingerprint = resolve_weights(arch, weights, default_weights_enum(arch), seed=seed)
+    if state is not None:
+        load_checked(model, state, f"{weights or 'default weights'} ({arch})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            network = LayerOutput(create_feature_extractor(model.eval(), return_nodes={layer: "map"}))
+        spec = measure(network)
+    except (UsageError, ValueError, RuntimeError) as exc:  # e.g. a module the eval graph never calls (an aux head)
+        raise UsageError(f"backbone {arch} layer {layer!r}: {str(exc).splitlines()[0]}") from None
+    return network, layer, spec, fingerprint
 
 
 class Backbone:
@@ -236,21 +361,31 @@ def build_backbone(
     device: str | torch.device = "cpu",
     amp: bool = False,
 ) -> Backbone:
-    """A frozen, eval-mode backbone cut at ``layer`` (default: the last stage); never downloads weights."""
-    table = _layer_table(arch)
-    layer = layer or default_layer(arch)
-    if layer not in table:
-        raise UsageError(f"backbone {arch} has no layer {layer!r}; choose one of {', '.join(table)}")
-    if arch in _PYTORCHVIDEO:
-        network, fingerprint = video_models.build_network(arch, layer, weights, seed)
-        mean, std = video_models.MEAN, video_models.STD
+    """A frozen, eval-mode backbone cut at ``layer`` (default: the last stage); never downloads weights.
+
+    An unknown arch or layer is a UsageError naming close ones, raised before any weights are read.
+    """
+    _check_arch(arch)
+    if arch in _VIDEO:
+        table = _layer_table(arch)
+        layer = layer or _video_default(arch)
+        if layer not in table:
+            raise UsageError(f"backbone {arch} has no layer {layer!r}; choose one of {', '.join(table)}")
+        spec = table[layer]
+        if arch in _PYTORCHVIDEO:
+            network, fingerprint = video_models.build_network(arch, layer, weights, seed)
+            mean, std = video_models.MEAN, video_models.STD
+        else:
+            default_enum = default_weights_enum(arch)
+            model, fingerprint = load_model(arch, weights, seed=seed, default_enum=default_enum)
+            network = _truncate(model, arch, layer)
+            preset = default_enum.transforms()  # normalisation the weights were trained with
+            mean, std = preset.mean, preset.std
     else:
-        default_enum = default_weights_enum(arch)
-        model, fingerprint = load_model(arch, weights, seed=seed, default_enum=default_enum)
-        network = _truncate(model, arch, layer)
-        preset = default_enum.transforms()  # normalisation the weights were trained with
+        network, layer, spec, fingerprint = _image_network(arch, layer, weights, seed)
+        preset = default_weights_enum(arch).transforms()
         mean, std = preset.mean, preset.std
     device = torch.device(device)
     network.eval().requires_grad_(False).to(device)
     weights_spec = "default" if weights is None else str(weights)
-    return Backbone(arch, layer, network, table[layer], weights_spec, fingerprint, mean, std, device, amp)
+    return Backbone(arch, layer, network, spec, weights_spec, fingerprint, mean, std, device, amp)
