@@ -236,3 +236,22 @@ def test_list_backbones(capsys, monkeypatch):
     assert "layer layer4" in lines["resnet50"] and "resnet50-11ad3fa6.pth (torchvision)" in lines["resnet50"]
     assert "layer features" in lines["mobilenet_v3_small"]  # the layer build_backbone takes by default
     assert "I3D_8x8_R50.pyth (PyTorchVideo model zoo)" in lines["i3d_r50"] and "not installed" not in lines["i3d_r50"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backbone", "resnet5O"], "error: unsupported backbone 'resnet5O' (close: resnet50"),
+        (
+            ["--backbone", "resnet18", "--layer", "layer5"],
+            "error: backbone resnet18 has no layer 'layer5' (close: layer4",
+        ),
+    ],
+)
+def test_unknown_backbone_or_layer_is_one_line_before_any_work(boxes_store, capsys, args, message):
+    out = boxes_store / "unknown.h5"
+    code, _, err = run_cli(
+        ["extract", "features", boxes(boxes_store, capsys, 8), "--out", out, *args, "--weights", "random"], capsys
+    )
+    assert code == 2 and err.startswith(message) and err.count("error:") == 1, err
+    assert not list(boxes_store.glob("unknown.h5*"))
