@@ -7,6 +7,11 @@ own code before the config is validated)::
     def cosine_loss(student, teacher, temperature):  # (B, C), (B, C), float -> (B,)
         ...
 
+The convention every registered loss keeps: its gradient's scale does not depend on the temperature, so
+``lambda2`` means the same at every ``T``. The built-ins multiply by ``T^2`` for that (Hinton's ``kd``; ``l2``
+and ``bce`` likewise, derivation in :mod:`hoitool.losses.functional`). How much of the gradient each
+term then carries is logged per epoch (:mod:`hoitool.losses.gradients`, ``grad_share_<term>``).
+
 Importing this package loads no torch (the functions import it when called).
 """
 

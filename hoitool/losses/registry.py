@@ -1,7 +1,8 @@
 """The registry of distillation losses, after torchvision's ``register_model`` / ``get_model`` / ``list_models``.
 
 A distillation loss maps ``(student logits (B, C), teacher logits (B, C), temperature)`` to one value
-per sample ``(B,)``. Registering one makes it a valid ``distill.loss`` (config, ``distill --loss``)
+per sample ``(B,)``, scaled so that its gradient does not fade with the temperature (the built-ins: times
+``T^2``), so ``lambda2`` means the same at every ``T``. Registering one makes it a valid ``distill.loss`` (config, ``distill --loss``)
 and usable by :class:`hoitool.losses.Objective`; nothing else needs to change. This module imports
 no torch, so ``--help`` and config validation can list the names cheaply.
 """
