@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import run_cli
+from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 from test_cad120_layout import write_cad120
 from test_prepare import write_cad120_root
 
-from hoitool.crossval import CrossvalRequest, check_fold, crossval
+from hoitool.crossval import CrossvalRequest, check_fold, crossval, summarize
 from hoitool.datasets.cad120 import prepare_cad120
 from hoitool.errors import HoitoolError, UsageError
 from hoitool.manifest import Manifest
@@ -36,11 +39,23 @@ TINY = ["--epochs", 2, "--batch-size", 4, "--workers", 0, "--device", "cpu"]
 TINY += ["--set", "model.hidden=16", "--set", "model.layers=1", "--set", "optim.lr=0.01"]
 
 
+def paint_activities(root: Path, seed: int = 0) -> None:
+    """Give the RGB frames something to learn: the fixture's frames encode only the frame number (the same in
+    every video), so each activity gets its own colour here, with per-video noise (the depth images stay)."""
+    rng = np.random.default_rng(seed)
+    colours = {"having_meal": (200, 40, 40), "taking_food": (40, 40, 200)}
+    for frame in sorted(root.glob("Subject*_rgbd_images/*/*/RGB_*.png")):
+        activity = frame.parent.parent.name
+        noise = rng.normal(0, 60, (480, 640, 3))
+        Image.fromarray(np.clip(np.array(colours[activity]) + noise, 0, 255).astype(np.uint8)).save(frame)
+
+
 @pytest.fixture(scope="module")
 def cad120_features(tmp_path_factory):
     """The release layout, one preparation (any fold: the store keeps every video) and one extraction."""
     base = tmp_path_factory.mktemp("crossval")
     root = write_cad120(base / "raw", frames=2, subjects=SUBJECTS)
+    paint_activities(root)
     prepare_cad120(root, base / "data", fold="Subject1", val=0.0)
     from hoitool.extract.boxes import extract_boxes
     from hoitool.extract.features import extract_features
@@ -147,3 +162,15 @@ def test_check_fold_refuses_a_test_subject_in_val(tmp_path):
     leaked.split = "test"
     with pytest.raises(UsageError, match="none of the train videos of fold Subject1"):
         check_fold(manifest, "Subject1", set(), tmp_path)
+
+
+def test_summary_is_mean_and_sample_std_across_folds():
+    folds = [
+        {"teacher": {"accuracy": a, "macro_f1": None}, "student": {"accuracy": 1 - a, "macro_f1": a / 2}}
+        for a in (0.5, 0.75, 1.0, 0.25)
+    ]
+    summary = summarize(folds)
+    assert summary["teacher"]["accuracy"]["mean"] == pytest.approx(0.625)
+    assert summary["teacher"]["accuracy"]["std"] == pytest.approx(statistics.stdev([0.5, 0.75, 1.0, 0.25]))
+    assert summary["student"]["macro_f1"]["std"] == pytest.approx(statistics.stdev([0.25, 0.375, 0.5, 0.125]))
+    assert summary["teacher"]["macro_f1"] == {"mean": summary["teacher"]["macro_f1"]["mean"], "std": None, "n": 0}
