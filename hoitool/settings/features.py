@@ -11,7 +11,11 @@ from hoitool.settings.base import Section
 
 class BackboneSettings(Section):
     arch: str = Field("resnet50", description="backbone (hoitool extract features --list-backbones)")
-    layer: str | None = Field(None, description="layer whose map RoIAlign reads; none: the backbone's last")
+    layer: str | None = Field(
+        None,
+        description="layer whose map RoIAlign reads (2D: any module or traced node, e.g. layer3, layer4.0.relu); "
+        "none: the last stage before pooling",
+    )
     weights: str | None = Field(
         None, description="weights file; none: torchvision's cache under TORCH_HOME; 'random' for tests"
     )
