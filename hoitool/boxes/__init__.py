@@ -1,1 +1,2 @@
-"""Box sources: RPN proposals, detector detections, dataset boxes, imported detector output."""
+"""Box sources (one registry, ``hoitool.boxes.registry``; one module each in ``hoitool.boxes.sources``: rpn, detector,
+dataset, import), the Faster R-CNN box models (``models``) and the boxes JSON-lines format (``jsonl``)."""
