@@ -372,6 +372,19 @@ def _link(source: Path, target: Path) -> bool:
         return True
 
 
+def raw_bytes(names: list[str], folder: Path) -> int:
+    """Uncompressed bytes of the videos in these segments, from their metadata."""
+    total = 0
+    for name in names:
+        meta = json.loads((folder / f"{Path(name).stem}.json").read_text())
+        total += row_bytes(meta["arrays"]) * len(meta["videos"]["id"])
+    return total
+
+
+def row_bytes(arrays: dict) -> int:
+    return sum(int(np.prod(info["shape"])) * np.dtype(info["dtype"]).itemsize for info in arrays.values())
+
+
 def finished_segments(folder: Path) -> list[str]:
     """Segments in ``folder`` whose ``.json`` exists (it is written last: the segment is complete)."""
     if not folder.is_dir():
@@ -451,6 +464,9 @@ class SegmentedBackend:
     def digests(self) -> dict[str, dict[str, str]]:
         """Per segment: video id -> digest (what the next index needs, without reading the segments again)."""
         return {name: dict(zip(videos["id"], videos["digest"], strict=True)) for name, videos in self.columns.items()}
+
+    def raw_bytes(self) -> int:
+        return sum(row_bytes(self.layout[name]) * len(self.columns[name]["id"]) for name in self.segments)
 
     def array_names(self, key: str) -> list[str]:
         name, _ = self.entries[key]

@@ -46,8 +46,10 @@ from hoitool.store.segments import (
     clean_orphans,
     commit,
     finished_segments,
+    is_segmented,
     items_of,
     next_seq,
+    raw_bytes,
     remove_path,
     remove_unfinished_segments,
     segment_ids,
@@ -56,7 +58,11 @@ from hoitool.store.segments import (
 )
 
 ATTRS_KEY = "__attrs__"
-CHECKPOINT_BYTES = 1 << 30  # staged parts (uncompressed) beyond this become a compressed segment during the run
+# Staged parts (uncompressed .npz) beyond max(64 MiB, 5% of the raw bytes already in segments) become one compressed
+# segment during the run: the disk a build needs stays near 1.1x the final store, and segments grow geometrically
+# (about 100 of them for SSv2), so files per video stay far below 0.01 (docs/cache-format.md, bench/store.py).
+CHECKPOINT_MIN_BYTES = 64 << 20
+CHECKPOINT_FRACTION = 0.05
 
 
 def sidecar(path: Path, name: str) -> Path:
@@ -84,8 +90,9 @@ class StagedStore:
         what = f"{kind} store" if what == "output" else what
         check_ours(self.path, kind, what)  # before anything is created: never touch what hoitool did not write
         self._lock = writer_lock(self.path)
-        self.checkpoint_bytes = CHECKPOINT_BYTES
+        self.checkpoint_bytes: int | None = None  # None: adaptive (above); a number: fixed (tests, benchmarks)
         self._pending_bytes = 0
+        self._segment_bytes = 0  # raw bytes in the store's and this run's segments (see _threshold)
         self._store = None  # the existing store, opened once (see _existing)
         try:
             clean_temporaries(self.path)
@@ -125,6 +132,14 @@ class StagedStore:
         for video_id in self.staged_ids() & in_segments:
             self._part(video_id).unlink()
         self._pending_bytes = sum(part.stat().st_size for part in self.parts.glob("*.npz"))
+        store = self._existing() if is_segmented(self.path) else None
+        self._segment_bytes = store.raw_bytes() if store else 0
+        self._segment_bytes += raw_bytes(finished_segments(self.parts), self.parts)
+
+    def _threshold(self) -> int:
+        if self.checkpoint_bytes is not None:
+            return self.checkpoint_bytes
+        return max(CHECKPOINT_MIN_BYTES, int(CHECKPOINT_FRACTION * self._segment_bytes))
 
     def discard(self) -> None:
         """Remove the store and its staged parts (``--force``; both were checked to be hoitool's own)."""
@@ -176,13 +191,13 @@ class StagedStore:
         with atomic_path(self._part(video_id)) as tmp:
             tmp.write_bytes(buffer.getvalue())
         self._pending_bytes += buffer.tell()
-        if self._pending_bytes >= self.checkpoint_bytes:
+        if self._pending_bytes >= self._threshold():
             self.checkpoint()
 
     def checkpoint(self) -> None:
         """Turn the staged parts into one compressed segment in ``<store>.parts/``, then drop those parts.
 
-        This bounds the disk a long run needs: uncompressed parts never exceed ``checkpoint_bytes``
+        This bounds the disk a long run needs: uncompressed parts never exceed ``_threshold()``
         (the store grows by compressed segments instead). The segment is complete before any
         part goes, and a part that is also in a finished segment is dropped at the next start.
         """
@@ -193,6 +208,7 @@ class StagedStore:
             write_segments(folder, backend_name(self.path), self.kind, items, next_seq(folder), len(ids))
             for video_id in ids:
                 self._part(video_id).unlink()
+            self._segment_bytes += self._pending_bytes
         self._pending_bytes = 0
 
     def fail(self, video_id: str, error: str) -> None:

@@ -18,6 +18,7 @@ from hoitool.store.schema import ARRAYS, OPTIONAL_ARRAYS
 from hoitool.store.segments import (
     SEGMENTS,
     clean_orphans,
+    finished_segments,
     fsync_tree,
     is_segmented,
     items_of,
@@ -25,6 +26,7 @@ from hoitool.store.segments import (
     next_seq,
     read_index,
     remove_path,
+    segment_ids,
     write_index,
     write_segments,
 )
@@ -43,21 +45,19 @@ def store_info(path: Path) -> dict:
     reader = open_store(path)
     shapes: dict[str, list] = {}
     dtypes: dict[str, str] = {}
-    raw_bytes = 0
-    unreadable = []
-    for video_id in reader.video_ids:
-        try:
-            arrays = reader.read_unchecked(video_id)
-        except Exception:  # cache verify names the problem; info only counts it
-            unreadable.append(video_id)
-            continue
-        for name, array in arrays.items():
-            shapes.setdefault(name, [])
-            shape = list(array.shape)
-            if shape not in shapes[name]:
-                shapes[name].append(shape)
-            dtypes[name] = str(array.dtype)
-            raw_bytes += array.nbytes
+    if is_segmented(path):  # from the segments' metadata: O(segments), not a read of every video
+        raw_bytes, unreadable = _segment_summary(reader._open(), shapes, dtypes)
+    else:
+        raw_bytes, unreadable = 0, []
+        for video_id in reader.video_ids:
+            try:
+                arrays = reader.read_unchecked(video_id)
+            except Exception:  # cache verify names the problem; info only counts it
+                unreadable.append(video_id)
+                continue
+            for name, array in arrays.items():
+                _note_shape(shapes, dtypes, name, list(array.shape), str(array.dtype))
+                raw_bytes += array.nbytes
     parts = Path(path).with_name(Path(path).name + ".parts")
     on_disk = disk_bytes(path)
     segments = read_index(path)["segments"] if is_segmented(path) else []
@@ -72,7 +72,7 @@ def store_info(path: Path) -> dict:
         "videos_unreadable": unreadable,
         "failed": reader.attrs.get("failed", []),
         "partial": reader.partial,
-        "unfinished_parts": len(list(parts.glob("*.npz"))) if parts.exists() else 0,
+        "unfinished_parts": _unfinished(parts),
         "shapes": {name: value[:3] for name, value in shapes.items()},
         "dtypes": dtypes,
         "bytes_on_disk": on_disk,
@@ -89,6 +89,40 @@ def store_info(path: Path) -> dict:
             if key in reader.attrs
         },
     }
+
+
+def _note_shape(shapes: dict, dtypes: dict, name: str, shape: list, dtype: str) -> None:
+    shapes.setdefault(name, [])
+    if shape not in shapes[name]:
+        shapes[name].append(shape)
+    dtypes[name] = dtype
+
+
+def _segment_summary(backend, shapes: dict, dtypes: dict) -> tuple[int, list[str]]:
+    """Raw bytes and shapes from the segments' metadata; a segment that does not open, or lacks an
+    array, makes its videos unreadable (a deleted Zarr shard reads as zeros: only ``cache verify`` sees it)."""
+    raw_bytes, unreadable = 0, []
+    for name in backend.segments:
+        ids = backend.columns[name]["id"]
+        try:
+            present = set(backend._segment(name).names())
+        except Exception:
+            present = set()
+        if not set(backend.layout[name]) <= present:
+            unreadable.extend(ids)
+        for array, info in backend.layout[name].items():
+            dtype = np.dtype(info["dtype"])
+            _note_shape(shapes, dtypes, array, list(info["shape"]), str(dtype))
+            raw_bytes += int(np.prod(info["shape"])) * dtype.itemsize * len(ids)
+    return raw_bytes, sorted(unreadable)
+
+
+def _unfinished(parts: Path) -> int:
+    """Videos staged by a run that has not committed yet (parts and checkpoint segments)."""
+    if not parts.exists():
+        return 0
+    staged = sum(len(segment_ids(parts, name)) for name in finished_segments(parts))
+    return len(list(parts.glob("*.npz"))) + staged
 
 
 def verify_store(path: Path) -> list[str]:
