@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from hoitool.eval.report import build_rows, run_label
+from hoitool.eval.report import AT_CHANCE_MARK, build_rows, check_run, run_label
 from hoitool.runs import write_outputs
 
 STUDENT = {
@@ -104,7 +104,7 @@ def test_report_aggregates_seeds_and_evaluates_missing_runs(tmp_path, capsys):
     assert table[2]["std"] == "" and table[0]["seeds"] == "0;1;2" and table[0]["metric"] == "accuracy"
     markdown = (tmp_path / "report" / "report.md").read_text()
     cell = f"{100 * np.mean(accuracy):.2f} ± {100 * np.std(accuracy, ddof=1):.2f}"
-    assert f"| toy | baseline | 3 | {cell} |" in markdown and "Accuracy (%)" in markdown
+    assert f"| toy | baseline | 3 | {cell}" in markdown and "Accuracy (%)" in markdown  # (+ a mark if at chance)
     assert "| toy | baseline | 3 |" in out  # the table is printed too
 
 
@@ -147,3 +147,59 @@ def test_report_usage_errors(tmp_path, capsys):
     ]:
         code, _, err = invoke(capsys, *argv)
         assert code == 2 and message in err, (argv, err)
+
+
+def make_guard_run(path: Path, seed: int, test_right: int, train_right: int, best_epoch: int, **info) -> Path:
+    """By hand: 36 test and 36 train videos of 4 balanced classes (one view); the first ``*_right`` videos
+    of a split get their own class's logit highest, the rest the next class's."""
+    path.mkdir(parents=True, exist_ok=True)
+    labels = np.tile(np.arange(4), 9)
+    ids, split, logits, targets = [], [], [], []
+    for name, right in (("test", test_right), ("train", train_right)):
+        predicted = np.where(np.arange(36) < right, labels, (labels + 1) % 4)
+        ids += [f"{name}{i}" for i in range(36)]
+        split += [name] * 36
+        logits.append(np.eye(4, dtype=np.float32)[predicted] * 3)
+        targets.append(np.eye(4, dtype=np.float32)[labels])
+    record = {"kind": "teacher", "view": "global", "seed": seed, "multilabel": False, "classes": list("abcd")}
+    (path / "run.json").write_text(json.dumps(dict(record, dataset="toy", features="f.h5", distill=None, **info)))
+    provenance = {"checkpoint": {"path": "checkpoints/best.pt", "epoch": best_epoch}}
+    write_outputs(path, ids, np.zeros(72, int), split, np.concatenate(logits), np.concatenate(targets), provenance)
+    return path
+
+
+def test_a_run_stuck_at_chance_is_marked_and_named_with_train_accuracy_and_best_epoch(tmp_path, capsys):
+    """Chance is 1/4. Learned: 30/36 right on test and train. Stuck on test: 9/36 (= chance). Stuck in training:
+    train 9/36 while test is 30/36. Each run's train accuracy and best epoch stand beside its test score."""
+    learned = make_guard_run(tmp_path / "g0", 0, 30, 30, best_epoch=12)
+    stuck = make_guard_run(tmp_path / "g1", 1, 9, 30, best_epoch=1)
+    untrained = make_guard_run(tmp_path / "b0", 0, 30, 9, best_epoch=3, view="baseline")
+    code, out, err = invoke(capsys, "report", learned, stuck, untrained, "--out", tmp_path / "report")
+    assert code == 0, err
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert f"| toy | global | 2 | 54.17 ± 41.25 {AT_CHANCE_MARK}1 |" in markdown  # (30/36 + 9/36) / 2
+    assert f"| toy | baseline | 1 | 83.33 {AT_CHANCE_MARK}1 |" in markdown
+    assert (
+        f"{AT_CHANCE_MARK} global: {stuck} is at chance (chance within the interval of its test accuracy)" in markdown
+    )
+    assert f"{AT_CHANCE_MARK} baseline: {untrained} is at chance (train accuracy at chance)" in markdown
+    assert f"{learned} is at chance" not in markdown
+    runs = [line for line in markdown.splitlines() if line.startswith("| global |") or line.startswith("| baseline |")]
+    assert runs[0].startswith("| global | 0 | 83.3 [") and runs[0].endswith(f"| 83.3 | 12 |  | {learned} |")
+    assert runs[1].startswith("| global | 1 | 25.0 [") and runs[1].endswith(
+        f"| 83.3 | 1 | {AT_CHANCE_MARK} | {stuck} |"
+    )
+    assert runs[2].endswith(f"| 25.0 | 3 | {AT_CHANCE_MARK} | {untrained} |")
+    with open(tmp_path / "report" / "report.csv", newline="") as handle:
+        table = {row["method"]: row for row in csv.DictReader(handle)}
+    assert table["global"]["runs_at_chance"] == "1" and float(table["global"]["train_accuracy_mean"]) == 30 / 36
+    assert "is at chance" in out  # printed too
+
+
+def test_check_run_by_hand(tmp_path):
+    run = make_guard_run(tmp_path / "r", 0, 18, 36, best_epoch=5)
+    record = {"task": "single-label", "fusion": {"views": "max"}, "provenance": {"checkpoint": {"epoch": 5}}}
+    check = check_run(run, "test", record)
+    assert check.best_epoch == 5 and check.chance == 0.25 and check.train_accuracy == 1.0
+    assert check.test.mean == 0.5 and check.test.low > 0.25 and not check.stuck  # 18/36: interval about ±0.16
+    assert check_run(run, "test", dict(record, task="multi-label")).test is None  # no chance test for mAP
