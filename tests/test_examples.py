@@ -121,10 +121,11 @@ def hoitool_path(tmp_path_factory):
         server.wait()
 
 
-def run_script(script: Path, path: str, env: dict, cwd: Path) -> str:
-    """Run a recipe under bash as a user would (environment variables only); its output, or the failure."""
+def run_script(script: Path, path: str, env: dict, cwd: Path, *args) -> str:
+    """Run a recipe under bash as a user would (its arguments, environment variables); its output, or the failure."""
     environment = {**os.environ, "PATH": path, "COLUMNS": "200", **{k: str(v) for k, v in env.items()}}
-    result = subprocess.run(["bash", str(script)], env=environment, cwd=cwd, capture_output=True, text=True)
+    command = ["bash", str(script), *map(str, args)]
+    result = subprocess.run(command, env=environment, cwd=cwd, capture_output=True, text=True)
     assert result.returncode == 0, f"{script.name} exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -228,3 +229,23 @@ def test_recipes_run_unchanged_on_tiny_data(hoitool_path, tmp_path):
     assert "mAP (official Charades)" in output
     metrics = json.loads((charades / "runs" / "local-teacher" / "eval" / "metrics_test.json").read_text())
     assert metrics["counts"]["videos"] == 2 and metrics["metrics"]["map_official"] is not None
+
+
+@pytest.mark.slow
+def test_synthetic_pipeline_and_sweep_run_unchanged(hoitool_path, tmp_path):
+    """examples/pipeline.sh (the demo's stages for one seed), then examples/sweep.sh on its global teacher."""
+    out = tmp_path / "synthetic"
+    env = {
+        "PREPARE_ARGS": "--videos-per-class 2 --frames 8 --size 64",
+        "BOXES_ARGS": "--frames 4",
+        "FEATURES_ARGS": "--set crop_size=32 --set short_side=64 --workers 0 --device cpu",
+        "TRAIN_ARGS": TINY_TRAIN,
+    }
+    output = run_script(EXAMPLES / "pipeline.sh", hoitool_path, env, tmp_path, out)
+    assert (out / "report" / "report.md").is_file() and "DML (local)" in (out / "report" / "report.md").read_text()
+    env = {"TS": "4", "LAMBDAS": "0.5", "SEEDS": "0", "TRAIN_ARGS": TINY_TRAIN}
+    args = (out / "features.zarr", out / "runs" / "global", "local", tmp_path / "sweep", "demo")
+    run_script(EXAMPLES / "sweep.sh", hoitool_path, env, tmp_path, *args)
+    run = json.loads((tmp_path / "sweep" / "T4-l0.5" / "seed0" / "run.json").read_text())
+    assert run["distill"]["T"] == 4.0 and run["distill"]["lambda2"] == 0.5 and run["distill"]["lambda1"] == 0.5
+    assert "accuracy" in output
