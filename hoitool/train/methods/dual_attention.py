@@ -239,10 +239,12 @@ def attention_maps(
             f"{run_dir}: a {record.get('name')} run; attention maps are drawn for --method dual_attention runs"
         )
     config = saved_config(run_dir)
+    if config is None:
+        raise UsageError(f"{run_dir}: has no saved config (config.resolved.yaml); is it a finished run?")
     reader = open_store(info["features"])
     if reader.fingerprint != info["features_fingerprint"]:
         raise StaleArtifactError(f"{info['features']}: the features store changed since {run_dir} was trained")
-    manifest = Manifest.load((config or {}).get("data", {}).get("manifest") or reader.manifest_path)
+    manifest = Manifest.load(config["data"]["manifest"] or reader.manifest_path)
     entries = manifest.by_id()
     missing = [video for video in video_ids if video not in entries or video not in set(reader.video_ids)]
     if missing:
