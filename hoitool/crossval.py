@@ -134,7 +134,9 @@ def check_fold(manifest: Manifest, subject: str, store_ids: set[str], where: Pat
         videos = manifest.split(split)
         groups = {video.group for video in videos}
         if split == "test" and groups != {subject}:
-            raise HoitoolError(f"{where}: test split holds subjects {sorted(groups)}, expected only {subject}")
+            raise HoitoolError(
+                f"{where}: test split holds subjects {sorted(map(str, groups))}, expected only {subject}"
+            )
         if split != "test" and subject in groups:
             raise HoitoolError(f"{where}: {split} split holds videos of the test subject {subject}")
         missing = [video.id for video in videos if video.id not in store_ids]

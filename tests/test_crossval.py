@@ -160,6 +160,11 @@ def test_check_fold_refuses_a_test_subject_in_val(tmp_path):
     with pytest.raises(HoitoolError, match="val split holds videos of the test subject Subject1"):
         check_fold(manifest, "Subject1", ids, tmp_path)
     leaked.split = "test"
+    other = next(video for video in manifest.videos if video.group == "Subject3")
+    other.split = "test"
+    with pytest.raises(HoitoolError, match=r"test split holds subjects \['Subject1', 'Subject3'\]"):
+        check_fold(manifest, "Subject1", ids, tmp_path)
+    other.split = "train"
     with pytest.raises(UsageError, match="none of the train videos of fold Subject1"):
         check_fold(manifest, "Subject1", set(), tmp_path)
 
