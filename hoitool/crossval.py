@@ -7,6 +7,7 @@ gets its own prepared manifest (``prepare cad120 --fold SubjectN``: that subject
 
     OUT/.hoitool-crossval.json     hoitool's marker (written first)
     OUT/<SubjectN>/data/           the fold's prepared manifest
+    OUT/<SubjectN>/fold.json       the digest of that manifest (its runs are trained on these splits)
     OUT/<SubjectN>/teacher/        train-teacher run (its eval/ inside)
     OUT/<SubjectN>/student/        distill run from that teacher (its eval/ inside)
     OUT/crossval.json, .csv        per-fold accuracy and macro-F1, mean ± std across folds
@@ -34,6 +35,7 @@ from hoitool.errors import HoitoolError, UsageError
 from hoitool.eval.evaluate import metrics_for_run
 from hoitool.eval.report import mean_std
 from hoitool.io.atomic import write_json, write_text
+from hoitool.io.digest import file_sha256
 from hoitool.manifest import Manifest
 from hoitool.settings import resolved
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
@@ -45,6 +47,7 @@ MARKER = ".hoitool-crossval.json"
 FORMAT = "hoitool.crossval/1"
 RESULTS_JSON = "crossval.json"
 RESULTS_CSV = "crossval.csv"
+FOLD_RECORD = "fold.json"  # per fold: the digest of the manifest its runs are trained on
 MODELS = ("teacher", "student")
 METRICS = ("accuracy", "macro_f1")
 VIEWS = ("global", "local", "baseline")
@@ -158,7 +161,26 @@ def prepare_folds(request: CrossvalRequest, folds: list[str], store_ids: set[str
         config = {"root": str(Path(request.root).absolute()), "fold": subject, "val": request.val, "seed": request.seed}
         manifest = prepare_dataset("cad120", data, config, force=request.force)
         prepared[subject] = (data / "manifest.json", check_fold(manifest, subject, store_ids, data))
+    for subject, (manifest_path, _) in prepared.items():
+        pin_splits(request.out / subject, manifest_path)
     return prepared
+
+
+def pin_splits(fold_dir: Path, manifest_path: Path) -> None:
+    """Record the fold's manifest digest once; refuse a fold whose manifest changed under its runs.
+
+    ``data.manifest`` is a runtime key (not part of a run's identity), so a finished
+    run would otherwise be reused as it is after ``--force`` re-prepared other splits.
+    """
+    record = fold_dir / FOLD_RECORD
+    digest = file_sha256(manifest_path)
+    if not record.is_file():
+        write_json(record, {"manifest": str(manifest_path.absolute()), "manifest_sha256": digest})
+    elif json.loads(record.read_text(encoding="utf-8")).get("manifest_sha256") != digest:
+        raise UsageError(
+            f"{fold_dir}: the fold's splits changed since its runs were trained (another --val or --split-seed); "
+            "its finished runs would be reused as they are: choose a new --out"
+        )
 
 
 def run_fold(request: CrossvalRequest, subject: str, manifest: Path, configs: tuple[dict, dict]) -> dict:

@@ -127,6 +127,10 @@ def test_four_folds_are_trained_scored_and_summarised(cad120_features, capsys, m
     # Another training config on the same folds is refused by the runs' own rule, naming the key.
     code, _, err = run_cli([*argv, "--epochs", 3], capsys)
     assert code == 2 and "train.epochs" in err
+    # Other splits with --force: prepare redoes them, but the finished runs are not silently reused on them.
+    code, _, err = run_cli([*argv[: -len(TINY) - 2], "--val", 0.7, *TINY, "--force"], capsys)
+    assert code == 2 and "splits changed since its runs were trained" in err
+    assert json.loads((out / "crossval.json").read_text())["val"] == 0.4  # the results stay those of their splits
 
 
 def test_refusals_before_any_work(tmp_path):
