@@ -69,6 +69,40 @@ def test_training_from_a_multi_view_store_sees_every_view(tmp_path, monkeypatch)
     assert sum(len(seen) for seen in per_video.values()) > 8  # not one fixed view per video
 
 
+def test_the_student_distills_from_the_teachers_logits_of_the_view_it_sees(tmp_path, monkeypatch):
+    from hoitool.runs import load_run
+    from hoitool.train.fit import Fitting
+
+    features = make_features(tmp_path, views=3)
+    train(request(features, tmp_path / "teacher", train__epochs=1, model__hidden=8))
+    teacher = load_run(tmp_path / "teacher")
+    by_view = {
+        (str(video), int(view)): teacher.logits[row]
+        for row, (video, view, split) in enumerate(
+            zip(teacher.video_ids, teacher.view_index, teacher.split, strict=True)
+        )
+        if split == "train"
+    }
+    recorded = []
+    original = Fitting._distill_target
+
+    def recording(self, position, logits, batch):
+        target = original(self, position, logits, batch)
+        recorded.append((batch["index"].tolist(), batch["view"].tolist(), target.detach().clone()))
+        return target
+
+    monkeypatch.setattr(Fitting, "_distill_target", recording)
+    student = tmp_path / "student"
+    train(request(features, student, kind="student", view="local", teacher=tmp_path / "teacher", train__epochs=2))
+    train_ids = split_videos(Manifest.load(tmp_path / "manifest.json"), open_store(features).video_ids, "train")
+    views_used = set()
+    for positions, views, targets in recorded:
+        for row, (position, view) in enumerate(zip(positions, views, strict=True)):
+            np.testing.assert_allclose(targets[row].numpy(), by_view[(train_ids.video_ids[position], view)], atol=1e-6)
+            views_used.add(view)
+    assert recorded and len(views_used) > 1  # random views, each distilled from its own teacher logits
+
+
 def test_mirror_boxes_by_hand():
     boxes = np.array([[[10.0, 5.0, 30.0, 25.0], [0.0, 0.0, 0.0, 0.0]]], dtype=np.float32)
     valid = np.array([[True, False]])
