@@ -67,6 +67,11 @@ def set_progress_factory(factory: ProgressFactory | None) -> None:
     _factory[0] = factory or log_progress
 
 
+def progress_factory() -> ProgressFactory:
+    """The installed progress factory (a caller that installs another for a while restores this one)."""
+    return _factory[0]
+
+
 def progress(description: str, total: int | None) -> AbstractContextManager[Progress]:
     """``with progress("features", n) as bar: bar.advance()``."""
     return _factory[0](description, total)

@@ -648,6 +648,7 @@ def build(config: SyntheticSettings, out: Path) -> Manifest:
         size=config.size,
         seed=config.seed,
         fps=float(config.fps),
+        class_set=config.class_set,
     )
 
 

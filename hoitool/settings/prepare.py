@@ -8,7 +8,7 @@ another way (``--from-frames/--from-videos``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -29,6 +29,9 @@ class SyntheticSettings(Section):
     size: int = Field(128, ge=32, description="frame side in pixels")
     seed: int = Field(0, description="seed of the rendered scenes and the split")
     fps: int = Field(8, ge=1, description="frame rate written into the rendered videos")
+    class_set: Literal["default", "sharp"] = Field(
+        "default", description="default: 6 classes (local, order); sharp: 9, with the 3 cross-frame classes"
+    )
 
 
 class CharadesSettings(Section):
