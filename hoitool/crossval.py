@@ -252,10 +252,10 @@ def crossval(request: CrossvalRequest) -> dict:
     if unknown or len(set(folds)) != len(folds):
         raise UsageError(f"--folds {','.join(folds)}: each once, from the subjects found ({', '.join(subjects)})")
     check_out(request.out)
-    reader = open_store(request.features)
-    if reader.kind != "features":
-        raise UsageError(f"{request.features}: is a {reader.kind} store, expected a features store")
-    store_ids = set(reader.video_ids)
+    with open_store(request.features) as reader:  # training opens its own reader
+        kind, store_ids, fingerprint = reader.kind, set(reader.video_ids), reader.fingerprint
+    if kind != "features":
+        raise UsageError(f"{request.features}: is a {kind} store, expected a features store")
     claim_out(request.out)
     prepared = prepare_folds(request, folds, store_ids)
     results = []
@@ -272,7 +272,7 @@ def crossval(request: CrossvalRequest) -> dict:
         "dataset": "cad120",
         "root": str(request.root.absolute()),
         "features": str(request.features.absolute()),
-        "features_fingerprint": reader.fingerprint,
+        "features_fingerprint": fingerprint,
         "teacher_view": request.teacher_view,
         "student_view": request.student_view,
         "preset": lookup(configs[1], "preset"),
