@@ -44,7 +44,6 @@ CHUNK_BYTES = (
     8 << 10
 )  # small arrays: several videos per chunk (a video's small arrays are not thousands of chunks, nor big to decode)
 SHARD_BYTES = 64 << 20  # Zarr: one file holds this much of an array (goal: well under 0.01 files per video)
-BLOCK_BYTES = 64 << 20  # HDF5: rows buffered before a write
 
 
 def is_segmented(path: Path) -> bool:
@@ -124,9 +123,8 @@ class SegmentWriter:
         for name, array in sorted(arrays.items()):
             row = max(1, array.nbytes)
             chunk = _rows(row, CHUNK_BYTES, self.expected)
-            block = chunk * max(
-                1, _rows(row, SHARD_BYTES if self.backend == "zarr" else BLOCK_BYTES, self.expected) // chunk
-            )
+            # HDF5 writes one chunk at a time; Zarr a whole shard (a partial shard would be rewritten)
+            block = chunk * max(1, _rows(row, SHARD_BYTES, self.expected) // chunk) if self.backend == "zarr" else chunk
             self.arrays[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "chunk": chunk, "block": block}
             self.buffers[name] = []
             self.written[name] = 0
@@ -137,7 +135,8 @@ class SegmentWriter:
         if not buffer:
             return
         start = self.written[name]
-        _write_rows(self.backend, self.handle, name, start, np.stack(buffer), self.arrays[name])
+        rows = buffer[0][None] if len(buffer) == 1 else np.stack(buffer)  # one row: a view, not a copy
+        _write_rows(self.backend, self.handle, name, start, rows, self.arrays[name])
         self.written[name] = start + len(buffer)
         self.buffers[name] = []
 
