@@ -53,8 +53,8 @@ def test_demo_runs_every_stage_and_prints_only_steps_and_tables(tmp_path):
     with open(out / "report" / "report.csv", newline="") as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert {"baseline", "global-context", "local-context", "DML (local)", "DML (global)"} <= set(rows)
-    assert {"global + time + geometry", "local + time + geometry"} <= set(rows)
+    assert {"global + time + geometry", "local + time + geometry", "dual_attention"} <= set(rows)
     assert (out / "report" / "attention-local.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "runs" / "seed0" / "dml" / "peer" / "outputs.npz").exists()
     again = subprocess.run(command, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stderr.count("already finished") == 9, again.stderr[-2000:]
+    assert again.returncode == 0 and again.stderr.count("already finished") == 10, again.stderr[-2000:]
