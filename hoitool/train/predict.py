@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ class Prediction(TrainingParts):
     """Writing a finished run's outputs, from ``best.pt`` on disk (so a resumed or re-run finish gives the same)."""
 
     @torch.no_grad()
-    def predict(self, member: Member) -> dict[str, np.ndarray]:
-        """Logits of the member's best weights for every video and view of every split."""
+    def predict(self, member: Member) -> dict[str, Any]:
+        """Logits of the member's best weights for every video and view of every split (``extra``: the method's arrays)."""
         best = load_checkpoint(runs.best_checkpoint(member.run_dir))
         model = self.method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
         model.load_state_dict(best["model"])
@@ -69,7 +69,7 @@ class Prediction(TrainingParts):
                     columns["split"].append(np.full(len(index), split))
                     columns["targets"].append(one_hot[index])
                     bar.advance()
-        arrays = {name: np.concatenate(parts) for name, parts in columns.items()}
+        arrays: dict[str, Any] = {name: np.concatenate(parts) for name, parts in columns.items()}
         arrays["extra"] = {name: np.concatenate(parts) for name, parts in extra.items()}
         return arrays
 

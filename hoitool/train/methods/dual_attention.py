@@ -92,8 +92,8 @@ class DualAttention(Method):
         self.multilabel = training.multilabel
         for videos in training.videos.values():
             videos.objects = object_targets(training.manifest, videos.video_ids, self.object_classes, slots)
-        labelled = (training.videos["train"].objects != -1).any(axis=1)
-        if not labelled.any():
+        train_objects = object_targets(training.manifest, training.videos["train"].video_ids, self.object_classes, 1)
+        if not (train_objects != -1).any():
             raise UsageError(f"{where}: no video of the train split has object labels (manifest 'objects')")
         if settings["regions"] == "cells":
             if not training.reader.attrs.get("frame_map_grid"):
@@ -276,7 +276,7 @@ def attention_maps(
             path,
             alpha,
             beta,
-            tuple(int(v) for v in arrays["frame_size"]),
+            (int(arrays["frame_size"][0]), int(arrays["frame_size"][1])),
             frames=frames,
             boxes=None if cells else arrays["boxes"][view],
             grid=(grid, grid) if grid else None,
