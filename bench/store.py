@@ -163,6 +163,12 @@ def real(args, root: Path, suffix: str) -> None:
     raw = sum(array.nbytes for array in next(items(["x0"], shape))[1].values()) * n
     report("staging (npz parts, background writer)", staging, n, raw)
     report("commit (one new segment + index)", committed, n, size)
+    if args.build_only:
+        print(
+            f"  store {size / 1e9:.2f} GB, peak disk {peak / size:.2f} x the store; {files(path) / n:.5f} files/video"
+        )
+        shutil.rmtree(path)
+        return
     print(
         f"  store {size / 1e9:.2f} GB ({raw / size:.2f}x compression), peak disk during the commit "
         f"{peak / 1e9:.2f} GB = {peak / size:.2f} x the store; {files(path) / n:.5f} files/video"
@@ -304,6 +310,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--throughput", action="store_true", help="also training throughput lazy vs RAM (bench/train_throughput.py)"
     )
+    parser.add_argument("--build-only", action="store_true", help="real: only staging, commit, peak disk, files")
     parser.add_argument("--checkpoint-mb", type=float, default=None, help="staged parts per checkpoint segment")
     args = parser.parse_args(argv)
     CHECKPOINT["bytes"] = int(args.checkpoint_mb * 2**20) if args.checkpoint_mb else None

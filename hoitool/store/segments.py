@@ -44,6 +44,7 @@ CHUNK_BYTES = (
     8 << 10
 )  # small arrays: several videos per chunk (a video's small arrays are not thousands of chunks, nor big to decode)
 SHARD_BYTES = 64 << 20  # Zarr: one file holds this much of an array (goal: well under 0.01 files per video)
+SHARD_CHUNKS = 1024  # ... and at most this many chunks: Zarr reads a shard's index (16 bytes a chunk) on every read
 
 
 def is_segmented(path: Path) -> bool:
@@ -124,7 +125,8 @@ class SegmentWriter:
             row = max(1, array.nbytes)
             chunk = _rows(row, CHUNK_BYTES, self.expected)
             # HDF5 writes one chunk at a time; Zarr a whole shard (a partial shard would be rewritten)
-            block = chunk * max(1, _rows(row, SHARD_BYTES, self.expected) // chunk) if self.backend == "zarr" else chunk
+            per_shard = min(SHARD_CHUNKS, max(1, _rows(row, SHARD_BYTES, self.expected) // chunk))
+            block = chunk * per_shard if self.backend == "zarr" else chunk
             self.arrays[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "chunk": chunk, "block": block}
             self.buffers[name] = []
             self.written[name] = 0
