@@ -342,3 +342,30 @@ def test_multilabel_actions_train_with_sigmoid_priors(tmp_path):
     train(request(features, tmp_path / "run", train__epochs=1, **TINY))
     run = load_run(tmp_path / "run")
     assert run.multilabel and run.extra["object_logits"].shape == (10, 2, 4)
+
+
+@pytest.mark.slow
+def test_cad120_fixture_from_the_cli_trains_on_its_object_types(tmp_path, capsys):
+    """The publisher's layout (test_cad120_layout's fixture): prepare, extract, train on actions + object types, eval."""
+    import json
+
+    from helpers import run_cli
+    from test_cad120_layout import write_cad120
+
+    root = write_cad120(tmp_path / "raw")
+    prepare = ["prepare", "cad120", "--out", tmp_path / "data", "--root", root, "--fold", "Subject1", "--val", "0.5"]
+    assert run_cli(prepare, capsys)[0] == 0
+    boxes = ["extract", "boxes", tmp_path / "data", "--out", tmp_path / "b.h5", "--source", "dataset", "--frames", 3]
+    assert run_cli([*boxes, "--top-k", "3", "--workers", "0"], capsys)[0] == 0
+    features = ["extract", "features", tmp_path / "b.h5", "--out", tmp_path / "f.h5", "--backbone", "resnet18"]
+    features += ["--weights", "random", "--device", "cpu", "--workers", "0", "--set", "short_side=64"]
+    assert run_cli(features, capsys)[0] == 0
+    run = tmp_path / "run"
+    argv = ["train-teacher", tmp_path / "f.h5", "--view", "global", "--out", run, *TINY_CLI, "--batch-size", "1"]
+    assert run_cli(argv, capsys)[0] == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["method"]["object_classes"] == ["cup", "bowl", "microwave", "plate"]  # in OBJECT_TYPES order
+    code, out, _ = run_cli(["eval", run, "--attention", "0510175411"], capsys)
+    metrics = json.loads((run / "eval" / "metrics_test.json").read_text())["metrics"]
+    assert code == 0 and "object top-1" in out and metrics["object_top1"] in (0.0, 0.5, 1.0)  # bowl, cup: 2 slots
+    assert (run / "eval" / "attention" / "0510175411.png").stat().st_size > 0
