@@ -32,12 +32,13 @@ def test_no_preset_turns_an_extension_on_for_every_view(name, distill):
         assert not all(enabled), f"preset {name} turns {extension} on for every view"
 
 
-TINY = ["--videos-per-class", "3", "--seeds", "1", "--device", "cpu", "--set", 'train.set=["train.epochs=2"]']
+TINY = ["--videos-per-class", "2", "--seeds", "1", "--device", "cpu", "--set", 'train.set=["train.epochs=2"]']
+TINY += ["--set", "data.frames=5", "--set", "data.size=32", "--set", "boxes.frames=5"]  # one frame per turn
 
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_prints_only_steps_and_tables(tmp_path):
-    """A tiny demo (27 rendered videos, 1 seed, 2 epochs): every stage leaves its artifact, per-epoch lines
+    """A tiny demo (18 rendered videos, 1 seed, 2 epochs): every stage leaves its artifact, per-epoch lines
     go to each run's train.log and not to the terminal, the report and the per-context tables are printed,
     one attention figure is written, and a second run resumes every stage. (The full demo's numbers are in
     the README; that relations help is measured by bench/synthetic.py, not asserted at this size.)"""
