@@ -111,7 +111,8 @@ class _RunLogHandler(logging.Handler):
 
     def __init__(self, run_dir: Path):
         super().__init__()
-        self.path, self.held = run_dir / "train.log", []
+        self.path = run_dir / "train.log"
+        self.held: list[str] = []
         self.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -199,7 +200,7 @@ def _train(kind: str, features: Path, run: DemoRun, config: dict, view: str, tea
         options.update({"distill.T": config["distill"]["T"], "distill.lambda1": 1 - generalized})
         options.update({"distill.lambda2": generalized, "distill.dml": kind == "dml"})
     teacher_view = None
-    if kind == "student":
+    if kind == "student" and teacher is not None:
         from hoitool.runs import read_run_info
 
         teacher_view = read_run_info(teacher)["view"]
@@ -248,8 +249,8 @@ def train_all(features: Path, runs_dir: Path, config: dict) -> list[DemoRun]:
                     f"demo: no demo recipe for method {method!r} (known: {', '.join(METHOD_RUNS) or 'none'})"
                 )
             kind, view, overrides = METHOD_RUNS[method]
-            teacher = base / "global" if kind == "student" else None
-            _train(kind, features, run(method, METHODS, method), config, view, teacher, overrides)
+            method_teacher = base / "global" if kind == "student" else None
+            _train(kind, features, run(method, METHODS, method), config, view, method_teacher, overrides)
     return done
 
 
@@ -301,11 +302,11 @@ def context_tables(runs: list[DemoRun], manifest: Manifest) -> str:
             lines += ["", f"Paired differences to {baseline[1]} (same seeds and test videos)", ""]
             lines += ["| difference | all | " + " | ".join(order) + " |", "|---|" + "---:|" * (len(order) + 1)]
             for key in pairs:
-                cells = [paired_difference(labels[key], labels[baseline]).text(signed=True)]
+                diffs = [paired_difference(labels[key], labels[baseline]).text(signed=True)]
                 for name in order:
                     mask = contexts == name
-                    cells.append(paired_difference(labels[key][:, mask], labels[baseline][:, mask]).text(signed=True))
-                lines.append(f"| {key[1]} - {baseline[1]} | " + " | ".join(cells) + " |")
+                    diffs.append(paired_difference(labels[key][:, mask], labels[baseline][:, mask]).text(signed=True))
+                lines.append(f"| {key[1]} - {baseline[1]} | " + " | ".join(diffs) + " |")
     return "\n".join(lines) + "\n"
 
 

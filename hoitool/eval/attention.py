@@ -28,7 +28,7 @@ def draw_box_weights(
     valid: np.ndarray,
     weights: np.ndarray,
     out: Path | str,
-    focus: list[tuple[int, int]] = (),
+    focus: list[tuple[int, int]] | tuple = (),
     title: str = "",
     frame_titles: list[str] | None = None,
 ) -> Path:
@@ -170,19 +170,20 @@ def run_attention(run_dir: Path | str, video_id: str, layer: int = -1, frame: in
     focus: list[tuple[int, int]] = []
     if info["view"] == "local":
         for t in range(frames):
-            who = np.flatnonzero(people[t])
-            if who.size:
-                focus.append((t, int(who[0])))
-                weights[t] = attention[t * slots + who[0], t * slots : (t + 1) * slots]
+            humans_here = np.flatnonzero(people[t])
+            if humans_here.size:
+                first = int(humans_here[0])
+                focus.append((t, first))
+                weights[t] = attention[t * slots + first, t * slots : (t + 1) * slots]
     else:
         shown = [t for t in range(frames) if people[t].any()]
         if frame is None:
             frame = shown[0] if shown else 0
         if not 0 <= frame < frames or not people[frame].any():
             raise UsageError(f"--frame {frame}: no human node in that sampled frame (frames with one: {shown})")
-        who = int(np.flatnonzero(people[frame])[0])
-        focus.append((frame, who))
-        weights = attention[frame * slots + who].reshape(frames, slots).astype(np.float32)
+        person = int(np.flatnonzero(people[frame])[0])
+        focus.append((frame, person))
+        weights = attention[frame * slots + person].reshape(frames, slots).astype(np.float32)
     classes = info["classes"]
     return AttentionView(
         video_id=video_id,

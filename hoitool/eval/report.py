@@ -273,10 +273,12 @@ def footnotes(rows: list[ReportRow]) -> list[str]:
     notes = []
     for row in rows:
         for check in row.stuck:
-            test = check.test
+            test, chance = check.test, check.chance
+            if test is None or chance is None:  # a stuck run always has both (check_run sets them first)
+                continue
             notes.append(
                 f"{AT_CHANCE_MARK} {row.method}: {check.run} is at chance ({check.stuck}): test "
-                f"{100 * test.mean:.1f}% [{100 * test.low:.1f}, {100 * test.high:.1f}], chance {100 * check.chance:.1f}%"
+                f"{100 * test.mean:.1f}% [{100 * test.low:.1f}, {100 * test.high:.1f}], chance {100 * chance:.1f}%"
                 + ("" if check.train_accuracy is None else f", train {100 * check.train_accuracy:.1f}%")
                 + "; it is counted in its row's mean."
             )
