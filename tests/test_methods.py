@@ -15,8 +15,10 @@ import torch
 from helpers import run_cli
 from test_train import request
 
+from hoitool import runs
 from hoitool.datasets.synthetic import COLOURS
 from hoitool.datasets.synthetic_features import generate_split
+from hoitool.errors import Interrupted, StaleArtifactError
 from hoitool.manifest import Manifest, VideoEntry
 from hoitool.nn.anticipation import LeadTime, observe_until, truncate_batch
 from hoitool.store import StagedStore, open_store
@@ -307,3 +309,51 @@ def test_label_at_t_reads_action_intervals_and_class_named_segments_only():
     named.extra = {"segments": [[0, 49, "reaching"]]}  # CAD-120: sub-activities, not the classes
     assert label_at_end(named, classes, multilabel=False) is None
     assert label_at_end(VideoEntry("x", "x.mp4", [1], "train"), classes, multilabel=False) is None
+
+
+def _stop_after_first_epoch(epoch, record):
+    if epoch == 1:
+        raise Interrupted("simulated SIGTERM")
+
+
+def test_cl_hoi_resume_refuses_a_changed_vlm_import_or_text_embeddings_unless_forced(synthetic, tmp_path, capsys):
+    root, _ = synthetic
+    vlm = tmp_path / "vlm.jsonl"
+    assert run_cli(["text", "simulate", root / "manifest.json", "--out", vlm], capsys)[0] == 0
+    out = tmp_path / "run"
+    settings = dict(TINY_LIB, method__name="cl_hoi", cl_hoi__vlm_import=str(vlm), cl_hoi__text_encoder="tiny:16")
+    with pytest.raises(Interrupted):
+        train(request(root / "features.h5", out, **settings), on_epoch_end=_stop_after_first_epoch)
+    recorded = torch.load(runs.last_checkpoint(out), weights_only=False)["method_upstream"]
+    assert set(recorded) == {
+        f"VLM import {vlm}",
+        "text encoder tiny:16",
+        f"text embeddings {out / 'text_embeddings.npz'}",
+    }
+    assert json.loads((out / "run.json").read_text())["method"]["fingerprints"][f"VLM import {vlm}"]
+    original = vlm.read_text()
+    vlm.write_text(original.replace("A person", "Someone", 1))  # the teacher's text changed since the start
+    with pytest.raises(StaleArtifactError, match=f"its VLM import {vlm} changed since it was made"):
+        train(request(root / "features.h5", out, resume=True, **settings))
+    vlm.write_text(original)
+    embeddings = out / "text_embeddings.npz"
+    embeddings.write_bytes(embeddings.read_bytes() + b"\0")  # the cache's own bytes changed
+    with pytest.raises(StaleArtifactError, match=f"its text embeddings {embeddings} changed since it was made"):
+        train(request(root / "features.h5", out, resume=True, **settings))
+    result = train(request(root / "features.h5", out, resume=True, force=True, **settings))  # rebuilt, continued
+    assert result.trained_epochs == 1
+
+
+def test_cl_hoi_label_free_refuses_class_names_of_the_same_text_before_any_work(synthetic, tmp_path, capsys):
+    root, classes = synthetic
+    manifest = Manifest.load(root / "manifest.json")
+    manifest.classes = [classes[0], classes[0].upper(), *classes[2:]]
+    manifest.save(tmp_path / "manifest.json")
+    vlm = tmp_path / "vlm.jsonl"
+    assert run_cli(["text", "simulate", root / "manifest.json", "--out", vlm], capsys)[0] == 0
+    out = tmp_path / "run"
+    args = ["--method", "cl_hoi", "--vlm-import", vlm, "--text-encoder", "tiny:16", "--label-free", *TINY]
+    args += ["--set", f"data.manifest={tmp_path / 'manifest.json'}"]
+    code, _, err = run_cli(["train-teacher", root / "features.h5", "--view", "global", "--out", out, *args], capsys)
+    assert code == 2 and f"the classes {classes[0]!r} and {classes[0].upper()!r} both read as the text" in err
+    assert not out.exists()

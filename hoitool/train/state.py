@@ -133,6 +133,7 @@ class RunState(TrainingParts):
         if self.request.kind == "student":
             teacher = state["teacher"] if state else teacher_fingerprint(self.teacher_dir)
             upstream[f"teacher outputs {self.teacher_dir}"] = teacher["outputs_sha256"]
+        upstream.update((state.get("method_upstream") or {}) if state else self.method.upstream())
         return upstream
 
     def _check_resume(self) -> dict:
@@ -174,6 +175,7 @@ class RunState(TrainingParts):
             "identity": self.identity,
             "features_fingerprint": self.reader.fingerprint,
             "teacher": self.teacher_record,
+            "method_upstream": self.method.upstream(),  # the method's own inputs (CL-HOI's text), compared on resume
         }
 
     def _restore(self, state: dict) -> None:

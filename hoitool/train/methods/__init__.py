@@ -24,6 +24,9 @@ The hooks, in the order a run calls them (``training`` is the :class:`hoitool.tr
 * ``check(training)`` -- end of the set-up checks, **before any file is written**: refuse a bad
   combination (one line, ``UsageError``) and read/verify the method's inputs (stale artifacts:
   ``StaleArtifactError``).
+* ``upstream()`` -> ``{name: fingerprint}`` of the method's own inputs (e.g. CL-HOI's VLM import, text
+  encoder and text embeddings), recorded in ``last.pt`` beside the features store's and compared on
+  resume by :mod:`hoitool.resume` (a change is a StaleArtifactError unless ``--force``); default none.
 * ``setup(training)`` -- the run directory is ours and locked: build what the method writes before
   training (e.g. a text-embeddings cache).
 * ``build_model(model_config, in_dim, num_classes)`` -- the model (default
@@ -84,6 +87,9 @@ class Method:
             section, name = key.split(".")
             if owner != self.name and (self.config.get(section) or {}).get(name) is not None:
                 raise UsageError(f"{key} is a setting of --method {owner}, but this run's method is {self.name}")
+
+    def upstream(self) -> dict[str, str]:
+        return {}
 
     def setup(self, training: Training) -> None:
         return None

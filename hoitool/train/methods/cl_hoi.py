@@ -7,8 +7,10 @@ that run). The inputs, all read and checked before any file is written:
   captions without triplets get the rule set's;
 * ``cl_hoi.text_encoder`` -- local text encoder (``tiny:32`` in tests); its embeddings of every caption,
   interaction, object, pair and class name are cached in ``cl_hoi.text_embeddings`` (default
-  ``RUN/text_embeddings.npz``), a fingerprinted artifact rebuilt when its inputs change and refused
-  when its bytes do (:mod:`hoitool.text.cache`);
+  ``RUN/text_embeddings.npz``), a fingerprinted artifact (:mod:`hoitool.text.cache`) a fresh run
+  builds (or reuses when current); the import's, encoder's and embeddings' digests are the run's
+  ``upstream()`` (``last.pt``, ``run.json``), so resuming after any of them changed is refused
+  (StaleArtifactError naming the file; ``--resume --force`` continues, rebuilding the embeddings);
 * the boxes store's ``is_person`` (``cl_hoi.boxes``, default the features store's upstream): which nodes
   are humans for the instance-level :class:`hoitool.nn.contrastive.PairHead`.
 
@@ -23,6 +25,8 @@ Outputs and ``eval`` are the classifier's, scored against the manifest's true la
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -30,6 +34,7 @@ import numpy as np
 
 from hoitool import log
 from hoitool.errors import StaleArtifactError, UsageError
+from hoitool.io.digest import file_sha256
 from hoitool.train.methods import Method, register_method
 
 if TYPE_CHECKING:
@@ -68,6 +73,26 @@ def person_masks(
     return np.stack(rows) if rows else np.zeros((0, views, 0, 0), bool)
 
 
+def short_digest(sha256: str) -> str:
+    """The first 16 hex digits of a sha256: enough to see a change, short enough for a one-line refusal."""
+    return sha256[:16]
+
+
+def same_text(classes: list[str]) -> None:
+    """Refuse class names that read as the same text (label-free training tells classes apart by their text)."""
+    from hoitool.text.cache import class_text
+
+    seen: dict[str, str] = {}
+    for name in classes:
+        text = class_text(name)
+        if text in seen:
+            raise UsageError(
+                f"label-free: the classes {seen[text]!r} and {name!r} both read as the text {text!r}; "
+                "rename one in the manifest"
+            )
+        seen[text] = name
+
+
 @register_method("cl_hoi")
 class ClHoi(Method):
     """CL-HOI's losses on hoitool's graph model (see the module docstring)."""
@@ -92,10 +117,19 @@ class ClHoi(Method):
         without = match_videos(self.texts, [video.id for video in training.manifest.videos], str(self.import_path))
         if without:
             log.info(f"{self.import_path}: no text for {len(without)} manifest video(s); they get no text supervision")
+        if settings["label_free"]:
+            same_text(training.manifest.classes)
         self.encoder = load_text_encoder(settings["text_encoder"])
         self.text_dim = int(np.asarray(self.encoder.encode(["a person"])).shape[-1])
         self.embeddings_path = Path(settings["text_embeddings"] or Path(training.out) / TEXT_EMBEDDINGS)
         check_ours(self.embeddings_path)  # a file hoitool did not write is refused before any work
+        self.fingerprints = {
+            f"VLM import {self.import_path}": short_digest(file_sha256(self.import_path)),
+            f"text encoder {settings['text_encoder']}": short_digest(
+                hashlib.sha256(json.dumps(self.encoder.identity(), sort_keys=True).encode()).hexdigest()
+            ),
+        }
+        self._note_embeddings()
         provenance = training.reader.provenance
         boxes = settings["boxes"] or (provenance.get("upstream") or {}).get("boxes_path")
         if not boxes:
@@ -129,6 +163,7 @@ class ClHoi(Method):
         log.info(
             f"{self.embeddings_path}: text embeddings {'reused' if built['reused'] else 'built'} ({built['count']} texts)"
         )
+        self._note_embeddings()
         bank = load_text_embeddings(self.embeddings_path, self.encoder.identity(), self.import_path, manifest_path)
         interactions, bank_rows = bank.of_kind("interaction")
         column = {text: i for i, text in enumerate(interactions)}
@@ -163,9 +198,7 @@ class ClHoi(Method):
         self.bank = tensor(bank_rows.astype(np.float32))
         self.persons_tensor = {split: tensor(mask) for split, mask in self.persons.items()}
         if settings["label_free"]:
-            names, classes = bank.of_kind("class")
-            if len(names) != training.manifest.num_classes:
-                raise UsageError("label-free: two class names read as the same text; rename one in the manifest")
+            _, classes = bank.of_kind("class")  # one row per class: same_text refused duplicates in check
             targets, labelled = label_free_targets(
                 tensor(pairs),
                 tensor(pair_valid),
@@ -188,6 +221,17 @@ class ClHoi(Method):
             t_interaction=settings["t_interaction"],
             t_sr=settings["t_sr"],
         )
+
+    def _note_embeddings(self) -> None:
+        """Record the text embeddings' bytes as they are now (none before a fresh run builds them)."""
+        key = f"text embeddings {self.embeddings_path}"
+        self.fingerprints.pop(key, None)
+        if self.embeddings_path.is_file():
+            self.fingerprints[key] = short_digest(file_sha256(self.embeddings_path))
+
+    def upstream(self) -> dict[str, str]:
+        """The VLM import, text encoder and text embeddings a run started from: a resume on changed ones is refused."""
+        return dict(getattr(self, "fingerprints", {}))
 
     @staticmethod
     def _agreement(targets, labelled, training: Training) -> float | None:
@@ -257,6 +301,8 @@ class ClHoi(Method):
         info = {"name": self.name, **self.config["cl_hoi"]}
         if hasattr(self, "embeddings_path"):
             info["text_embeddings"] = str(self.embeddings_path.resolve())
+        if hasattr(self, "fingerprints"):
+            info["fingerprints"] = self.upstream()  # as at the run's start (last.pt holds them per epoch)
         return info
 
     def label(self, kind: str, view: str, teacher_view: str | None) -> str:
