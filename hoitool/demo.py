@@ -3,8 +3,9 @@
 prepare (the sharp classes: local-relation, cross-frame and order; docs/synthetic-dataset.md) ->
 extract boxes -> extract features -> per seed: the paper's views (baseline, global and local teachers,
 global->local and local->global students, DML; Table 1), the same three views with hoitool's time
-and geometry encodings (Table 2, extensions, not the paper's), one row per extra method where asked
-(``methods``) -> eval -> the report (``hoitool report``'s table, with its at-chance guard) -> test
+and geometry encodings (Table 2, extensions, not the paper's), one row per extra method (``methods``:
+dual attention; anticipation, a student of the global teacher's node embeddings seeing the first half
+of each video; cl_hoi with a simulated text teacher, not a VLM) -> eval -> the report (``hoitool report``'s table, with its at-chance guard) -> test
 accuracy per context with bootstrap intervals -> one attention figure.
 
 Each stage is the library's own function, so re-running the demo resumes where it stopped. Each
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,26 +54,70 @@ DEMO_DEFAULTS = {
     # Table 2: hoitool's extensions, turned on for every view of that table only.
     "encodings": ["model.time_encoding=true", "model.geometry_encoding=true"],
     # Extra methods (issue 9), one row each: names of hoitool.train.methods with a demo recipe (METHOD_RUNS).
-    "methods": ["dual_attention"],
+    "methods": ["dual_attention", "anticipation", "cl_hoi"],
     # One torch thread: on a small shared CPU machine more threads mostly wait for each other.
     "runtime": {"device": "auto", "workers": 0, "threads": 1},
 }
 PAPER, EXTENSIONS, METHODS = "Table 1: the paper's configuration", "Table 2: + time and geometry encodings", "Methods"
-# The hook for issue 9's methods: name -> (stage kind, view, extra --set overrides) of the demo's run.
-# anticipation (a student on a teacher's saved embeddings) and cl_hoi (a VLM's text) need inputs the demo
-# does not make yet; they get a recipe here when it does.
-METHOD_RUNS: dict[str, tuple[str, str, list[str]]] = {
-    "dual_attention": (
+SIMULATED_TEXT = "vlm_simulated.jsonl"  # cl_hoi's teacher text: hoitool text simulate's, written beside the data
+
+
+def _simulated_text(out: Path) -> list[str]:
+    """cl_hoi's inputs: the simulated teacher's text of the demo's manifest (written once; a stand-in, not a VLM)."""
+    from hoitool.text.simulated import simulated_teacher
+    from hoitool.text.vlm_import import write_vlm_import
+
+    path = out / "data" / SIMULATED_TEXT
+    if not path.is_file():
+        write_vlm_import(simulated_teacher(Manifest.load(out / "data" / "manifest.json")), path)
+    return [f"cl_hoi.vlm_import={path.resolve()}"]
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """An extra method's demo run (issue 9): ``train-teacher`` or ``distill`` of the seed's global teacher.
+
+    ``label`` is its row in the tables; ``inputs(out)`` writes what the method reads and returns the
+    further ``--set`` overrides that name it.
+    """
+
+    kind: str
+    view: str
+    overrides: tuple[str, ...]
+    label: str
+    inputs: Callable[[Path], list[str]] | None = None
+
+
+LEAD_TIME = "50%"  # anticipation's student sees the first half of each video's frames
+# The hook for issue 9's methods: name -> its demo run. The global teacher of every seed writes its node
+# embeddings (train.embeddings), which the anticipation student distils from.
+METHOD_RUNS: dict[str, MethodRun] = {
+    "dual_attention": MethodRun(
         "teacher",
         "global",
-        [
+        (
             "method.name=dual_attention",
             "dual_attention.regions=nodes",
             *(f"dual_attention.{key}=64" for key in ("hidden", "prior_hidden", "attention_dim", "head_hidden")),
             "dual_attention.trn_max_order=4",
-        ],
+        ),
+        "dual_attention",
+    ),
+    "anticipation": MethodRun(
+        "student",
+        "global",
+        ("method.name=anticipation", f"anticipation.lead_time={LEAD_TIME}"),
+        f"anticipation τ={LEAD_TIME} (sees the first {LEAD_TIME} of frames; global-teacher -> global)",
+    ),
+    "cl_hoi": MethodRun(
+        "teacher",
+        "global",
+        ("method.name=cl_hoi", "cl_hoi.text_encoder=tiny:64"),
+        "cl_hoi, simulated text teacher, not a VLM (global)",
+        _simulated_text,
     ),
 }
+TEACHER_EMBEDDINGS = ["train.embeddings=true"]  # the global teacher's: anticipation's L_d reads them
 
 
 @dataclass
@@ -219,6 +265,13 @@ def _train(kind: str, features: Path, run: DemoRun, config: dict, view: str, tea
     _step(f"{kind} {run.label} seed {run.seed} -> {run.path} ({how}; best epoch {best.get('epoch')})")
 
 
+def check_methods(config: dict) -> None:
+    """Every asked method has a demo recipe (one line before any work otherwise)."""
+    for method in config["methods"]:
+        if method not in METHOD_RUNS:
+            raise UsageError(f"demo: no demo recipe for method {method!r} (known: {', '.join(METHOD_RUNS) or 'none'})")
+
+
 def train_all(features: Path, runs_dir: Path, config: dict) -> list[DemoRun]:
     """Every run of every seed: Table 1 (the paper's views), Table 2 (encodings), then the extra methods."""
     done: list[DemoRun] = []
@@ -230,9 +283,9 @@ def train_all(features: Path, runs_dir: Path, config: dict) -> list[DemoRun]:
             return done[-1]
 
         for view in ("baseline", "global", "local"):
-            _train(
-                "teacher", features, run(view, PAPER, f"{view}-context" if view != "baseline" else view), config, view
-            )
+            label = f"{view}-context" if view != "baseline" else view
+            extra = TEACHER_EMBEDDINGS if view == "global" else []
+            _train("teacher", features, run(view, PAPER, label), config, view, None, extra)
         for teacher, student in (("global", "local"), ("local", "global")):
             target = run(f"{teacher}-to-{student}", PAPER, f"{teacher}-teacher -> {student}")
             _train("student", features, target, config, student, teacher=base / teacher)
@@ -243,14 +296,13 @@ def train_all(features: Path, runs_dir: Path, config: dict) -> list[DemoRun]:
             _train(
                 "teacher", features, run(f"{view}-encoded", EXTENSIONS, label), config, view, None, config["encodings"]
             )
+        check_methods(config)
         for method in config["methods"]:
-            if method not in METHOD_RUNS:
-                raise UsageError(
-                    f"demo: no demo recipe for method {method!r} (known: {', '.join(METHOD_RUNS) or 'none'})"
-                )
-            kind, view, overrides = METHOD_RUNS[method]
-            method_teacher = base / "global" if kind == "student" else None
-            _train(kind, features, run(method, METHODS, method), config, view, method_teacher, overrides)
+            recipe = METHOD_RUNS[method]
+            overrides = [*recipe.overrides, *(recipe.inputs(runs_dir.parent) if recipe.inputs else [])]
+            method_teacher = base / "global" if recipe.kind == "student" else None
+            target = run(method, METHODS, recipe.label)
+            _train(recipe.kind, features, target, config, recipe.view, method_teacher, overrides)
     return done
 
 
@@ -356,6 +408,7 @@ def run_demo(out: Path | str, config: dict) -> DemoResult:
 
 
 def _run(out: Path, config: dict, start: float) -> DemoResult:
+    check_methods(config)
     features = prepare_inputs(out, config)
     runs = train_all(features, out / "runs", config)
     _step(f"{len(runs)} runs trained in {time.monotonic() - start:.0f} s so far; evaluating")

@@ -5,11 +5,13 @@ report) over 3 seeds. Whether distillation helps is reported by the demo, not as
 """
 
 import csv
+import json
 import subprocess
 import sys
 
 import pytest
 
+from hoitool.demo import METHOD_RUNS
 from hoitool.nn.models import VIEWS
 from hoitool.train.presets import PRESETS, apply_preset, training_defaults
 
@@ -55,7 +57,16 @@ def test_demo_runs_every_stage_and_prints_only_steps_and_tables(tmp_path):
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert {"baseline", "global-context", "local-context", "DML (local)", "DML (global)"} <= set(rows)
     assert {"global + time + geometry", "local + time + geometry", "dual_attention"} <= set(rows)
+    # issue 9's other methods, one row each: labelled with the lead time / as a simulated text teacher
+    assert {METHOD_RUNS["anticipation"].label, METHOD_RUNS["cl_hoi"].label} <= set(rows)
+    assert "τ=50%" in METHOD_RUNS["anticipation"].label and "simulated text teacher" in METHOD_RUNS["cl_hoi"].label
+    seed0 = out / "runs" / "seed0"
+    anticipation = json.loads((seed0 / "anticipation" / "run.json").read_text())
+    assert anticipation["method"]["lead_time"] == "50%" and anticipation["teacher"] == str((seed0 / "global").resolve())
+    assert (seed0 / "global" / "embeddings.npz").is_file()  # the global teacher saved its node embeddings
+    cl_hoi = json.loads((seed0 / "cl_hoi" / "run.json").read_text())["method"]
+    assert cl_hoi["vlm_import"] == str((out / "data" / "vlm_simulated.jsonl").resolve())
     assert (out / "report" / "attention-local.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "runs" / "seed0" / "dml" / "peer" / "outputs.npz").exists()
     again = subprocess.run(command, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stderr.count("already finished") == 10, again.stderr[-2000:]
+    assert again.returncode == 0 and again.stderr.count("already finished") == 12, again.stderr[-2000:]
