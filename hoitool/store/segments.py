@@ -43,7 +43,9 @@ CODECS = {
 CHUNK_BYTES = (
     8 << 10
 )  # small arrays: several videos per chunk (a video's small arrays are not thousands of chunks, nor big to decode)
-SHARD_BYTES = 64 << 20  # Zarr: one file holds this much of an array (goal: well under 0.01 files per video)
+# Zarr: one file holds up to this much of an array (the writer buffers one shard per array). 256 MiB: at SSv2 scale
+# (110 GB raw, ~110 segments) the nodes' shards add 0.002 files per video to the ~0.007 of the segments' other files.
+SHARD_BYTES = 256 << 20
 SHARD_CHUNKS = 1024  # ... and at most this many chunks: Zarr reads a shard's index (16 bytes a chunk) on every read
 
 
