@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -209,21 +210,32 @@ def test_config_naming_a_folder_is_one_line(features, dataset, tmp_path, command
 
 
 # -- damaged inputs ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def _damaged_copy(features: Path, tmp_path: Path, damage: str) -> Path:
+    """A copy of the features store with its HDF5 segment replaced by garbage or cut in half (or, for
+    ``garbage-file``, a file of garbage where a store is expected, as a damaged old single-file store)."""
+    broken = tmp_path / "broken.h5"
+    if damage == "garbage-file":
+        broken.write_bytes(os.urandom(4096))
+        return broken
+    shutil.copytree(features, broken)
+    segment = sorted((broken / "segments").glob("*.h5"))[0]
+    data = segment.read_bytes()
+    segment.write_bytes(os.urandom(4096) if damage == "garbage" else data[: len(data) // 2])
+    return broken
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "garbage-file"])
 @pytest.mark.parametrize("command", [["cache", "info"], ["cache", "verify"]])
 def test_corrupt_hdf5_is_one_line(features, tmp_path, damage, command, capsys):
-    broken = tmp_path / "broken.h5"
-    data = features.read_bytes()
-    broken.write_bytes(os.urandom(4096) if damage == "garbage" else data[: len(data) // 2])
+    broken = _damaged_copy(features, tmp_path, damage)
     code, _, err = run_cli_raw([*command, broken], capsys)
     assert code in (1, 2)
     assert_one_line_error(code, err, code, str(broken))
 
 
-def test_training_on_a_corrupt_store_is_one_line(features, tmp_path, capsys):
-    broken = tmp_path / "broken.h5"
-    data = features.read_bytes()
-    broken.write_bytes(data[: len(data) // 2])
+@pytest.mark.parametrize("damage", ["truncated", "garbage-file"])
+def test_training_on_a_corrupt_store_is_one_line(features, tmp_path, damage, capsys):
+    broken = _damaged_copy(features, tmp_path, damage)
     out = tmp_path / "run"
     code, _, err = run_cli_raw(["train-teacher", broken, "--view", "global", "--out", out, *TINY], capsys)
     assert code in (1, 2)

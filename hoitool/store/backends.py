@@ -142,7 +142,7 @@ def open_backend(path: Path | str, mode: Mode = "r", backend: str | None = None)
     from hoitool.store.segments import SegmentedBackend, is_segmented
 
     path = Path(path)
-    cls = HDF5Backend if (backend or backend_name(path)) == "hdf5" else ZarrBackend
+    cls: type = HDF5Backend if (backend or backend_name(path)) == "hdf5" else ZarrBackend
     if mode == "r" and not path.exists():
         raise UsageError(f"{path}: store not found")
     if mode == "r" and path.is_dir() and (is_segmented(path) or cls is HDF5Backend):

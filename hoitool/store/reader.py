@@ -12,6 +12,7 @@ from hoitool.errors import HoitoolError, UsageError
 from hoitool.store.backends import open_backend
 from hoitool.store.fingerprint import array_digests, video_digest
 from hoitool.store.schema import ARRAYS, READABLE_SCHEMAS, SCHEMA_VERSION, video_id_from_key, video_key
+from hoitool.store.segments import SegmentedBackend
 
 
 class DamagedStoreError(HoitoolError):
@@ -108,6 +109,8 @@ class StoreReader:
         try:
             self.attrs = backend.read_meta()
             keys = backend.video_keys()
+            if isinstance(backend, SegmentedBackend):
+                backend.open_segments()
         except Exception as exc:  # a truncated or overwritten file: h5py raises RuntimeError, OSError, ...
             backend.close()
             raise UsageError(f"{self.path}: cannot read the store ({_first_line(exc)}); is the file damaged?") from None

@@ -22,6 +22,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ SEGMENT_NAME = re.compile(r"seg-(\d{6,})\.(h5|zarr|json)$")
 EXTENSION = {"hdf5": "h5", "zarr": "zarr"}
 
 # Codecs chosen by measurement (bench/store.py, docs/cache-format.md): fast to decode, readable by a plain install.
-CODECS = {
+CODECS: dict[str, dict[str, Any]] = {
     "hdf5": {"name": "gzip", "level": 1, "shuffle": True},
     "zarr": {"name": "zstd", "level": 1},
 }
@@ -392,7 +393,7 @@ def finished_segments(folder: Path) -> list[str]:
     """Segments in ``folder`` whose ``.json`` exists (it is written last: the segment is complete)."""
     if not folder.is_dir():
         return []
-    names = []
+    names: list[str] = []
     for meta in sorted(folder.glob("seg-*.json")):
         data = [entry for entry in folder.glob(f"{meta.stem}.*") if entry.suffix in (".h5", ".zarr")]
         names.extend(entry.name for entry in data)
@@ -446,10 +447,18 @@ class SegmentedBackend:
             self.columns[name] = meta["videos"]
             for row, video_id in enumerate(meta["videos"]["id"]):
                 self.entries[video_key(video_id)] = (name, row)
-        self._open: dict[str, object] = {}
+        self._open: dict[str, _SegmentReader] = {}
 
     def read_meta(self) -> dict:
         return self.meta
+
+    def open_segments(self) -> None:
+        """Open every segment file now (a few per store), so a damaged one fails before any work, naming it."""
+        for name in self.segments:
+            try:
+                self._segment(name)
+            except Exception as exc:  # h5py raises OSError/RuntimeError, zarr FileNotFoundError/ValueError
+                raise OSError(f"segment {name}: {str(exc).strip() or type(exc).__name__}") from None
 
     def video_keys(self) -> list[str]:
         return sorted(self.entries)
@@ -514,7 +523,7 @@ class _SegmentReader:
             if not path.is_dir():
                 raise FileNotFoundError(f"segment {path.name} is missing")
             self.handle = zarr.open_group(str(path), mode="r", zarr_format=3)
-        self.arrays: dict[str, object] = {}
+        self.arrays: dict[str, Any] = {}
 
     def names(self) -> list[str]:
         return sorted(self.handle.keys()) if self.hdf5 else sorted(self.handle.array_keys())
