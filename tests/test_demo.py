@@ -62,8 +62,8 @@ def test_demo_runs_every_stage_and_prints_only_steps_and_tables(tmp_path):
     assert "τ=50%" in METHOD_RUNS["anticipation"].label and "simulated text teacher" in METHOD_RUNS["cl_hoi"].label
     seed0 = out / "runs" / "seed0"
     anticipation = json.loads((seed0 / "anticipation" / "run.json").read_text())
-    assert anticipation["method"]["lead_time"] == "50%" and anticipation["teacher"] == str((seed0 / "global").resolve())
-    assert (seed0 / "global" / "embeddings.npz").is_file()  # the global teacher saved its node embeddings
+    assert anticipation["method"]["lead_time"] == "50%" and anticipation["teacher"] == str((seed0 / "local").resolve())
+    assert (seed0 / "local" / "embeddings.npz").is_file()  # the local teacher saved its node embeddings
     cl_hoi = json.loads((seed0 / "cl_hoi" / "run.json").read_text())["method"]
     assert cl_hoi["vlm_import"] == str((out / "data" / "vlm_simulated.jsonl").resolve())
     assert (out / "report" / "attention-local.png").read_bytes().startswith(b"\x89PNG")
