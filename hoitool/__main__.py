@@ -1,3 +1,5 @@
-from hoitool.cli.app import main
+"""``python -m hoitool``: the command line (the one entry point outside the cli package that starts it)."""
+
+from .cli.app import main
 
 main()
