@@ -27,7 +27,7 @@ import numpy as np
 from hoitool import log
 from hoitool.datasets.common import prepare_dataset
 from hoitool.datasets.synthetic import CONTEXTS
-from hoitool.errors import UsageError
+from hoitool.errors import StaleArtifactError, UsageError
 from hoitool.eval.evaluate import metrics_for_run
 from hoitool.eval.fusion import fuse_views, probabilities
 from hoitool.eval.report import (
@@ -261,7 +261,12 @@ def _train(kind: str, features: Path, run: DemoRun, config: dict, view: str, tea
     start = time.monotonic()
     with run_log(run.path):
         label = None if kind == "dml" else run.label  # a DML run's two models: "DML (local)", "DML (global)"
-        result = train(TrainRequest(kind, features, run.path, resolved, teacher=teacher, label=label))
+        try:
+            result = train(TrainRequest(kind, features, run.path, resolved, teacher=teacher, label=label))
+        except (UsageError, StaleArtifactError) as exc:  # a run of an older demo config: the demo has no --force
+            if "--force" not in str(exc):
+                raise
+            raise type(exc)(f"{exc} (hoitool demo has no --force: choose a new --out)") from None
     run.seconds, run.resumed = time.monotonic() - start, result.already_finished
     best = result.best.get("main", {})
     how = "already finished" if result.already_finished else f"{run.seconds:.0f} s"
