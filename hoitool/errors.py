@@ -37,8 +37,13 @@ class SomeVideosFailed(HoitoolError):
     exit_code = EXIT_SOME_VIDEOS_FAILED
 
 
-class Interrupted(HoitoolError):
-    """SIGINT/SIGTERM (e.g. SLURM pre-emption); raised instead of KeyboardInterrupt so it reaches main."""
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM (e.g. SLURM pre-emption): the run stops, keeping what is finished; exit 130.
+
+    Not an ``Exception``, so no ``except Exception`` / ``except HoitoolError`` on the way (a video's
+    failure record, a store read's "damaged" wrapper) can turn an interrupt into a failure; not a
+    ``KeyboardInterrupt`` either, which typer turns into a bare exit 130 without this message.
+    """
 
     exit_code = EXIT_INTERRUPTED
 

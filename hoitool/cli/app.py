@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as exc:  # a bad option value or a missing argument: one line, exit 2
         console.error(f"{exc.format_message()} (see --help)")
         sys.exit(exc.exit_code)
-    except HoitoolError as exc:
+    except (HoitoolError, Interrupted) as exc:
         console.error(str(exc))
         sys.exit(exc.exit_code)
     except OSError as exc:  # read-only folder, full disk, ...: one line, never a traceback

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hoitool import log
 from hoitool.config import save_config
-from hoitool.errors import HoitoolError, Interrupted, SomeVideosFailed
+from hoitool.errors import HoitoolError, SomeVideosFailed
 from hoitool.io.process import worker_init
 from hoitool.store.staging import StagedStore, sidecar
 
@@ -46,8 +46,6 @@ class PerVideoDataset(Dataset):
         video_id = self.video_ids[index]
         try:
             return {"video": video_id, **self.load(video_id)}
-        except Interrupted:
-            raise  # Ctrl-C / SIGTERM stops the run; it says nothing about this video
         except HoitoolError as exc:
             return {"video": video_id, "error": str(exc)}
         except Exception as exc:  # an unexpected decoder error must not end the whole run

@@ -36,5 +36,9 @@ def worker_init(then: Callable[[int], None] | None = None) -> Callable[[int], No
 
 def _init(worker_id: int, parent_pid: int, then: Callable[[int], None] | None) -> None:
     die_with_parent(worker_id, parent_pid)
+    # The parent handles Ctrl-C / SIGTERM (hoitool.errors.Interrupted) and shuts its workers down; a worker
+    # that raised it too would only print a traceback (torch's worker loop catches Exception, not BaseException).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if then is not None:
         then(worker_id)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from hoitool import log
-from hoitool.errors import HoitoolError, Interrupted, UsageError
+from hoitool.errors import HoitoolError, UsageError
 from hoitool.store.backends import open_backend
 from hoitool.store.fingerprint import array_digests, video_digest
 from hoitool.store.schema import ARRAYS, READABLE_SCHEMAS, SCHEMA_VERSION, video_id_from_key, video_key
@@ -50,8 +50,6 @@ def checked_read(
         attrs, read = backend.open_video(key)
     except KeyError:
         raise UsageError(f"{path}: no video {video_id!r} in this store") from None
-    except Interrupted:
-        raise  # Ctrl-C / SIGTERM during a read says nothing about the video (else: a 'damaged' failure, exit 3)
     except Exception as exc:
         raise damaged(path, video_id, f"unreadable attributes: {_first_line(exc)}") from None
     recorded = attrs.get("array_digests")
@@ -64,8 +62,6 @@ def checked_read(
         arrays = read(to_read)
     except KeyError as exc:
         raise damaged(path, video_id, _missing(backend, key, to_read, exc)) from None
-    except Interrupted:
-        raise
     except Exception as exc:  # h5py OSError, Zarr decode errors, ...
         raise damaged(path, video_id, f"unreadable: {_first_line(exc)}") from None
     verified = set() if verified is None else verified
@@ -115,9 +111,6 @@ class StoreReader:
             keys = backend.video_keys()
             if isinstance(backend, SegmentedBackend):
                 backend.open_segments()
-        except Interrupted:
-            backend.close()
-            raise
         except Exception as exc:  # a truncated or overwritten file: h5py raises RuntimeError, OSError, ...
             backend.close()
             raise UsageError(f"{self.path}: cannot read the store ({_first_line(exc)}); is the file damaged?") from None
