@@ -36,9 +36,11 @@ def worker_init(then: Callable[[int], None] | None = None) -> Callable[[int], No
 
 def _init(worker_id: int, parent_pid: int, then: Callable[[int], None] | None) -> None:
     die_with_parent(worker_id, parent_pid)
-    # The parent handles Ctrl-C / SIGTERM (hoitool.errors.Interrupted) and shuts its workers down; a worker
-    # that raised it too would only print a traceback (torch's worker loop catches Exception, not BaseException).
+    # The parent turns Ctrl-C / SIGTERM into hoitool.errors.Interrupted and shuts its workers down; a worker
+    # must not raise it too (torch's worker loop catches Exception, not BaseException: a traceback). Ctrl-C
+    # reaches the whole process group, so workers ignore it; SIGTERM keeps its default (it ends the worker
+    # quietly), since torch's shutdown terminates a worker that does not stop in time.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if then is not None:
         then(worker_id)
