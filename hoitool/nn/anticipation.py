@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from hoitool.errors import UsageError
 from hoitool.losses import binary_kd_loss, kd_loss, supervised_loss
-from hoitool.nn.models import ContextGraphNet, masked_pool
+from hoitool.nn.models import ContextGraphNet
 
 PENALTIES = ("l2", "huber")
 DIRECTIONS = ("both", "student", "teacher")
@@ -47,7 +47,7 @@ REDUCTIONS = ("sum", "mean")
 
 
 def forward_with_embeddings(
-    model: ContextGraphNet,
+    model: ContextGraphNet | torch.nn.Module,
     nodes: torch.Tensor,
     valid: torch.Tensor,
     boxes: torch.Tensor | None = None,
@@ -58,11 +58,11 @@ def forward_with_embeddings(
     The same computation as ``model(nodes, valid, boxes, frame_size)`` (the logits are equal),
     also returning the node embeddings after the graph layers, flattened frame-major
     (``n = t*K + k``, as the graph models number nodes), for the distillation of Eq. 2.
+    ``model`` is a :class:`ContextGraphNet` or a wrapper of one (DDP): the pass goes through its
+    ``forward(..., return_embeddings=True)``, so DDP's gradient all-reduce sees it.
     """
-    valid = valid.bool()
-    h = model.relate(model.embed(nodes, boxes, frame_size), valid)
-    flat, flat_valid = h.flatten(1, 2), valid.flatten(1)
-    return model.classifier(masked_pool(flat, flat_valid, model.pooling)), flat, flat_valid
+    logits, flat, flat_valid = model(nodes, valid, boxes, frame_size, return_embeddings=True)
+    return logits, flat, flat_valid
 
 
 # -- attentional pooling (Eq. 3-5) ----------------------------------------------------------------

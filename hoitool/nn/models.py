@@ -138,12 +138,18 @@ class ContextGraphNet(nn.Module):
         valid: torch.Tensor,
         boxes: torch.Tensor | None = None,
         frame_size: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """nodes (B, T, K, D), valid (B, T, K) bool, boxes (B, T, K, 4) xyxy px, frame_size (B, 2) (H, W) -> (B, classes)."""
+        return_embeddings: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """nodes (B, T, K, D), valid (B, T, K) bool, boxes (B, T, K, 4) xyxy px, frame_size (B, 2) (H, W) -> (B, classes).
+
+        ``return_embeddings``: also the node embeddings after the graph layers, ``(logits, (B, T*K, hidden),
+        valid (B, T*K))`` frame-major, through this forward (so a DDP wrapper's hooks see the pass).
+        """
         valid = valid.bool()
         h = self.relate(self.embed(nodes, boxes, frame_size), valid)
-        pooled = masked_pool(h.flatten(1, 2), valid.flatten(1), self.pooling)
-        return self.classifier(pooled)
+        flat, flat_valid = h.flatten(1, 2), valid.flatten(1)
+        logits = self.classifier(masked_pool(flat, flat_valid, self.pooling))
+        return (logits, flat, flat_valid) if return_embeddings else logits
 
 
 def _is_int(value) -> bool:
