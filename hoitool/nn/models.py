@@ -16,6 +16,7 @@ from hoitool.errors import UsageError
 from hoitool.nn.encodings import GeometryEncoding, TimeEncoding
 from hoitool.nn.gat import GATLayer
 from hoitool.nn.graphs import frame_adjacency, global_adjacency
+from hoitool.nn.standardize import FeatureStandardization
 from hoitool.settings.training import ModelSettings
 
 VIEWS = ("global", "local", "baseline")
@@ -59,6 +60,7 @@ class ContextGraphNet(nn.Module):
         self.view = view
         self.pooling = pooling
         self.dropout = dropout
+        self.standardize = FeatureStandardization()  # data.standardize: statistics set by the run, none by default
         self.norm = nn.LayerNorm(in_dim) if input_norm else None
         self.input = nn.Linear(in_dim, hidden)
         self.geometry = GeometryEncoding(hidden) if geometry_encoding else None
@@ -73,7 +75,7 @@ class ContextGraphNet(nn.Module):
 
     def embed(self, nodes, boxes=None, frame_size=None) -> torch.Tensor:
         """(B, T, K, D) node features -> (B, T, K, hidden) node embeddings, encodings included."""
-        x = nodes.to(self.input.weight.dtype)
+        x = self.standardize(nodes.to(self.input.weight.dtype))  # padding too, but masked in relate and pooling
         if self.norm is not None:
             x = self.norm(x)
         h = F.relu(self.input(x))
