@@ -83,6 +83,12 @@ class DataSettings(Section):
         "overlaps the sampled clip, PySlowFast's Charades rule; multi-label data with action intervals). "
         "Validation and eval always use video labels",
     )
+    standardize: Literal["none", "train"] = Field(
+        "none",
+        description="none: node features as stored (the paper's); train: z-score each feature dimension with the "
+        "mean and std over the valid nodes of the train split (the views training reads), computed once when a run "
+        "starts and kept in its checkpoints (a dimension without spread is only centred). Beyond the paper",
+    )
     workers: int = Field(2, ge=0, description="DataLoader worker processes reading the store")
     manifest: str | None = Field(
         None, description="manifest for labels and splits; none: the one the store was built from"

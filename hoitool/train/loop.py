@@ -30,6 +30,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from hoitool.errors import UsageError
 from hoitool.io.lock import release
 from hoitool.losses import Objective
 from hoitool.manifest import Manifest
+from hoitool.nn.standardize import FeatureStandardization, standardization_of
 from hoitool.settings import resolved
 from hoitool.settings.training import DistillStageSettings, TeacherSettings
 from hoitool.store import open_store
@@ -57,6 +59,7 @@ from hoitool.train.fit import Fitting, selection_metric
 from hoitool.train.methods import Method, method_of
 from hoitool.train.predict import SPLITS, Prediction
 from hoitool.train.presets import distill_loss_name, identity
+from hoitool.train.standardize import feature_statistics, statistics_state
 from hoitool.train.state import RunState, kept_on_failure
 from hoitool.train.teacher import check_teacher_run, load_teacher_logits, teacher_fingerprint
 
@@ -176,7 +179,13 @@ class Training(RunState, Fitting, Prediction):
         self._load_teacher()
         self.method.check(self)  # the method's own refusals and inputs, still before any file is written
         with torch.device("meta"):  # the model config is checked now (no memory, no random numbers)
-            self.method.build_model(self.config["model"], self.in_dim, self.manifest.num_classes)
+            model = self.method.build_model(self.config["model"], self.in_dim, self.manifest.num_classes)
+        self.standardization = None  # data.standardize's statistics (set in setup)
+        if self.config["data"]["standardize"] != "none" and standardization_of(model) is None:
+            raise UsageError(
+                f"data.standardize={self.config['data']['standardize']}: the {self.method.name} model has no "
+                "standardisation slot (only the context-graph models do); use --set data.standardize=none"
+            )
 
     def _load_teacher(self) -> None:
         """A student's teacher record and train-split logits (refused here if stale, before any file is written)."""
@@ -255,6 +264,10 @@ class Training(RunState, Fitting, Prediction):
     def _build_member(self, name: str, view: str, run_dir: Path) -> Member:
         model_config = dict(self.config["model"], view=view)
         model = self.method.build_model(model_config, self.in_dim, self.manifest.num_classes)
+        if self.standardization is not None:  # before DDP wraps it: every rank holds the same buffers
+            cast(FeatureStandardization, standardization_of(model)).set(
+                self.standardization["mean"], self.standardization["std"]
+            )
         model = self.ctx.wrap(model.to(self.ctx.device))
         optimizer = make_optimizer(model.parameters(), self.config["optim"])
         scheduler = make_scheduler(optimizer, self.config["schedule"], self.epochs)
@@ -272,11 +285,28 @@ class Training(RunState, Fitting, Prediction):
         if self.request.kind == "dml":
             runs.write_run_files(self.out / runs.PEER_DIR, self._run_info(PEER_VIEW[self.view], self.view), None)
 
+    def _standardization(self, state: dict | None) -> dict | None:
+        """data.standardize's statistics: computed once on a fresh run (train split only), else last.pt's."""
+        if self.config["data"]["standardize"] == "none":
+            return None
+        if state is not None and state.get("standardization") is not None:
+            return state["standardization"]
+        views = None if self.random_view else 1
+        stats = feature_statistics(self.reader, self.videos["train"].video_ids, views, str(self.request.features))
+        self.reader.close()  # reopened lazily; DataLoader workers open their own
+        if self.ctx.is_main:
+            log.info(
+                f"data.standardize: mean and std of {len(stats.mean)} dimensions over {stats.count} valid nodes of "
+                f"{stats.videos} train videos ({stats.constant} without spread: centred only)"
+            )
+        return statistics_state(stats)
+
     def setup(self, state: dict | None) -> None:
         """Build data and models, restore ``state`` (a resumed run's description is rewritten first)."""
         if state is not None and self.ctx.is_main:
             self._write_run_files()
         self.method.setup(self)  # the run directory is ours and locked: what the method builds before training
+        self.standardization = self._standardization(state)
         seed = self.config["train"]["seed"]
         seed_everything(seed)
         self.members = [self._build_member("main", self.view, self.out)]

@@ -59,6 +59,7 @@ class TrainingParts:
     random_view: bool
     identity: dict
     in_dim: int
+    standardization: dict | None  # data.standardize's mean/std (hoitool.train.standardize), None when off
     teacher_record: dict | None
     teacher_logits: torch.Tensor | None
     members: list[Member]
@@ -175,6 +176,7 @@ class RunState(TrainingParts):
             "identity": self.identity,
             "features_fingerprint": self.reader.fingerprint,
             "teacher": self.teacher_record,
+            "standardization": self.standardization,  # data.standardize's statistics, reused on resume
             "method_upstream": self.method.upstream(),  # the method's own inputs (CL-HOI's text), compared on resume
         }
 
