@@ -100,6 +100,12 @@ def evaluate(
         help="Also score best.pt on inputs cut at this lead time (1.5s or 80%; repeatable), as an anticipation "
         "run's student sees them; writes lead_times_<split>.json.",
     ),
+    anticipate_at: Optional[str] = typer.Option(
+        None,
+        "--anticipate-at",
+        help="With --lead-time: where t lies, end (each video's last frame) or events (every annotated event "
+        "of every video as a sample, label at t) \\[default: the run's anticipation.at, else end].",
+    ),
     attention: list[str] = typer.Option(
         [],
         "--attention",
@@ -132,12 +138,17 @@ def evaluate(
         raise UsageError("--classes goes with --submission (a run's classes come from its run.json)")
     runs = [load_run(path) for path in [run, *fuse_run]]
     out_dir = out if out is not None else runs[0].path / EVAL_DIR
+    if anticipate_at is not None and not lead_time:
+        raise UsageError("--anticipate-at goes with --lead-time (it says where t lies when the input is cut)")
     if lead_time:
         from hoitool.nn.anticipation import parse_lead_time
         from hoitool.train.methods.anticipation import check_lead_time_run
+        from hoitool.train.methods.anticipation_events import AT
 
         for text in lead_time:  # every lead time checked before any work
             parse_lead_time(text)
+        if anticipate_at is not None and anticipate_at not in AT:
+            raise UsageError(f"--anticipate-at must be one of {', '.join(AT)}, got {anticipate_at!r}")
         check_lead_time_run(runs[0].info, run)
     record = evaluate_runs(runs, split=split, fusion=fusion, map_variant=map_variant, out_dir=out_dir, gt=gt)
     print_metrics(record, out_dir)
@@ -147,20 +158,25 @@ def evaluate(
         for path in attention_maps(run, attention, out_dir / "attention"):
             console.info(f"wrote {path}")
     if lead_time:
-        _print_lead_times(run, lead_time, split, out_dir)
+        _print_lead_times(run, lead_time, split, out_dir, anticipate_at)
 
 
-def _print_lead_times(run: Path, leads: list[str], split: str, out_dir: Path) -> None:
+def _print_lead_times(run: Path, leads: list[str], split: str, out_dir: Path, at: str | None = None) -> None:
     """Accuracy (mAP for multi-label runs) of the run at each lead time (hoitool.train.methods.anticipation)."""
     from hoitool.train.methods.anticipation import evaluate_lead_times
 
-    record = evaluate_lead_times(run, leads, split, out_dir)
-    table = Table(title=escape(f"{run.name} — {split} at lead times (trained: {record['trained_lead_time']})"))
+    record = evaluate_lead_times(run, leads, split, out_dir, at=at)
+    table = Table(
+        title=escape(
+            f"{run.name} — {split} at lead times (trained: {record['trained_lead_time']}; t at {record['at']})"
+        )
+    )
     table.add_column("lead time")
     table.add_column("metric")
     table.add_column("%", justify="right")
+    table.add_column("samples", justify="right")
     for lead, values in record["lead_times"].items():
         metric = "accuracy" if "accuracy" in values else "map_sklearn"
-        table.add_row(lead, metric, f"{100 * values[metric]:.2f}")
+        table.add_row(lead, metric, f"{100 * values[metric]:.2f}", str(values["samples"]))
     console.stdout.print(table)
     console.info(f"wrote {out_dir / f'lead_times_{split}.json'}")

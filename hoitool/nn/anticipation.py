@@ -12,7 +12,7 @@ network A (the student) sees it only up to ``t - tau`` and learns the label at `
   predictions on unlabelled videos, plus ``lambda * L_d`` on every video;
 * :func:`forward_with_embeddings` -- a :class:`ContextGraphNet`'s logits *and* its node
   embeddings after the graph layers (the ``A-bar`` / ``R-bar`` of Eq. 2);
-* :func:`parse_lead_time`, :func:`observe_until`, :func:`lead_time_pair`, :func:`label_at` --
+* :func:`parse_lead_time`, :func:`observe_until`, :func:`lead_time_pair`, :func:`label_at`, :func:`event_times` --
   the lead-time truncation as pure functions over the arrays of one features-store view;
   :func:`lead_time_frames` and :func:`truncate_batch` -- the same on a training batch (what
   ``--method anticipation`` feeds the student);
@@ -396,6 +396,41 @@ def label_at(segments: list, frame: float, default=None):
         if start <= frame <= end and start >= found_start:
             found, found_start = label, start
     return found
+
+
+def event_times(video) -> list[float]:
+    """The event times ``t`` of one manifest video, decoded frame indices, sorted, each once.
+
+    ``t`` is the **last frame of each annotated event**, so the teacher at ``t`` has seen the whole
+    action and the action's interval still holds ``t`` (its label is the label at ``t``):
+
+    * Charades ``extra.actions`` ``[class, start_s, end_s]``: frame ``floor(end_s * fps)`` (needs ``fps``);
+    * CAD-120 ``extra.segments`` ``[start, end, label]`` (0-based inclusive frames): ``end``;
+    * the synthetic set's ``extra.turns`` ``[{"frames": [start, end), ...}]`` (end exclusive): ``end - 1``.
+
+    Times are clipped to the video's last frame where the manifest has its frame count. A video
+    without any of them has no events (``[]``: the caller uses its end). A malformed annotation is a
+    UsageError naming the video.
+    """
+    extra = video.extra or {}
+    found: list[float] = []
+    try:
+        if extra.get("actions"):
+            if not video.fps:
+                raise UsageError(
+                    f"video {video.id!r}: its action intervals are in seconds but the manifest has no fps "
+                    "(anticipation.at=events needs it)"
+                )
+            found += [math.floor(float(end) * float(video.fps)) for _, _, end in extra["actions"]]
+        found += [float(end) for _, end, _ in extra.get("segments") or []]
+        found += [float(turn["frames"][1]) - 1 for turn in extra.get("turns") or [] if "frames" in turn]
+    except (TypeError, ValueError, KeyError, IndexError):
+        raise UsageError(
+            f"video {video.id!r}: malformed time annotation in the manifest's extra "
+            "(actions [class, start_s, end_s], segments [start, end, label], turns [{'frames': [start, end]}])"
+        ) from None
+    last = float(video.num_frames - 1) if video.num_frames else math.inf
+    return sorted({min(max(float(t), 0.0), last) for t in found})
 
 
 def scores_at_lead_times(predict, samples, leads: list[LeadTime]) -> dict[str, np.ndarray]:

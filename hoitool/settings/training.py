@@ -167,10 +167,16 @@ class AnticipationSettings(Section):
         "mean", description="L_d over the query nodes: mean (independent of their number) or sum (the paper's)"
     )
     T: float = Field(1.0, gt=0, description="temperature of the soft-prediction loss on unlabelled videos")
+    at: Literal["end", "events"] = Field(
+        "end",
+        description="where t lies: end (the video's last frame; the teacher's stored outputs and embeddings) or "
+        "events (the end of each annotated action/segment/turn, one drawn per video and epoch; every event "
+        "scored; the teacher's best.pt run online on the clip cut at t)",
+    )
     labels: Literal["at_t", "video"] = Field(
         "at_t",
-        description="at_t: the label at t (the last frame) where the manifest has times (Charades' action "
-        "intervals, segments named by class); video: the video's labels",
+        description="at_t: the label at t where the manifest has times (Charades' action intervals, segments "
+        "named by class); video: the video's labels",
     )
 
 
@@ -198,6 +204,12 @@ class ClHoiSettings(Section):
     label_free: bool = Field(False, description="no labels: classes only from the teacher's interactions")
     threshold: float = Field(0.8, ge=-1, le=1, description="label-free: cosine a teacher interaction needs to vote")
     pair_hidden: int = Field(64, ge=1, description="width of the pair head's hidden layer")
+    regions: str | None = Field(
+        None,
+        description="region embeddings (.npz, hoitool text regions) for the soft-relation pseudo-labels; "
+        "none: image-level (every valid pair gets each positive)",
+    )
+    t_pseudo: float = Field(0.1, gt=0, description="temperature of the pseudo-labels' softmax over a video's pairs")
 
 
 class DualAttentionSettings(Section):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from hoitool.nn.models import ContextGraphNet
     from hoitool.train.loop import Training
 
 
@@ -48,27 +47,13 @@ def _frames(manifest, video_ids: list[str], lead) -> tuple[np.ndarray, np.ndarra
 
 
 def label_at_end(video, classes: list[str], multilabel: bool) -> list[int] | None:
-    """The classes of ``video`` at ``t`` (its last frame) where the manifest has them; None: use its labels.
+    """The classes of ``video`` at ``t`` = its last frame where the manifest has them; None: use its labels
+    (:func:`hoitool.train.methods.anticipation_events.label_at_time`)."""
+    from hoitool.train.methods.anticipation_events import label_at_time
 
-    Charades' ``extra.actions`` (``[class, start, end]`` seconds): the actions whose interval holds
-    ``t`` (multi-label; possibly none). ``extra.segments`` (``[start, end, label]`` frames) whose labels
-    are the manifest's class names: the segment at ``t`` (:func:`hoitool.nn.anticipation.label_at`).
-    CAD-120's segments name sub-activities, not its classes (activities), so they are not used.
-    """
-    from hoitool.nn.anticipation import label_at
-
-    extra = video.extra or {}
     if not video.num_frames:
         return None
-    end = video.num_frames - 1
-    if multilabel and extra.get("actions") and video.fps:
-        t = end / video.fps
-        return sorted({int(c) for c, start, stop in extra["actions"] if start <= t <= stop})
-    segments = extra.get("segments") or []
-    if segments and all(str(label) in classes for _, _, label in segments):
-        found = label_at(segments, end)
-        return None if found is None else [classes.index(str(found))]
-    return None
+    return label_at_time(video, video.num_frames - 1, classes, multilabel)
 
 
 def labels_at_t(training: Training) -> int:
@@ -92,15 +77,20 @@ def labels_at_t(training: Training) -> int:
 
 def truncated(batch: dict, end: np.ndarray, tau: np.ndarray) -> dict:
     """``batch`` cut at ``t - tau`` for the videos at its ``index`` positions (``end``/``tau`` per split position)."""
+    if "frame_indices" not in batch:
+        raise UsageError("anticipation needs each sampled frame's decoded index (frame_indices) in the batch")
+    index = batch["index"].cpu().numpy()
+    return cut(batch, end[index], tau[index])
+
+
+def cut(batch: dict, end: np.ndarray, tau: np.ndarray) -> dict:
+    """``batch`` with row ``i`` cut at ``end[i] - tau[i]`` (:func:`hoitool.nn.anticipation.truncate_batch`)."""
     import torch
 
     from hoitool.nn.anticipation import truncate_batch
 
-    if "frame_indices" not in batch:
-        raise UsageError("anticipation needs each sampled frame's decoded index (frame_indices) in the batch")
-    index = batch["index"].cpu().numpy()
     device = batch["nodes"].device
-    as_tensor = lambda values: torch.as_tensor(values[index], dtype=torch.float64, device=device)  # noqa: E731
+    as_tensor = lambda values: torch.as_tensor(values, dtype=torch.float64, device=device)  # noqa: E731
     return truncate_batch(batch, as_tensor(end), as_tensor(tau))
 
 
@@ -113,14 +103,24 @@ class Anticipation(Method):
     def check(self, training: Training) -> None:
         super().check(training)
         from hoitool.nn.anticipation import parse_lead_time, unlabelled_videos
-        from hoitool.train.methods.embeddings import load_teacher_embeddings
 
         settings = self.config["anticipation"]
         if not settings["lead_time"]:
             raise UsageError("--method anticipation needs --lead-time (seconds, e.g. 1.5s, or a fraction, e.g. 80%)")
-        if training.ctx.world_size > 1:
-            raise UsageError("--method anticipation trains on one process (its node embeddings bypass DDP's hooks)")
         self.lead = parse_lead_time(settings["lead_time"])
+        self.at = settings["at"]
+        self.training = training  # the sampler's epoch decides each train video's event (at: events)
+        unlabelled = unlabelled_videos(training.manifest.videos, settings["unlabelled"])
+        train_ids = training.videos["train"].video_ids
+        self.labelled = np.array([video not in unlabelled for video in train_ids])
+        if not self.labelled.any():
+            raise UsageError("every train video is unlabelled: anticipation needs some labels (Eq. 1's S)")
+        self.unlabelled_count = int((~self.labelled).sum())
+        if self.at == "events":
+            self._check_events(training, settings["labels"])
+            return
+        from hoitool.train.methods.embeddings import load_teacher_embeddings
+
         if settings["labels"] == "at_t":
             changed = labels_at_t(training)  # train, val selection and the outputs all score the label at t
             if changed:
@@ -128,16 +128,42 @@ class Anticipation(Method):
         self.frames = {
             split: _frames(training.manifest, videos.video_ids, self.lead) for split, videos in training.videos.items()
         }
-        unlabelled = unlabelled_videos(training.manifest.videos, settings["unlabelled"])
-        train_ids = training.videos["train"].video_ids
-        self.labelled = np.array([video not in unlabelled for video in train_ids])
-        if not self.labelled.any():
-            raise UsageError("every train video is unlabelled: anticipation needs some labels (Eq. 1's S)")
         views = training.num_views if training.random_view else 1
         self.teacher_embeddings = load_teacher_embeddings(
             training.teacher_dir, training.reader.fingerprint, train_ids, views, training.request.force
         )
-        self.unlabelled_count = int((~self.labelled).sum())
+
+    def _check_events(self, training: Training, labels: str) -> None:
+        """``at: events``: every split's samples at its videos' event times; val/test expanded; the teacher's best.pt."""
+        from hoitool.io.digest import file_sha256
+        from hoitool.train.methods.anticipation_events import load_frozen_teacher, split_events, with_events_reader
+
+        self.events = {
+            split: split_events(training.manifest, videos, self.lead, labels)
+            for split, videos in training.videos.items()
+        }
+        for split in ("val", "test"):  # scored per event: one row per (video, t), named VIDEO@FRAME
+            events = self.events[split]
+            training.reader = with_events_reader(training.reader, events.aliases(training.videos[split]))
+            training.videos[split] = events.expanded(training.videos[split])
+        self.frames = {split: (self.events[split].t, self.events[split].tau) for split in ("val", "test")}
+        self.teacher_model, path = load_frozen_teacher(
+            training.teacher_dir, training.in_dim, training.manifest.num_classes
+        )
+        self.teacher_checkpoint = (str(path.resolve()), file_sha256(path))
+        counts = {
+            split: f"{len(events)} samples of {len(events.counts)} videos" for split, events in self.events.items()
+        }
+        log.info(f"anticipation at event times: {', '.join(f'{k} {v}' for k, v in counts.items())}")
+
+    def upstream(self) -> dict[str, str]:
+        """``at: events`` runs the teacher's best.pt: a resume on a changed one is refused (StaleArtifactError)."""
+        from hoitool.train.methods.cl_hoi import short_digest
+
+        if getattr(self, "at", None) != "events":
+            return {}
+        path, sha = self.teacher_checkpoint
+        return {f"teacher checkpoint {path}": short_digest(sha)}
 
     def setup(self, training: Training) -> None:
         import torch
@@ -157,31 +183,69 @@ class Anticipation(Method):
             reduction=settings["reduction"],
         )
         device = training.ctx.device
-        embeddings, valid = self.teacher_embeddings
-        self.teacher_tensors = (torch.from_numpy(embeddings).to(device), torch.from_numpy(valid).to(device))
+        if self.at == "events":
+            self.teacher_model.to(device)
+        else:
+            embeddings, valid = self.teacher_embeddings
+            self.teacher_tensors = (torch.from_numpy(embeddings).to(device), torch.from_numpy(valid).to(device))
         self.labelled_tensor = torch.from_numpy(self.labelled).to(device)
 
+    def train_rows(self, epoch: int) -> np.ndarray:
+        """(N,) the sample each train video trains on in ``epoch`` (:func:`draw_events`; cached per epoch)."""
+        from hoitool.train.methods.anticipation_events import draw_events
+
+        cached = getattr(self, "_drawn", None)
+        if cached is None or cached[0] != epoch:
+            events = self.events["train"]
+            cached = (epoch, events.offsets + draw_events(events.counts, self.config["train"]["seed"], epoch))
+            self._drawn = cached
+        return cached[1]
+
     def inputs(self, batch: dict, split: str) -> dict:
-        return truncated(batch, *self.frames[split])
+        if self.at == "end" or split != "train":
+            return truncated(batch, *self.frames[split])  # val/test: one row per event already
+        import torch
+
+        from hoitool.nn.anticipation import forward_with_embeddings
+
+        grad = torch.is_grad_enabled()  # a training step; the outputs (no_grad) take the last epoch's draw
+        epoch = self.training.sampler.epoch if grad else self.training.epochs
+        events = self.events["train"]
+        rows = self.train_rows(epoch)[batch["index"].cpu().numpy()]
+        student = cut(batch, events.t[rows], events.tau[rows])
+        student["target"] = torch.as_tensor(events.targets[rows], device=batch["target"].device)
+        if grad:  # the frozen teacher on the clip cut at t (Eq. 1's R(x_t), Eq. 2's R-bar)
+            seen = cut(batch, events.t[rows], np.zeros(len(rows)))
+            with torch.no_grad():
+                logits, embeddings, valid = forward_with_embeddings(
+                    self.teacher_model, seen["nodes"], seen["valid"], seen["boxes"], seen["frame_size"]
+                )
+            student.update(teacher_logits=logits.float(), teacher_embeddings=embeddings.float(), teacher_valid=valid)
+        return student
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         from hoitool.nn.anticipation import forward_with_embeddings
-        from hoitool.train.distributed import unwrap
 
+        # Through the (DDP-)wrapped module's own forward, so DDP's gradient all-reduce sees the pass.
         logits, embeddings, valid = forward_with_embeddings(
-            cast("ContextGraphNet", unwrap(model)), batch["nodes"], batch["valid"], batch["boxes"], batch["frame_size"]
+            model, batch["nodes"], batch["valid"], batch["boxes"], batch["frame_size"]
         )
         return {"logits": logits, "embeddings": embeddings, "embeddings_valid": valid}
 
     def terms(self, training, position, batch, outputs, logits):
-        index, view = batch["index"], batch["view"] if training.random_view else batch["view"] * 0
-        teacher_embeddings, teacher_valid = (table[index, view] for table in self.teacher_tensors)
+        if self.at == "events":
+            teacher_logits = batch["teacher_logits"]
+            teacher_embeddings, teacher_valid = batch["teacher_embeddings"], batch["teacher_valid"]
+        else:
+            index, view = batch["index"], batch["view"] if training.random_view else batch["view"] * 0
+            teacher_embeddings, teacher_valid = (table[index, view] for table in self.teacher_tensors)
+            teacher_logits = training._distill_target(position, logits, batch)
         student = outputs[position]
         terms = self.objective(
             logits[position],
             batch["target"],
-            self.labelled_tensor[index],
-            training._distill_target(position, logits, batch),
+            self.labelled_tensor[batch["index"]],
+            teacher_logits,
             student["embeddings"].float(),
             student["embeddings_valid"],
             teacher_embeddings,
@@ -192,12 +256,16 @@ class Anticipation(Method):
         return terms, weights, [logits[position], student["embeddings"]]
 
     def run_info(self) -> dict:
-        return {"name": self.name, **self.config["anticipation"]}
+        info = {"name": self.name, **self.config["anticipation"]}
+        if getattr(self, "at", None) == "events":
+            info["teacher_checkpoint"] = {"path": self.teacher_checkpoint[0], "sha256": self.teacher_checkpoint[1]}
+        return info
 
     def label(self, kind: str, view: str, teacher_view: str | None) -> str:
         settings = self.config["anticipation"]
         loss = "L_direct" if settings["loss"] == "direct" else "L_d"
-        return f"anticipation τ={settings['lead_time']} {loss} ({teacher_view}-teacher → {view})"
+        where = " at events" if settings.get("at") == "events" else ""
+        return f"anticipation τ={settings['lead_time']}{where} {loss} ({teacher_view}-teacher → {view})"
 
 
 def check_lead_time_run(info: dict, run_dir: Path) -> str:
@@ -208,12 +276,17 @@ def check_lead_time_run(info: dict, run_dir: Path) -> str:
     return name
 
 
-def evaluate_lead_times(run_dir: Path, leads: list[str], split: str = "test", out_dir: Path | None = None) -> dict:
+def evaluate_lead_times(
+    run_dir: Path, leads: list[str], split: str = "test", out_dir: Path | None = None, at: str | None = None
+) -> dict:
     """Score a finished run's ``best.pt`` on the ``split`` videos cut at each lead time; write ``lead_times_<split>.json``.
 
     The inputs are cut as an anticipation run's student sees them (:func:`truncated`); views are
     fused by the max of their probabilities, as ``eval``. Any run can be scored so (a recognition
-    teacher at lead times shows what anticipation training adds). Returns the record.
+    teacher at lead times shows what anticipation training adds). ``at`` (default: the run's own
+    ``anticipation.at``, ``end`` for other runs): ``end`` scores each video at its last frame with its
+    label; ``events`` scores every event of every video as a sample (``VIDEO@FRAME``) with the label at
+    ``t`` (:mod:`hoitool.train.methods.anticipation_events`). Returns the record.
     """
     import torch
 
@@ -227,11 +300,15 @@ def evaluate_lead_times(run_dir: Path, leads: list[str], split: str = "test", ou
     from hoitool.train.checkpoint import load_checkpoint
     from hoitool.train.data import VideoDataset, batches, make_loader, split_videos
     from hoitool.train.methods import get_method
+    from hoitool.train.methods.anticipation_events import AT, split_events, with_events_reader
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     name = check_lead_time_run(info, run_dir)
     parsed = [parse_lead_time(text) for text in leads]  # every lead checked before any work
+    at = at or method_info(info).get("at") or "end"
+    if at not in AT:
+        raise UsageError(f"--anticipate-at must be one of {', '.join(AT)}, got {at!r}")
     best_path = best_checkpoint(run_dir)
     if not best_path.is_file():
         raise UsageError(f"{run_dir}: no {best_path.relative_to(run_dir)} (has the run finished?)")
@@ -243,22 +320,31 @@ def evaluate_lead_times(run_dir: Path, leads: list[str], split: str = "test", ou
     videos = split_videos(manifest, reader.video_ids, split)
     if not len(videos):
         raise UsageError(f"{info['features']}: holds no videos of the {split!r} split")
+    labels = (config.get("anticipation") or {}).get("labels", "at_t")
+    samples = {str(lead): split_events(manifest, videos, lead, labels) for lead in parsed} if at == "events" else {}
     best = load_checkpoint(best_path)
     method = get_method(name)(config)
     model = method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
     model.load_state_dict(best["model"])
     model.eval()
-    loader = make_loader(VideoDataset(reader, videos), 0, False, 0, batch_size=16, persistent=False)
     results = {}
     for text, lead in zip(leads, parsed, strict=True):
-        end, tau = _frames(manifest, videos.video_ids, lead)
-        rows, ids, targets = [], [], []
+        scored, source = videos, reader
+        if at == "events":  # one row per (video, t): the same samples at every lead time, only tau differs
+            events = samples[str(lead)]
+            scored, source = events.expanded(videos), with_events_reader(reader, events.aliases(videos))
+            end, tau = events.t, events.tau
+        else:
+            end, tau = _frames(manifest, videos.video_ids, lead)
+        loader = make_loader(VideoDataset(source, scored), 0, False, 0, batch_size=16, persistent=False)
+        rows, ids, targets, empty = [], [], [], 0
         with torch.no_grad():
             for batch in batches(loader):
-                logits = method.forward(model, truncated(batch, end, tau))["logits"].float()
-                rows.append(logits.numpy())
-                ids.append(np.asarray(videos.video_ids, dtype=object)[batch["index"].numpy()].astype(str))
-                targets.append(videos.one_hot()[batch["index"].numpy()])
+                seen = truncated(batch, end, tau)
+                empty += int((~seen["valid"].flatten(1).any(dim=1)).sum())
+                rows.append(method.forward(model, seen)["logits"].float().numpy())
+                ids.append(np.asarray(scored.video_ids, dtype=object)[batch["index"].numpy()].astype(str))
+                targets.append(scored.one_hot()[batch["index"].numpy()])
         fused_ids, scores, fused_targets, _ = fuse_views(
             np.concatenate(ids), probabilities(np.concatenate(rows), videos.multilabel), np.concatenate(targets), "max"
         )
@@ -266,12 +352,19 @@ def evaluate_lead_times(run_dir: Path, leads: list[str], split: str = "test", ou
             value, metric = sklearn_style_map(scores, fused_targets)[0], "map_sklearn"
         else:
             value, metric = accuracy(scores, fused_targets.argmax(axis=1)), "accuracy"
-        results[str(lead)] = {"lead_time": text, metric: value, "videos": int(len(fused_ids))}
+        results[str(lead)] = {
+            "lead_time": text,
+            metric: value,
+            "videos": int(len(videos)),
+            "samples": int(len(fused_ids)),
+            "empty_inputs": empty,  # (sample, view) rows whose cut left no sampled frame (a constant guess)
+        }
     record = {
         "run": str(run_dir.resolve()),
         "split": split,
         "method": method_info(info),
         "trained_lead_time": method_info(info).get("lead_time"),
+        "at": at,
         "lead_times": results,
     }
     out_dir = Path(out_dir) if out_dir is not None else run_dir / EVAL_DIR
