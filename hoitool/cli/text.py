@@ -47,3 +47,30 @@ def simulate_command(
     texts = simulated_teacher(Manifest.load(manifest), error_rate, seed)
     write_vlm_import(texts, out)
     console.info(f"wrote {out}: {len(texts)} videos (a simulated teacher: not a VLM's knowledge)")
+
+
+@text_app.command("regions")
+def regions_command(
+    features: Path = typer.Argument(..., help="Features store (its videos, views, boxes and sampled frames)."),
+    image_encoder: str = typer.Option(
+        ..., "--image-encoder", help="tiny[:DIM] (tests), open_clip:MODEL:WEIGHTS or hf:DIR (local files only)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Region embeddings (.npz; a .json record beside it)."),
+    split: list[str] = typer.Option(
+        [], "--split", help="Only the videos of this split (repeatable; cl_hoi needs train). Default: every video."
+    ),
+    device: str = typer.Option("cpu", "--device", help="Where the image encoder runs (cpu, cuda, cuda:1)."),
+    force: bool = typer.Option(False, "--force", help="Use a boxes store that changed since the features."),
+) -> None:
+    """Embed the union box of every (person, object) pair of every sampled frame (CL-HOI's soft-relation regions)."""
+    from hoitool.text.image_encoders import load_image_encoder
+    from hoitool.text.regions import FORMAT, WHAT, build_region_embeddings, check_ours
+
+    check_ours(out, FORMAT, WHAT)  # a foreign file is refused before the encoder loads
+    encoder = load_image_encoder(image_encoder, device=device)
+    info = build_region_embeddings(features, out, encoder, splits=split or None, force=force)
+    counts = info["counts"]
+    console.info(
+        f"{'kept' if info['reused'] else 'wrote'} {out}: {counts['pairs']} pair regions of {counts['videos']} videos "
+        f"({info['dim']}-d, {out.stat().st_size / 2**20:.2f} MiB)"
+    )

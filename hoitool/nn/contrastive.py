@@ -27,6 +27,7 @@ video, ``(B,)``, like ``hoitool.losses``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -123,8 +124,16 @@ def t2i_loss(
     mean over its positives (0 without positives or pairs).
     """
     g, has_pairs = best_pair_logits(pairs, pair_valid, bank, temperature)
-    positive = positive.bool() & has_pairs[:, None]
-    others = torch.logsumexp(_fill(g, ~positive & has_pairs[:, None]), dim=0, keepdim=True)  # (1, C)
+    return t2i_from_scores(g, has_pairs, positive)
+
+
+def t2i_from_scores(g: torch.Tensor, has_pairs: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """:func:`t2i_loss` from the videos' best-pair scores ``g (B, C)`` (:func:`best_pair_logits`) and ``has_pairs (B,)``.
+
+    The in-batch part on its own: under DDP the scores of the whole global batch are gathered first.
+    """
+    positive = positive.bool() & has_pairs.bool()[:, None]
+    others = torch.logsumexp(_fill(g, ~positive & has_pairs.bool()[:, None]), dim=0, keepdim=True)  # (1, C)
     terms = torch.logaddexp(g, others) - g
     return _positive_mean(terms, positive)
 
@@ -182,11 +191,24 @@ def soft_relation_loss(
     return (bce * keep).sum(dim=(1, 2)) / keep.sum(dim=(1, 2)).clamp(min=1)
 
 
+class Gather(Protocol):
+    """The whole global batch of a data-parallel step: ``gather(x (B, ...)) -> (N, ...)``, this rank's ``rows`` (B,)."""
+
+    rows: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class ContrastiveObjective:
     """``total = w_context*context + w_i2t*i2t + w_t2i*t2i + w_sr*sr`` per video; each term with its temperature.
 
-    ``__call__`` returns the per-video terms; a term whose weight is 0 is not computed (reported as 0).
+    ``__call__`` returns the per-video terms; a term whose weight is 0 is not computed (reported as 0,
+    still tied to the outputs so that every parameter gets a gradient, as DDP needs).
+    The in-batch terms (context, t2i) contrast a video with the other videos of the batch: ``gather``
+    (:class:`Gather`) makes that the global batch of all ranks (with gradient), and each rank keeps
+    its own rows; ``real`` (B,) False marks padding samples (a rank's zero-weight dummy), which are
+    neither anchors nor negatives.
     """
 
     w_context: float = 1.0
@@ -208,15 +230,28 @@ class ContrastiveObjective:
         positive: torch.Tensor,
         negative: torch.Tensor,
         sr_targets: torch.Tensor | None = None,
+        real: torch.Tensor | None = None,
+        gather: Gather | None = None,
     ) -> dict[str, torch.Tensor]:
-        zero = torch.zeros(len(video), device=video.device)
+        zero = 0.0 * (video.float().sum(-1) + pairs.float().sum(dim=(1, 2)))  # 0, on the outputs' graph
         terms = {"context": zero, "i2t": zero, "t2i": zero, "sr": zero}
+        real = torch.ones(len(video), dtype=torch.bool, device=video.device) if real is None else real.bool()
         if self.w_context:
-            terms["context"] = symmetric_info_nce(video, captions, self.t_context, caption_valid)
+            keep = caption_valid.bool() & real
+            if gather is None:
+                terms["context"] = symmetric_info_nce(video, captions, self.t_context, keep)
+            else:
+                every = symmetric_info_nce(gather(video), gather(captions), self.t_context, gather(keep))
+                terms["context"] = every[gather.rows]
         if self.w_i2t:
             terms["i2t"] = i2t_loss(masked_mean(pairs, pair_valid), bank, positive, negative, self.t_interaction)
         if self.w_t2i:
-            terms["t2i"] = t2i_loss(pairs, pair_valid, bank, positive, self.t_interaction)
+            g, has_pairs = best_pair_logits(pairs, pair_valid, bank, self.t_interaction)
+            has_pairs = has_pairs & real
+            if gather is None:
+                terms["t2i"] = t2i_from_scores(g, has_pairs, positive)
+            else:
+                terms["t2i"] = t2i_from_scores(gather(g), gather(has_pairs), gather(positive.bool()))[gather.rows]
         if self.w_sr:
             targets = sr_targets if sr_targets is not None else soft_relation_targets(pair_valid, positive)
             terms["sr"] = soft_relation_loss(
@@ -335,7 +370,7 @@ class ClHoiNet(nn.Module):
     """A :class:`hoitool.nn.models.ContextGraphNet` plus a video projection and a :class:`PairHead` (``--method cl_hoi``).
 
     ``forward`` gives the graph model's logits (so outputs and ``eval`` are unchanged); :meth:`outputs`
-    also the video embedding in the text space (B, E) and, given ``is_person`` (B, T, K), the pairs of
+    (or ``forward(..., outputs=True)``, so that a DDP wrapper sees the pass) also the video embedding in the text space (B, E) and, given ``is_person`` (B, T, K), the pairs of
     the node embeddings after the graph layers (B, T*K*K, E) with their mask.
     """
 
@@ -355,5 +390,32 @@ class ClHoiNet(nn.Module):
             out["pairs"], out["pair_valid"] = self.pairs(h, valid, is_person, boxes)
         return out
 
-    def forward(self, nodes, valid, boxes=None, frame_size=None) -> torch.Tensor:
-        return self.outputs(nodes, valid, boxes, frame_size)["logits"]
+    def forward(self, nodes, valid, boxes=None, frame_size=None, is_person=None, outputs: bool = False):
+        """The logits (B, C); with ``outputs=True`` the dict of :meth:`outputs` (what training calls through DDP)."""
+        out = self.outputs(nodes, valid, boxes, frame_size, is_person)
+        return out if outputs else out["logits"]
+
+
+def dense_pair_targets(
+    entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None],
+    frames: int,
+    slots: int,
+    classes: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Per-sample pseudo-labels on a video's own pairs -> ``(B, frames*slots*slots, classes)`` on the batch's pairs.
+
+    ``entries[b]`` is ``(pairs (P, 3) (frame, person slot, object slot), columns (Cp,), targets (P, Cp))``
+    or None (no pseudo-labels: 0). Pair ``(t, i, j)`` is :class:`PairHead`'s pair ``(t*slots + i)*slots + j``
+    of the batch (padded to ``frames`` x ``slots``), so the labels do not depend on the batch's padding.
+    """
+    out = torch.zeros(len(entries), frames * slots * slots, classes, device=device)
+    for row, entry in enumerate(entries):
+        if entry is None:
+            continue
+        pairs, columns, targets = (part.to(device) for part in entry)
+        if not len(pairs) or not len(columns):
+            continue
+        flat = (pairs[:, 0] * slots + pairs[:, 1]) * slots + pairs[:, 2]
+        out[row, flat[:, None], columns[None, :]] = targets.float()
+    return out

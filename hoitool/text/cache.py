@@ -78,23 +78,26 @@ def _inputs(import_path: Path, manifest_path: Path | None) -> dict[str, dict]:
     return inputs
 
 
-def _read_sidecar(out: Path) -> dict | None:
+def _read_sidecar(out: Path, format: str = FORMAT) -> dict | None:
     try:
         info = json.loads(_sidecar(out).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) and info.get("format") == FORMAT else None
+    return info if isinstance(info, dict) and info.get("format") == format else None
 
 
-def check_ours(out: Path) -> dict | None:
-    """The sidecar of an earlier build, None when nothing is there; a foreign file is refused."""
+def check_ours(out: Path, format: str = FORMAT, what: str = "text embeddings") -> dict | None:
+    """The sidecar of an earlier build, None when nothing is there; a foreign file is refused.
+
+    ``format``/``what``: the artifact (text embeddings here, region embeddings in :mod:`hoitool.text.regions`).
+    """
     if out.suffix != ".npz":
-        raise UsageError(f"{out}: the text embeddings are written as an .npz file; give a path ending in .npz")
-    info = _read_sidecar(out)
+        raise UsageError(f"{out}: the {what} are written as an .npz file; give a path ending in .npz")
+    info = _read_sidecar(out, format)
     if info is None and (out.exists() or _sidecar(out).exists()):
         raise UsageError(
-            f"{out}: exists but is not hoitool's text embeddings (no {_sidecar(out).name} of format "
-            f"{FORMAT}); refusing to replace it (choose another output)"
+            f"{out}: exists but is not hoitool's {what} (no {_sidecar(out).name} of format "
+            f"{format}); refusing to replace it (choose another output)"
         )
     return info
 

@@ -33,12 +33,12 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.maximum(norms, 1e-12)
 
 
-def _require(module: str, package: str):
+def _require(module: str, package: str, what: str = "text encoder"):
     """Import an optional dependency or say in one line how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UsageError(f"this text encoder needs the optional package {package!r}: pip install {package}") from None
+        raise UsageError(f"this {what} needs the optional package {package!r}: pip install {package}") from None
 
 
 class TinyTextEncoder:
@@ -146,12 +146,12 @@ class EmbeddingsFile:
         return self.embeddings[[self.index[text] for text in texts]].reshape(len(texts), -1)
 
 
-def _existing(path: str, spec: str) -> Path:
+def _existing(path: str, spec: str, what: str = "text encoder", specs: str = SPECS) -> Path:
     if not path:
-        raise UsageError(f"text encoder {spec!r}: missing path (expected {SPECS})")
+        raise UsageError(f"{what} {spec!r}: missing path (expected {specs})")
     found = Path(path).expanduser()
     if not found.exists():
-        raise UsageError(f"text encoder {spec!r}: {found} does not exist (encoders are loaded from local files only)")
+        raise UsageError(f"{what} {spec!r}: {found} does not exist (encoders are loaded from local files only)")
     return found
 
 

@@ -12,7 +12,17 @@ that run). The inputs, all read and checked before any file is written:
   ``upstream()`` (``last.pt``, ``run.json``), so resuming after any of them changed is refused
   (StaleArtifactError naming the file; ``--resume --force`` continues, rebuilding the embeddings);
 * the boxes store's ``is_person`` (``cl_hoi.boxes``, default the features store's upstream): which nodes
-  are humans for the instance-level :class:`hoitool.nn.contrastive.PairHead`.
+  are humans for the instance-level :class:`hoitool.nn.contrastive.PairHead`;
+* optionally ``cl_hoi.regions`` (``--region-embeddings``): the union-box embeddings of every (person,
+  object) pair (``hoitool text regions``, :mod:`hoitool.text.regions`), of this features store and of
+  the text encoder's CLIP, refused when stale; the soft-relation pseudo-labels of each train video's
+  pairs come from them (:func:`hoitool.text.regions.region_pseudo_labels`). Without them every valid
+  pair gets 1 for each positive (image-level), and the log says so.
+
+Data-parallel (``torchrun``): the forward goes through the DDP wrapper (``ClHoiNet.forward(...,
+outputs=True)``) and the in-batch terms (context, t2i) see the whole global batch
+(:class:`hoitool.train.gather.BatchGather`); each rank keeps its own samples' terms, so N ranks train
+as one process on the same global batch (tests/test_ddp_methods.py).
 
 The model (:class:`hoitool.nn.contrastive.ClHoiNet`) is the graph model plus a projection of its video embedding into the text
 space and a pair head over the node embeddings after the graph layers. Terms per video (each with its
@@ -41,36 +51,10 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from hoitool.nn.contrastive import ClHoiNet
     from hoitool.nn.models import ContextGraphNet
     from hoitool.train.loop import Training
 
 TEXT_EMBEDDINGS = "text_embeddings.npz"
-
-
-def person_masks(
-    boxes_path: Path, fingerprint: str | None, video_ids: list[str], views: int, force: bool
-) -> np.ndarray:
-    """``is_person (N, views, T, K)`` of the videos from the boxes store (a view reads its clip's boxes)."""
-    from hoitool.store import open_store
-
-    reader = open_store(boxes_path)
-    if reader.kind != "boxes":
-        raise UsageError(f"{boxes_path}: is a {reader.kind} store, expected the boxes store (cl_hoi.boxes)")
-    if fingerprint is not None and reader.fingerprint != fingerprint:
-        message = f"{boxes_path}: the boxes store changed since the features were extracted from it"
-        if not force:
-            raise StaleArtifactError(message + " (is_person would not match the nodes); use --force to use it anyway")
-        log.warning(message + "; used anyway (--force)")
-    rows = []
-    for video in video_ids:
-        if video not in reader.video_ids:
-            raise UsageError(f"{boxes_path}: holds no boxes of video {video!r} (cl_hoi.boxes)")
-        person = reader.read(video, ["is_person"])["is_person"]  # (C, T, K)
-        clips = person.shape[0]
-        rows.append(np.stack([person[view * clips // views] for view in range(views)]))
-    reader.close()
-    return np.stack(rows) if rows else np.zeros((0, views, 0, 0), bool)
 
 
 def short_digest(sha256: str) -> str:
@@ -103,15 +87,12 @@ class ClHoi(Method):
         super().check(training)
         from hoitool.text.cache import check_ours
         from hoitool.text.encoders import load_text_encoder
+        from hoitool.text.regions import person_masks
         from hoitool.text.vlm_import import fill_triplets, match_videos, read_vlm_import
 
         settings = self.config["cl_hoi"]
         if not settings["vlm_import"]:
             raise UsageError("--method cl_hoi needs the teacher's text: --vlm-import FILE (docs/vlm-import.md)")
-        if training.ctx.world_size > 1:
-            raise UsageError(
-                "--method cl_hoi trains on one process (its in-batch contrast is not gathered across ranks)"
-            )
         self.import_path = Path(settings["vlm_import"])
         self.texts = fill_triplets(read_vlm_import(self.import_path))
         without = match_videos(self.texts, [video.id for video in training.manifest.videos], str(self.import_path))
@@ -130,6 +111,7 @@ class ClHoi(Method):
             ),
         }
         self._note_embeddings()
+        self._check_regions(training)
         provenance = training.reader.provenance
         boxes = settings["boxes"] or (provenance.get("upstream") or {}).get("boxes_path")
         if not boxes:
@@ -189,6 +171,7 @@ class ClHoi(Method):
                 pairs[row, : len(texts)], pair_valid[row, : len(texts)] = bank.lookup(texts, "pair"), True
         device = training.ctx.device
         tensor = lambda array: torch.from_numpy(array).to(device)  # noqa: E731
+        self.pseudo = self._pseudo_labels(training, bank, column, bank_rows) if self.regions is not None else None
         self.tables = {
             "captions": tensor(captions),
             "caption_valid": tensor(caption_valid),
@@ -212,6 +195,8 @@ class ClHoi(Method):
                 + (f", {100 * agree:.1f}% of them as the manifest does" if agree is not None else "")
             )
             self.tables["targets"], self.tables["labelled"] = targets, labelled
+        if self.pseudo is None:
+            log.info("soft-relation pseudo-labels: image-level (no --region-embeddings)")
         self.objective = ContrastiveObjective(
             w_context=settings["w_context"],
             w_i2t=settings["w_i2t"],
@@ -221,6 +206,86 @@ class ClHoi(Method):
             t_interaction=settings["t_interaction"],
             t_sr=settings["t_sr"],
         )
+
+    def _check_regions(self, training: Training) -> None:
+        """The region embeddings, when given: of this features store, intact, of the text encoder's CLIP (before any work)."""
+        from hoitool.text.regions import check_same_clip, load_region_embeddings
+
+        settings = self.config["cl_hoi"]
+        self.regions = None
+        if not settings["regions"]:
+            return
+        path = Path(settings["regions"])
+        self.regions, sha256 = load_region_embeddings(path, training.reader.fingerprint, training.request.force)
+        check_same_clip(self.encoder.identity(), self.regions.info["encoder"], self.text_dim, self.regions.dim)
+        missing = [video for video in training.videos["train"].video_ids if video not in self.regions.videos]
+        if missing:
+            raise UsageError(
+                f"{path}: holds no region embeddings of {len(missing)} train video(s) (first {missing[0]!r}); "
+                "build them over the train split (hoitool text regions --split train)"
+            )
+        if int(self.regions.info.get("views", 1)) != training.num_views:
+            raise StaleArtifactError(
+                f"{path}: made for {self.regions.info.get('views')} views, the store has {training.num_views}"
+            )
+        self.fingerprints[f"region embeddings {path}"] = short_digest(sha256)
+
+    def _pseudo_labels(self, training: Training, bank, column: dict[str, int], verbs: np.ndarray) -> dict:
+        """``{(train position, view): (pairs (P, 3), columns (Cp,), y (P, Cp))}`` from the region embeddings (A.3).
+
+        A positive interaction's object is its first triplet's that names one (ours: the paper's
+        triplets are one object each). The file's pairs must be the pairs the pair head forms
+        (valid person x valid non-person of the features store's view): a mismatch is refused.
+        """
+        import torch
+
+        from hoitool.text.regions import region_pseudo_labels
+
+        assert self.regions is not None
+        settings = self.config["cl_hoi"]
+        persons = self.persons["train"]
+        out: dict = {}
+        pairs_total = 0
+        for row, video in enumerate(training.videos["train"].video_ids):
+            pairs, regions = self.regions.read(video)
+            valid = training.reader.read(video, ["valid"])["valid"]  # (V, T, K)
+            for view in range(valid.shape[0]):
+                person = persons[row, view][: valid.shape[1], : valid.shape[2]]
+                expected = int(((valid[view] & person)[:, :, None] & (valid[view] & ~person)[:, None, :]).sum())
+                if expected != int((pairs[:, 0] == view).sum()):
+                    raise StaleArtifactError(
+                        f"{self.regions.path}: video {video!r} view {view} has {int((pairs[:, 0] == view).sum())} "
+                        f"pairs there but {expected} in the features store; rebuild them (hoitool text regions)"
+                    )
+            pairs_total += len(pairs)
+            text = self.texts.get(video)
+            if text is None or not len(pairs):
+                continue
+            own = text.interactions()
+            objects: dict[str, str] = {}
+            for interaction, obj in text.triplets:
+                if obj is not None:
+                    objects.setdefault(interaction, obj)
+            object_rows = np.zeros((len(own), verbs.shape[1]), np.float32)
+            object_valid = np.zeros(len(own), bool)
+            for k, interaction in enumerate(own):
+                if interaction in objects:
+                    object_rows[k], object_valid[k] = bank.lookup([objects[interaction]], "object")[0], True
+            columns = np.array([column[i] for i in own], np.int64)
+            labels = region_pseudo_labels(
+                pairs, regions, verbs[columns], object_rows, object_valid, settings["t_pseudo"]
+            )
+            for view, (view_pairs, y) in labels.items():
+                out[(row, view)] = (
+                    torch.from_numpy(view_pairs.astype(np.int64)),
+                    torch.from_numpy(columns),
+                    torch.from_numpy(y.astype(np.float32)),
+                )
+        log.info(
+            f"soft-relation pseudo-labels: from the region embeddings {self.regions.path} "
+            f"({pairs_total} pairs of {len(training.videos['train'])} train videos)"
+        )
+        return out
 
     def _note_embeddings(self) -> None:
         """Record the text embeddings' bytes as they are now (none before a fresh run builds them)."""
@@ -259,16 +324,17 @@ class ClHoi(Method):
         return dict(batch, is_person=person[:, :frames, :slots].to(batch["valid"].device))
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        from hoitool.train.distributed import unwrap
-
-        return cast("ClHoiNet", unwrap(model)).outputs(
-            batch["nodes"], batch["valid"], batch["boxes"], batch["frame_size"], batch.get("is_person")
+        # through the (DDP) wrapper, so that its gradient hooks see this pass; ClHoiNet returns the dict
+        return model(
+            batch["nodes"], batch["valid"], batch["boxes"], batch["frame_size"], batch.get("is_person"), outputs=True
         )
 
     def terms(self, training, position, batch, outputs, logits):
         import torch
 
         from hoitool.losses import supervised_loss
+        from hoitool.nn.contrastive import dense_pair_targets
+        from hoitool.train.gather import BatchGather
 
         index = batch["index"]
         objective = training.members[position].objective
@@ -282,6 +348,13 @@ class ClHoi(Method):
             terms["ce"] = supervised_loss(logits[position], targets, training.multilabel) * labelled
         weights["ce"] = weights["ce"] * self.config["cl_hoi"]["w_ce"]
         out = outputs[position]
+        sr_targets = None
+        if self.pseudo is not None and self.objective.w_sr:
+            frames, slots = batch["valid"].shape[1:]
+            keys = zip(index.tolist(), batch["view"].tolist(), strict=True)
+            entries = [self.pseudo.get(key) for key in keys]
+            sr_targets = dense_pair_targets(entries, frames, slots, len(self.bank), self.bank.device)
+        gather = BatchGather(len(index), index.device) if training.ctx.distributed else None
         contrast = self.objective(
             out["video"].float(),
             self.tables["captions"][index],
@@ -291,6 +364,9 @@ class ClHoi(Method):
             self.bank,
             self.tables["positive"][index],
             self.tables["negative"][index],
+            sr_targets=sr_targets,
+            real=batch["weight"] > 0,  # a rank's zero-weight dummy takes no part in the in-batch contrast
+            gather=gather,
         )
         contrast.pop("total")
         terms.update(contrast)
