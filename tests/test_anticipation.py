@@ -333,3 +333,93 @@ def test_unlabelled_videos_from_the_manifest_and_a_list(tmp_path):
         unlabelled_videos(videos, listed)
     with pytest.raises(UsageError, match="not found"):
         unlabelled_videos(videos, tmp_path / "missing.txt")
+
+
+# -- anticipation.at: events (hoitool.train.methods.anticipation_events) --------------------------
+
+
+def _entry(video, extra, fps=None, num_frames=None, labels=(0,)):
+    return VideoEntry(video, f"{video}.mp4", list(labels), "train", fps=fps, num_frames=num_frames, extra=extra)
+
+
+def test_event_times_of_the_three_annotation_forms_by_hand():
+    from hoitool.nn.anticipation import event_times
+
+    # Charades: [class, start_s, end_s] at 4 fps -> floor(end * 4): 2.6 s -> 10, 7.9 s -> 31, 20 s -> clipped to 39
+    charades = _entry("c", {"actions": [[3, 0.0, 2.6], [5, 1.0, 7.9], [3, 6.0, 20.0], [7, 0.5, 2.6]]}, 4.0, 40)
+    assert event_times(charades) == [10.0, 31.0, 39.0]  # the two actions ending at 2.6 s are one time
+    # CAD-120: [start, end, label], 0-based inclusive frames -> the segment's last frame
+    cad = _entry("k", {"segments": [[0, 24, "reaching"], [25, 61, "moving"], [62, 99, "placing"]]}, None, 100)
+    assert event_times(cad) == [24.0, 61.0, 99.0]
+    # synthetic turns: frames [start, end) -> end - 1
+    synthetic = _entry("s", {"turns": [{"frames": [0, 5]}, {"frames": [5, 11]}, {"frames": [11, 15]}]}, 5.0, 15)
+    assert event_times(synthetic) == [4.0, 10.0, 14.0]
+    assert event_times(_entry("n", {}, 5.0, 15)) == []  # no annotation: the caller uses the video's end
+    with pytest.raises(UsageError, match="'c2'.*no fps"):
+        event_times(_entry("c2", {"actions": [[1, 0.0, 1.0]]}, None, 40))
+    with pytest.raises(UsageError, match="'bad': malformed"):
+        event_times(_entry("bad", {"segments": [[0, "x"]]}, None, 40))
+
+
+def test_event_draw_is_a_pure_function_of_seed_epoch_and_video():
+    from hoitool.train.methods.anticipation_events import draw_events
+
+    counts = np.array([1, 3, 2, 5, 4])
+    first = draw_events(counts, seed=7, epoch=3)
+    assert (first >= 0).all() and (first < counts).all() and first[0] == 0
+    np.random.seed(123)  # the global RNGs a resumed run restores differently play no part
+    torch.manual_seed(5)
+    assert np.array_equal(draw_events(counts, 7, 3), first)  # a resumed epoch 3 draws the same
+    # the same uniforms whatever the other videos' counts: video p's draw depends on (seed, epoch, p) only
+    assert draw_events(np.array([9, 3, 9, 9, 9]), 7, 3)[1] == first[1]
+    epochs = np.stack([draw_events(counts, 7, epoch) for epoch in range(1, 41)])
+    assert not (epochs == epochs[0]).all()  # epochs differ
+    assert set(epochs[:, 3]) == set(range(5))  # over 40 epochs a 5-event video trains on each of its events
+    assert not np.array_equal(draw_events(counts, 8, 3), first) or not np.array_equal(draw_events(counts, 9, 3), first)
+
+
+def test_labels_at_t_of_a_charades_like_manifest_by_hand():
+    from hoitool.manifest import Manifest
+    from hoitool.train.data import split_videos
+    from hoitool.train.methods.anticipation_events import split_events
+
+    classes = [f"c{i}" for i in range(4)]
+    # fps 2: action 1 [0, 3] s ends at frame 6, action 2 [2, 5] s at frame 10, action 0 [4.5, 6] s at frame 12
+    video = VideoEntry(
+        "v", "v.mp4", [0, 1, 2], "train", fps=2.0, num_frames=20, extra={"actions": [[1, 0, 3], [2, 2, 5], [0, 4.5, 6]]}
+    )
+    plain = VideoEntry("w", "w.mp4", [3], "train", fps=2.0, num_frames=8, extra={})
+    manifest = Manifest(dataset="charades", classes=classes, multilabel=True, videos=[video, plain])
+    videos = split_videos(manifest, ["v", "w"], "train")
+    events = split_events(manifest, videos, LeadTime(seconds=1.0), "at_t")
+    assert events.ids == ["v@6", "v@10", "v@12", "w@7"]
+    assert events.t.tolist() == [6, 10, 12, 7] and events.tau.tolist() == [2, 2, 2, 2]
+    # t = 3 s holds actions 1 and 2; t = 5 s actions 2 and 0 (4.5 <= 5 <= 6); t = 6 s action 0 only
+    expected = np.array([[0, 1, 1, 0], [1, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float32)
+    assert np.array_equal(events.targets, expected)  # w has no events: its end, its video labels
+    assert events.counts.tolist() == [3, 1] and events.offsets.tolist() == [0, 3]
+    by_video = split_events(manifest, videos, LeadTime(seconds=1.0), "video")
+    assert np.array_equal(by_video.targets[:3], np.repeat(videos.targets[:1], 3, axis=0))
+    expanded = events.expanded(videos)
+    assert expanded.video_ids == events.ids and expanded.one_hot().shape == (4, 4)
+    assert events.aliases(videos) == {"v@6": "v", "v@10": "v", "v@12": "v", "w@7": "w"}
+
+
+def test_a_cut_before_the_first_sampled_frame_leaves_the_student_nothing_a_constant_guess():
+    """The rule: the sample is kept (counted in validation and eval) and the student sees no frame, so
+    its logits are the classifier's bias (empty graphs pool to zeros)."""
+    from hoitool.nn.anticipation import truncate_batch
+
+    torch.manual_seed(0)
+    model = ContextGraphNet(4, 3, "global", hidden=8).eval()
+    batch = {
+        "nodes": torch.randn(2, 3, 2, 4),
+        "valid": torch.ones(2, 3, 2, dtype=torch.bool),
+        "boxes": torch.zeros(2, 3, 2, 4),
+        "frame_indices": torch.tensor([[2, 5, 8], [2, 5, 8]]),
+    }
+    # row 0: t = 6, tau = 5 -> sees frames <= 1: none of 2, 5, 8; row 1: t = 6, tau = 1 -> frames 2 and 5
+    cut = truncate_batch(batch, torch.tensor([6.0, 6.0], dtype=torch.float64), torch.tensor([5.0, 1.0]).double())
+    assert not cut["valid"][0].any() and cut["valid"][1].any(dim=-1).tolist() == [True, True, False]
+    logits = model(cut["nodes"], cut["valid"])
+    assert torch.allclose(logits[0], model.classifier.bias)

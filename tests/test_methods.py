@@ -19,6 +19,7 @@ from hoitool import runs
 from hoitool.datasets.synthetic import COLOURS
 from hoitool.datasets.synthetic_features import generate_split
 from hoitool.errors import Interrupted, StaleArtifactError
+from hoitool.io.digest import file_sha256
 from hoitool.manifest import Manifest, VideoEntry
 from hoitool.nn.anticipation import LeadTime, observe_until, truncate_batch
 from hoitool.store import StagedStore, open_store
@@ -33,13 +34,15 @@ TINY = ["--epochs", "2", "--batch-size", "8", "--workers", "0", "--device", "cpu
 def _turns(frame_pairs: np.ndarray) -> list[dict]:
     """The manifest's ``extra.turns`` (as ``prepare synthetic`` writes them) from the frames' (shirt, object) colours."""
     starts = [0, *(np.flatnonzero(np.any(np.diff(frame_pairs, axis=0) != 0, axis=1)) + 1)]
+    ends = [*starts[1:], len(frame_pairs)]
     return [
         {
+            "frames": [int(start), int(end)],  # [start, end) as prepare synthetic writes them
             "person_colour": COLOURS[frame_pairs[start, 0]],
             "object_colour": COLOURS[frame_pairs[start, 1]],
             "object_kind": "object",
         }
-        for start in starts
+        for start, end in zip(starts, ends, strict=True)
     ]
 
 
@@ -235,6 +238,146 @@ def test_anticipation_refuses_stale_teacher_embeddings_and_a_teacher_without_the
         capsys,
     )
     assert code == 2 and "setting of --method anticipation" in err
+
+
+def _hand_event_accuracy(root, run_dir, fraction: float) -> tuple[float, int, int]:
+    """Accuracy of ``run_dir``'s best.pt over every test event, counted by hand: t = each turn's last frame
+    (from the manifest's turns), the view cut with observe_until at t - fraction * frames, one forward per event.
+    Returns (accuracy, events, events whose cut leaves no frame)."""
+    from hoitool.nn.models import build_model
+
+    best = torch.load(runs.best_checkpoint(run_dir), weights_only=False)
+    model = build_model(best["model_config"], best["in_dim"], best["num_classes"])
+    model.load_state_dict(best["model"])
+    model.eval()
+    manifest, store = Manifest.load(root / "manifest.json"), open_store(root / "features.h5")
+    correct = total = empty = 0
+    for video in manifest.split("test"):
+        arrays = store.read(video.id, ["nodes", "valid", "boxes", "frame_indices", "frame_valid", "frame_size"])
+        view = {name: value[0] if name != "frame_size" else value for name, value in arrays.items()}
+        for turn in video.extra["turns"]:
+            t = turn["frames"][1] - 1
+            seen = observe_until(view, t - fraction * video.num_frames)
+            empty += int(not seen["valid"].any())
+            with torch.no_grad():
+                logits = model(torch.from_numpy(seen["nodes"][None]).float(), torch.from_numpy(seen["valid"][None]))
+            correct += int(int(logits.argmax()) == video.labels[0])
+            total += 1
+    return correct / total, total, empty
+
+
+def test_anticipation_at_events_from_the_cli_scores_every_event_as_a_hand_count(synthetic, teacher, tmp_path, capsys):
+    root, _ = synthetic
+    out = tmp_path / "events"
+    args = ["distill", root / "features.h5", "--teacher", teacher, "--view", "global", "--method", "anticipation"]
+    code, _, err = run_cli([*args, "--lead-time", "40%", "--anticipate-at", "events", "--out", out, *TINY], capsys)
+    assert code == 0, err
+    info = json.loads((out / "run.json").read_text())
+    assert info["method"]["at"] == "events" and "at events" in info["label"]
+    assert info["method"]["teacher_checkpoint"]["sha256"] == file_sha256(runs.best_checkpoint(teacher))
+    for record in _metrics(out):
+        assert record["loss_distill"] > 0 and record["loss_ce"] > 0
+    outputs = np.load(out / "outputs.npz", allow_pickle=False)
+    test_ids = outputs["video_ids"][outputs["split"] == "test"]
+    manifest = Manifest.load(root / "manifest.json")
+    expected = sorted(f"{v.id}@{t['frames'][1] - 1}" for v in manifest.split("test") for t in v.extra["turns"])
+    assert sorted(test_ids.tolist()) == expected  # one row per event of every test video
+    code, stdout, err = run_cli(["eval", out, "--lead-time", "40%", "--lead-time", "0%"], capsys)
+    assert code == 0, err
+    record = json.loads((out / "eval" / "lead_times_test.json").read_text())
+    assert record["at"] == "events"
+    for text, fraction in (("40%", 0.4), ("0%", 0.0)):
+        accuracy, events, empty = _hand_event_accuracy(root, out, fraction)
+        lead = record["lead_times"][text]
+        assert lead["samples"] == events == len(expected) and lead["empty_inputs"] == empty
+        assert lead["accuracy"] == pytest.approx(accuracy)
+    assert record["lead_times"]["40%"]["empty_inputs"] > 0  # the first turn ends before 40% of the video
+    metrics = json.loads((out / "eval" / "metrics_test.json").read_text())
+    assert metrics["metrics"]["accuracy"] == pytest.approx(record["lead_times"]["40%"]["accuracy"])
+    # a recognition teacher scored per event too, and --anticipate-at without --lead-time refused
+    code, _, err = run_cli(
+        ["eval", teacher, "--lead-time", "0%", "--anticipate-at", "events", "--out", tmp_path / "e"], capsys
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "e" / "lead_times_test.json").read_text())["lead_times"]["0%"]["samples"] == events
+    code, _, err = run_cli(["eval", out, "--anticipate-at", "events"], capsys)
+    assert code == 2 and "--anticipate-at goes with --lead-time" in err
+
+
+def test_online_teacher_sees_the_clip_cut_at_the_drawn_event(synthetic, teacher, tmp_path):
+    """The frozen teacher's logits on a training batch equal a direct forward of its best.pt model on the view
+    cut (observe_until) at the event the epoch drew; the student's input is the view cut at t - tau."""
+    from hoitool.nn.models import build_model
+    from hoitool.train.distributed import init_distributed
+    from hoitool.train.loop import Training
+    from hoitool.train.methods.anticipation_events import draw_events
+
+    root, _ = synthetic
+    settings = dict(TINY_LIB, method__name="anticipation", anticipation__lead_time="20%", anticipation__at="events")
+    req = request(root / "features.h5", tmp_path / "run", kind="student", teacher=teacher, **settings)
+    from hoitool.settings import resolved
+    from hoitool.settings.training import DistillStageSettings
+
+    req.config = resolved(DistillStageSettings, req.config)
+    training = Training(req, init_distributed("cpu"))
+    training.setup(None)
+    assert not (tmp_path / "run").exists()  # set-up alone writes nothing
+    training.sampler.set_epoch(2)
+    best = torch.load(runs.best_checkpoint(teacher), weights_only=False)
+    direct = build_model(best["model_config"], best["in_dim"], best["num_classes"])
+    direct.load_state_dict(best["model"])
+    direct.eval()
+    manifest, store = Manifest.load(root / "manifest.json"), open_store(root / "features.h5")
+    by_id, train_ids = manifest.by_id(), training.videos["train"].video_ids
+    counts = np.array([len(by_id[v].extra["turns"]) for v in train_ids])
+    drawn = draw_events(counts, req.config["train"]["seed"], 2)
+    raw = next(iter(training.train_loader))
+    batch = training.method.inputs(raw, "train")
+    for row, position in enumerate(raw["index"].tolist()):
+        video = by_id[train_ids[position]]
+        t = video.extra["turns"][drawn[position]]["frames"][1] - 1
+        arrays = store.read(video.id, ["nodes", "valid", "boxes", "frame_indices", "frame_valid", "frame_size"])
+        view = {name: value[0] if name != "frame_size" else value for name, value in arrays.items()}
+        teacher_view, student_view = observe_until(view, t), observe_until(view, t - 0.2 * video.num_frames)
+        with torch.no_grad():
+            expected = direct(
+                torch.from_numpy(teacher_view["nodes"][None]).float(), torch.from_numpy(teacher_view["valid"][None])
+            )
+        assert torch.allclose(batch["teacher_logits"][row], expected[0], atol=1e-5)
+        assert np.array_equal(batch["valid"][row].numpy(), student_view["valid"])
+        assert not batch["teacher_logits"].requires_grad
+
+
+def test_anticipation_at_events_resume_refuses_a_changed_teacher_checkpoint(synthetic, teacher, tmp_path):
+    import shutil
+
+    root, _ = synthetic
+    copy = tmp_path / "teacher"
+    shutil.copytree(teacher, copy)
+    out = tmp_path / "run"
+    settings = dict(TINY_LIB, method__name="anticipation", anticipation__lead_time="1s", anticipation__at="events")
+    with pytest.raises(Interrupted):
+        train(
+            request(root / "features.h5", out, kind="student", teacher=copy, **settings),
+            on_epoch_end=_stop_after_first_epoch,
+        )
+    checkpoint = runs.best_checkpoint(copy)
+    recorded = torch.load(runs.last_checkpoint(out), weights_only=False)["method_upstream"]
+    assert recorded == {f"teacher checkpoint {checkpoint.resolve()}": file_sha256(checkpoint)[:16]}
+    state = torch.load(checkpoint, weights_only=False)
+    state["model"] = {name: value + 0.01 for name, value in state["model"].items()}
+    torch.save(state, checkpoint)  # the teacher's best.pt changed; its outputs did not
+    with pytest.raises(StaleArtifactError, match="stale teacher outputs"):  # the outputs' own record sees it first
+        train(request(root / "features.h5", out, kind="student", teacher=copy, resume=True, **settings))
+    record = json.loads((copy / "outputs.json").read_text())  # outputs claiming the new best.pt (same bytes)
+    record["checkpoint"]["sha256"] = file_sha256(checkpoint)
+    (copy / "outputs.json").write_text(json.dumps(record))
+    with pytest.raises(StaleArtifactError, match=f"teacher checkpoint {checkpoint.resolve()} changed"):
+        train(request(root / "features.h5", out, kind="student", teacher=copy, resume=True, **settings))
+    result = train(
+        request(root / "features.h5", out, kind="student", teacher=copy, resume=True, force=True, **settings)
+    )
+    assert result.trained_epochs == 1
 
 
 def test_text_commands_write_a_simulated_teacher_and_fill_triplets_from_captions(synthetic, tmp_path, capsys):
