@@ -1,0 +1,121 @@
+"""DDP for the training methods (hoitool.train.methods): 2 gloo ranks (torchrun) end where 1 process ends.
+
+One test per method, each comparing the weights in ``last.pt`` and the logged loss terms of a run
+launched with ``torchrun --nproc_per_node 2`` against the same run in one process, as
+tests/test_ddp.py does for GLIDN (SGD and no dropout for the reasons given there). The data is the
+synthetic set of tests/test_methods.py (node features of its class rules, with fps, frame counts
+and turn times); the shared helpers below launch the CLI under torchrun and compare two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_methods import _write_set
+from test_train import request
+
+from hoitool.train.loop import train
+
+SETTINGS = {
+    "train__epochs": 3,
+    "train__batch_size": 4,
+    "model__hidden": 16,
+    "model__heads": 2,
+    "optim__lr": 0.05,
+    "optim__name": "sgd",
+}
+CLI_SETTINGS = [
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "4",
+    "--lr",
+    "0.05",
+    "--set",
+    "optim.name=sgd",
+    "--set",
+    "model.hidden=16",
+    "--set",
+    "model.heads=2",
+]
+
+
+def _torchrun(arguments: list) -> None:
+    """``python -m torch.distributed.run --standalone --nproc_per_node 2 -m hoitool ARGUMENTS`` (gloo on CPU)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hoitool"]
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    finished = subprocess.run(
+        [*command, *map(str, arguments)], capture_output=True, text=True, timeout=300, env=environment
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(single: Path, ddp: Path, terms: tuple[str, ...]) -> None:
+    """Every weight within 1e-5 after 3 epochs, the same logged loss terms per epoch (rank 0 writes alone)."""
+    one = torch.load(single / "checkpoints" / "last.pt", weights_only=True)
+    two = torch.load(ddp / "checkpoints" / "last.pt", weights_only=True)
+    assert two["epoch"] == 3 and len(two["rng"]) == 2
+    for key, value in one["members"]["main"]["model"].items():
+        assert torch.allclose(value, two["members"]["main"]["model"][key], atol=1e-5, rtol=0), key
+    ours, theirs = _metrics(ddp), _metrics(single)
+    assert [line["epoch"] for line in ours] == [1, 2, 3]
+    for mine, reference in zip(ours, theirs, strict=True):
+        for term in terms:
+            assert mine[term] == pytest.approx(reference[term], abs=1e-5), term
+        assert mine["train_accuracy"] == reference["train_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_teacher(tmp_path_factory):
+    """The synthetic set's stores and a global teacher that saved its node embeddings."""
+    root = tmp_path_factory.mktemp("ddp_methods")
+    _write_set(root)
+    teacher = root / "teacher"
+    train(request(root / "features.h5", teacher, view="global", train__embeddings=True, **SETTINGS))
+    return root, teacher
+
+
+# -- one test per method --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["end", "events"])
+def test_anticipation_two_gloo_ranks_match_one_process(synthetic_teacher, tmp_path, at):
+    """L_d's node embeddings go through the DDP-wrapped forward (at: events also runs the frozen teacher per rank)."""
+    root, teacher = synthetic_teacher
+    method = {"method__name": "anticipation", "anticipation__lead_time": "40%", "anticipation__at": at}
+    train(request(root / "features.h5", tmp_path / "single", kind="student", teacher=teacher, **SETTINGS, **method))
+    _torchrun(
+        [
+            "distill",
+            root / "features.h5",
+            "--teacher",
+            teacher,
+            "--view",
+            "global",
+            "--method",
+            "anticipation",
+            "--lead-time",
+            "40%",
+            "--anticipate-at",
+            at,
+            "--out",
+            tmp_path / "ddp",
+            *CLI_SETTINGS,
+        ]
+    )
+    _assert_same_run(tmp_path / "single", tmp_path / "ddp", ("loss_ce", "loss_distill", "loss_total"))
