@@ -380,6 +380,23 @@ def test_anticipation_at_events_resume_refuses_a_changed_teacher_checkpoint(synt
     assert result.trained_epochs == 1
 
 
+def test_anticipation_at_events_resumed_ends_bit_identical_to_an_uninterrupted_run(synthetic, teacher, tmp_path):
+    root, _ = synthetic
+    settings = dict(TINY_LIB, method__name="anticipation", anticipation__lead_time="20%", anticipation__at="events")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(request(root / "features.h5", whole, kind="student", teacher=teacher, **settings))
+    with pytest.raises(Interrupted):
+        train(
+            request(root / "features.h5", parts, kind="student", teacher=teacher, **settings),
+            on_epoch_end=_stop_after_first_epoch,
+        )
+    train(request(root / "features.h5", parts, kind="student", teacher=teacher, resume=True, **settings))
+    one, two = (torch.load(runs.last_checkpoint(run), weights_only=False) for run in (whole, parts))
+    for key, value in one["members"]["main"]["model"].items():
+        assert torch.equal(value, two["members"]["main"]["model"][key]), key
+    assert np.array_equal(np.load(whole / "outputs.npz")["logits"], np.load(parts / "outputs.npz")["logits"])
+
+
 def test_text_commands_write_a_simulated_teacher_and_fill_triplets_from_captions(synthetic, tmp_path, capsys):
     root, classes = synthetic
     code, _, err = run_cli(["text", "simulate", root / "manifest.json", "--out", tmp_path / "vlm.jsonl"], capsys)
