@@ -47,7 +47,8 @@ DEMO_DEFAULTS = {
     "data": {"videos_per_class": 60, "frames": 15, "size": 64, "seed": 0, "class_set": "sharp"},
     "boxes": {"frames": 8, "top_k": 2},
     # Box crops through the first two stages of a random-weight ResNet-18 (no weights are downloaded):
-    # shallow random features keep the colours that the classes are made of.
+    # shallow random features keep the colours that the classes are made of. The demo preset standardises them
+    # per dimension (data.standardize=train, every view): their shared offset kept the paper's global view at chance.
     "features": {"backbone": "resnet18", "weights": "random", "layer": "layer2", "mode": "crop", "crop_size": 32},
     "train": {"preset": "demo", "seeds": [0, 1], "set": []},  # "set": extra key=value for every run
     "distill": {"T": 4.0, "generalized": 0.5},
@@ -92,7 +93,7 @@ class MethodRun:
 LEAD_TIME = "50%"  # anticipation's student sees the first half of each video's frames
 # The hook for issue 9's methods: name -> its demo run. The local teacher of every seed writes its node
 # embeddings (train.embeddings), which the anticipation student distils from; anticipation and cl_hoi train
-# the local view, since the global view stays at chance on the demo's random-weight features (README).
+# the local view (chosen when the global view was still at chance on the raw random-weight features; README).
 METHOD_RUNS: dict[str, MethodRun] = {
     "dual_attention": MethodRun(
         "teacher",
