@@ -119,3 +119,28 @@ def test_anticipation_two_gloo_ranks_match_one_process(synthetic_teacher, tmp_pa
         ]
     )
     _assert_same_run(tmp_path / "single", tmp_path / "ddp", ("loss_ce", "loss_distill", "loss_total"))
+
+
+@pytest.mark.slow
+def test_cl_hoi_two_ranks_match_one_process(tmp_path, capsys):
+    """CL-HOI's in-batch terms (InfoNCE context, text->video) contrast each video with the whole global batch.
+
+    18 train videos in global batches of 17: the first splits 9 / 8 over the ranks (shares of unequal
+    size, padded for the gather), the last is one video, so rank 1 trains on a zero-weight dummy that
+    must be neither an anchor nor a negative. Checked to fail without the gather (each rank contrasting
+    its own share) and without leaving the dummy out.
+    """
+    from helpers import run_cli
+
+    _write_set(tmp_path)
+    features, vlm = tmp_path / "features.h5", tmp_path / "vlm.jsonl"
+    assert run_cli(["text", "simulate", tmp_path / "manifest.json", "--out", vlm], capsys)[0] == 0
+    method = {"method__name": "cl_hoi", "cl_hoi__vlm_import": str(vlm), "cl_hoi__text_encoder": "tiny:16"}
+    train(request(features, tmp_path / "single", **dict(SETTINGS, train__batch_size=17), **method))
+    cli = list(CLI_SETTINGS)
+    cli[cli.index("--batch-size") + 1] = "17"
+    method_flags = ["--method", "cl_hoi", "--vlm-import", vlm, "--text-encoder", "tiny:16"]
+    _torchrun(["train-teacher", features, "--view", "global", "--out", tmp_path / "ddp", *method_flags, *cli])
+    terms = ("loss_ce", "loss_context", "loss_i2t", "loss_t2i", "loss_sr", "loss_total")
+    _assert_same_run(tmp_path / "single", tmp_path / "ddp", terms)
+    assert all(line["loss_context"] > 0 and line["loss_t2i"] > 0 for line in _metrics(tmp_path / "ddp"))

@@ -134,17 +134,20 @@ class ClHoi(Method):
 
         settings = self.config["cl_hoi"]
         manifest_path = training.config["data"]["manifest"] or training.reader.manifest_path
-        built = build_text_embeddings(
-            self.embeddings_path,
-            self.import_path,
-            self.encoder,
-            class_names=[class_text(name) for name in training.manifest.classes],
-            manifest_path=manifest_path,
-            template=settings["template"],
-        )
-        log.info(
-            f"{self.embeddings_path}: text embeddings {'reused' if built['reused'] else 'built'} ({built['count']} texts)"
-        )
+        if training.ctx.is_main:  # one writer: the other ranks read what rank 0 built
+            built = build_text_embeddings(
+                self.embeddings_path,
+                self.import_path,
+                self.encoder,
+                class_names=[class_text(name) for name in training.manifest.classes],
+                manifest_path=manifest_path,
+                template=settings["template"],
+            )
+            log.info(
+                f"{self.embeddings_path}: text embeddings {'reused' if built['reused'] else 'built'} "
+                f"({built['count']} texts)"
+            )
+        training.ctx.barrier()
         self._note_embeddings()
         bank = load_text_embeddings(self.embeddings_path, self.encoder.identity(), self.import_path, manifest_path)
         interactions, bank_rows = bank.of_kind("interaction")
