@@ -1,15 +1,20 @@
 """``--method anticipation``: anticipation by distillation (Tran et al.) as a ``distill`` method.
 
-The student sees each video only up to ``t - tau`` (``anticipation.lead_time``; ``t`` the video's
-last frame), the frozen teacher (a ``train-teacher`` run) the whole clip; the student learns
-(Eq. 1-2, :class:`hoitool.nn.anticipation.AnticipationObjective`):
+The student sees each video only up to ``t - tau`` (``anticipation.lead_time``), the frozen teacher
+(a ``train-teacher`` run) the clip up to ``t``. ``anticipation.at``: ``end`` -- ``t`` is the video's
+last frame and the teacher's stored outputs and node embeddings are read; ``events`` -- ``t`` is the
+end of each annotated event, one drawn per video and epoch, every one scored, and the teacher's
+``best.pt`` runs online on the clip cut at ``t`` (:mod:`hoitool.train.methods.anticipation_events`).
+The student learns (Eq. 1-2, :class:`hoitool.nn.anticipation.AnticipationObjective`):
 
-* ``ce`` -- the labels, on the labelled videos;
-* ``soft`` -- the teacher's soft predictions (its logits, ``outputs.npz``), on the unlabelled videos
+* ``ce`` -- the labels (at ``t`` where the manifest has them), on the labelled videos;
+* ``soft`` -- the teacher's soft predictions (its logits), on the unlabelled videos
   (manifest ``extra.unlabelled: true`` or ``anticipation.unlabelled``, a file of ids);
 * ``distill`` (weight ``lam``) -- ``L_d`` of Eq. 3-5 between the student's and the teacher's node
-  embeddings after the graph layers (the teacher's ``embeddings.npz``,
+  embeddings after the graph layers (at ``end`` the teacher's ``embeddings.npz``,
   :mod:`hoitool.train.methods.embeddings`, refused when stale), or the ``L_direct`` ablation.
+
+The student's forward goes through the (DDP-)wrapped model, so the method trains under ``torchrun``.
 
 Validation and the run's outputs use the same truncated input; :func:`evaluate_lead_times` scores a
 finished run at other lead times (``hoitool eval RUN --lead-time ...``). docs/method-anticipation.md.
