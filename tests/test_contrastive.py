@@ -171,6 +171,64 @@ def test_objective_is_the_weighted_sum_and_survives_empty_inputs():
         video, torch.randn(3, 4), torch.ones(3, dtype=torch.bool), pairs, pair_valid, bank, positive, negative
     )
     assert off["context"].abs().sum() == 0 and off["sr"].abs().sum() == 0
+    assert off["context"].requires_grad  # a weight-0 term is 0 but on the outputs' graph (DDP: every parameter used)
+
+
+class _FakeGather:
+    """A stand-in for the DDP gather (hoitool.train.gather.BatchGather) of one "rank" holding ``rows`` of a batch.
+
+    ``whole`` holds the full batch's tensors; a gathered tensor is the whole one whose rows at
+    ``rows`` equal the rank's own, with the rank's own rows (and their gradient) put back in.
+    """
+
+    def __init__(self, whole: list[torch.Tensor], rows: list[int]):
+        self.whole, self.rows = whole, torch.tensor(rows)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for full in self.whole:
+            if full.dtype == x.dtype and full.shape[1:] == x.shape[1:] and torch.equal(full[self.rows], x.detach()):
+                out = full.clone()
+                out[self.rows] = x
+                return out
+        raise AssertionError(f"gathered an unexpected tensor {tuple(x.shape)}")
+
+
+def test_objective_over_the_gathered_batch_keeps_its_own_rows_and_leaves_dummies_out():
+    from hoitool.nn.contrastive import best_pair_logits
+
+    torch.manual_seed(4)
+    video, captions = torch.randn(4, 3), torch.randn(4, 3)
+    pairs = torch.randn(4, 5, 3)
+    pair_valid = torch.rand(4, 5) > 0.2
+    pair_valid[:, 0] = True  # every video has a pair
+    bank = torch.randn(6, 3)
+    positive = torch.rand(4, 6) > 0.6
+    negative = ~positive & (torch.rand(4, 6) > 0.5)
+    caption_valid = torch.ones(4, dtype=torch.bool)
+    objective = ContrastiveObjective()
+    whole = objective(video, captions, caption_valid, pairs, pair_valid, bank, positive, negative)
+    g, has_pairs = best_pair_logits(pairs, pair_valid, bank, objective.t_interaction)
+    gather = _FakeGather([video, captions, caption_valid, g, has_pairs, positive], [1, 2])
+    rows = slice(1, 3)  # this "rank" holds videos 1 and 2; its terms are theirs in the whole batch
+    mine = objective(
+        video[rows], captions[rows], caption_valid[rows], pairs[rows], pair_valid[rows], bank, positive[rows],
+        negative[rows], gather=gather,
+    )  # fmt: skip
+    for name in ("context", "i2t", "t2i", "sr"):
+        torch.testing.assert_close(mine[name], whole[name][rows])
+    assert not torch.allclose(  # and not the terms of its share alone
+        mine["context"],
+        symmetric_info_nce(video[rows], captions[rows], objective.t_context),
+    )
+    # a zero-weight dummy (real False) is neither anchor nor negative: the others' terms as without it
+    real = torch.tensor([True, True, True, False])
+    dummy = objective(video, captions, caption_valid, pairs, pair_valid, bank, positive, negative, real=real)
+    without = objective(
+        video[:3], captions[:3], caption_valid[:3], pairs[:3], pair_valid[:3], bank, positive[:3], negative[:3]
+    )
+    for name in ("context", "t2i"):
+        torch.testing.assert_close(dummy[name][:3], without[name])
+        assert dummy[name][3] == 0
 
 
 # -- label-free targets ---------------------------------------------------------------------------
