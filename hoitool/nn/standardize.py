@@ -49,7 +49,8 @@ class FeatureStandardization(nn.Module):
             return x
         if x.shape[-1] != self.mean.shape[0]:
             raise ValueError(f"standardisation holds {self.mean.shape[0]}-d statistics, the input is {x.shape[-1]}-d")
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
+        return (x - mean) / std
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
         """A checkpoint that holds statistics gives them to a model built without (how best.pt is rebuilt)."""
