@@ -222,3 +222,29 @@ def test_a_model_without_a_standardisation_slot_is_refused_before_any_file(tmp_p
     with pytest.raises(UsageError, match="the dual_attention model has no standardisation slot"):
         train(request(features, tmp_path / "run", data__standardize="train", **TINY))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_standardise_as_one_process(tmp_path):
+    """Every DDP rank computes the same statistics and sets them before DDP wraps the model: same run as 1 process."""
+    import os
+    import subprocess
+    import sys
+
+    from test_ddp import SETTINGS
+
+    store = make_store(tmp_path, split_sizes={"train": 9, "val": 3, "test": 2})
+    train(request(store, tmp_path / "single", data__standardize="train", **SETTINGS))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hoitool"]
+    command += ["train-teacher", str(store), "--view", "global", "--out", str(tmp_path / "ddp"), "--device", "cpu"]
+    command += ["--workers", "0", "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--set", "optim.name=sgd"]
+    command += ["--set", "model.hidden=16", "--set", "model.heads=2", "--set", "data.standardize=train"]
+    finished = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    single = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["members"]["main"]["model"]
+    ddp = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["members"]["main"]["model"]
+    assert torch.equal(single["standardize.mean"], ddp["standardize.mean"])
+    for key, value in single.items():
+        assert torch.allclose(value, ddp[key], atol=1e-5, rtol=0), key
