@@ -231,6 +231,15 @@ def test_cl_hoi_trains_on_region_pseudo_labels(rendered, tmp_path, capsys):
         key.startswith("region embeddings")
         for key in json.loads((out / "run.json").read_text())["method"]["fingerprints"]
     )
+    regions_bytes = regions.read_bytes()
+    regions.write_bytes(regions_bytes + b"\0")  # the region embeddings changed: refused before any work
+    code, _, err = run_cli(
+        ["train-teacher", rendered / "features.h5", "--out", out, *common, "--text-encoder", "tiny:16",
+         "--region-embeddings", regions, "--epochs", "2", "--resume"],
+        capsys,
+    )  # fmt: skip
+    assert code != 0 and f"{regions}: changed since it was written" in err
+    regions.write_bytes(regions_bytes)
     code, _, err = run_cli(
         ["train-teacher", rendered / "features.h5", "--out", tmp_path / "other", *common, "--text-encoder", "tiny:8",
          "--region-embeddings", regions],

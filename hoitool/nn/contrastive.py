@@ -416,6 +416,7 @@ def dense_pair_targets(
         pairs, columns, targets = (part.to(device) for part in entry)
         if not len(pairs) or not len(columns):
             continue
+        pairs, columns = pairs.long(), columns.long()  # stored small (int16), indexed as int64
         flat = (pairs[:, 0] * slots + pairs[:, 1]) * slots + pairs[:, 2]
         out[row, flat[:, None], columns[None, :]] = targets.float()
     return out
