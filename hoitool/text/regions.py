@@ -27,7 +27,7 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -233,15 +233,16 @@ class RegionEmbeddings:
         self.path, self.info = path, info
         self.dim = int(info["dim"])
         self.videos = {video: row for row, video in enumerate(info["videos"])}
-        self._data = None  # the open archive (its directory is read once, not once per video)
+        # the open archive (an NpzFile): its directory is read once, not once per video
+        self._data: Any = None
 
     def read(self, video: str) -> tuple[np.ndarray, np.ndarray]:
         if video not in self.videos:
             raise UsageError(f"{self.path}: holds no region embeddings of video {video!r}")
         if self._data is None:
             self._data = np.load(self.path, allow_pickle=False)
-        row = self.videos[video]
-        return self._data[f"p{row}"].astype(np.int64), self._data[f"e{row}"].astype(np.float32)
+        data, row = self._data, self.videos[video]
+        return data[f"p{row}"].astype(np.int64), data[f"e{row}"].astype(np.float32)
 
     def close(self) -> None:
         if self._data is not None:
