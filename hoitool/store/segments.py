@@ -448,6 +448,9 @@ class SegmentedBackend:
             for row, video_id in enumerate(meta["videos"]["id"]):
                 self.entries[video_key(video_id)] = (name, row)
         self._open: dict[str, _SegmentReader] = {}
+        # Zarr: a read costs ~1 ms of its machinery whatever its size, so the small arrays (boxes, valid, ...; 2% of
+        # a video's bytes at T=32, K=15, D=512) are read whole, once per process, when the store's fit HELD_BYTES
+        self._held = _small_arrays(self.layout, self.columns) if str(self.path).endswith(".zarr") else {}
 
     def read_meta(self) -> dict:
         return self.meta
@@ -469,7 +472,7 @@ class SegmentedBackend:
     def _segment(self, name: str):
         handle = self._open.get(name)
         if handle is None:
-            handle = _SegmentReader(self.path / SEGMENTS / name)
+            handle = _SegmentReader(self.path / SEGMENTS / name, self._held.get(name, ()))
             self._open[name] = handle
         return handle
 
@@ -506,11 +509,37 @@ class SegmentedBackend:
         self._open = {}
 
 
-class _SegmentReader:
-    """One segment file opened once per process; rows are read one video at a time."""
+# Zarr segments: arrays of at most SMALL_ROW_BYTES a video are held whole in each reading process, when all of the
+# store's such arrays take at most HELD_BYTES (about 30,000 videos at T=32, K=15, one view): docs/cache-format.md
+SMALL_ROW_BYTES = 64 << 10
+HELD_BYTES = 256 << 20
 
-    def __init__(self, path: Path):
+
+def _small_arrays(layout: dict[str, dict], columns: dict[str, dict]) -> dict[str, tuple[str, ...]]:
+    """Per segment, the arrays a reader holds whole (none when the store's small arrays exceed HELD_BYTES)."""
+    held: dict[str, tuple[str, ...]] = {}
+    total = 0
+    for segment, arrays in layout.items():
+        small = {name: row_bytes({name: info}) for name, info in arrays.items()}
+        small = {name: size for name, size in small.items() if size <= SMALL_ROW_BYTES}
+        total += sum(small.values()) * len(columns[segment]["id"])
+        held[segment] = tuple(sorted(small))
+    return held if total <= HELD_BYTES else {}
+
+
+class _SegmentReader:
+    """One segment file opened once per process; rows are read one video at a time.
+
+    ``hold`` names arrays read whole on first use and served from memory after (Zarr's
+    small arrays: one read instead of one per video). If reading one whole fails (a
+    damaged chunk of some other video), that array falls back to per-row reads, so only
+    the damaged videos fail, as without holding.
+    """
+
+    def __init__(self, path: Path, hold: Iterable[str] = ()):
         self.path = path
+        self.hold = set(hold)
+        self.held: dict[str, np.ndarray] = {}
         self.hdf5 = path.suffix == ".h5"
         if self.hdf5:
             import h5py
@@ -535,6 +564,15 @@ class _SegmentReader:
             self.arrays[name] = array
         elif not self.hdf5 and not os.path.exists(self.path / name / "zarr.json"):
             raise KeyError(name)  # deleted since it was opened: already-verified reads must still see it
+        if name in self.hold:
+            held = self.held.get(name)
+            if held is None:
+                try:
+                    held = self.held[name] = np.asarray(array[...])
+                except Exception:  # some chunk is unreadable: read row by row, so it fails only its own videos
+                    self.hold.discard(name)
+                    return np.asarray(array[row])
+            return held[row].copy()  # a copy: a caller that edits its arrays must not edit the held ones
         return np.asarray(array[row])
 
     def close(self) -> None:

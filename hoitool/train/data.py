@@ -23,7 +23,7 @@ from typing import NamedTuple, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from hoitool import log
 from hoitool.errors import HoitoolError, UsageError
@@ -298,14 +298,32 @@ class VideoDataset(_StoreBacked):
         ]
 
 
-def _stack_padded(arrays: list[np.ndarray], fill) -> np.ndarray:
-    """Stack (T, K, ...) arrays, padding T and K up to the batch's largest."""
+def _empty(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    """An uninitialised batch tensor; in a DataLoader worker, in shared memory already.
+
+    A worker's batch reaches the main process through shared memory: a tensor made in
+    ordinary memory is copied there when it is sent (torch's ``default_collate`` allocates
+    in shared memory for the same reason), so filling a shared one saves a copy per batch.
+    """
+    dtype_t = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype_t)
+    storage = torch.empty(0, dtype=dtype_t)._typed_storage()._new_shared(math.prod(shape), device="cpu")
+    return torch.empty(0, dtype=dtype_t).new(storage).view(shape)
+
+
+def _stack_padded(arrays: list[np.ndarray], fill) -> torch.Tensor:
+    """Stack (T, K, ...) arrays into one tensor, padding T and K up to the batch's largest."""
+    arrays = [np.asarray(array) for array in arrays]
     shape = tuple(max(sizes) for sizes in zip(*(array.shape for array in arrays), strict=False))
+    out = _empty((len(arrays), *shape), arrays[0].dtype)
+    view = out.numpy()
     if all(array.shape == shape for array in arrays):
-        return np.stack(arrays)
-    out = np.full((len(arrays),) + shape, fill, dtype=arrays[0].dtype)
+        np.stack(arrays, out=view)
+        return out
+    view.fill(fill)
     for row, array in enumerate(arrays):
-        out[(row,) + tuple(slice(0, size) for size in array.shape)] = array
+        view[(row,) + tuple(slice(0, size) for size in array.shape)] = array
     return out
 
 
@@ -313,22 +331,21 @@ def collate(samples: list) -> dict[str, torch.Tensor]:
     """Samples (or lists of per-view samples) -> dense batch tensors; padded nodes are invalid."""
     if samples and isinstance(samples[0], list):
         samples = [view for video in samples for view in video]
-    targets = np.stack([np.asarray(sample["target"]) for sample in samples])
     batch = {
-        "nodes": torch.from_numpy(_stack_padded([s["nodes"] for s in samples], 0)),
-        "valid": torch.from_numpy(_stack_padded([s["valid"] for s in samples], False)),
-        "boxes": torch.from_numpy(_stack_padded([s["boxes"] for s in samples], 0)),
+        "nodes": _stack_padded([s["nodes"] for s in samples], 0),
+        "valid": _stack_padded([s["valid"] for s in samples], False),
+        "boxes": _stack_padded([s["boxes"] for s in samples], 0),
         "frame_size": torch.from_numpy(np.stack([s["frame_size"] for s in samples]).astype(np.float32)),
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
         "view": torch.tensor([s["view"] for s in samples], dtype=torch.int64),
         "weight": torch.tensor([s["weight"] for s in samples], dtype=torch.float32),
-        "target": torch.from_numpy(targets),
+        "target": torch.from_numpy(np.stack([np.asarray(sample["target"]) for sample in samples])),
     }
     if samples and "frame_indices" in samples[0]:  # decoded frame of each sampled frame (padding: -1)
-        batch["frame_indices"] = torch.from_numpy(_stack_padded([np.asarray(s["frame_indices"]) for s in samples], -1))
+        batch["frame_indices"] = _stack_padded([s["frame_indices"] for s in samples], -1)
     for name in samples[0].keys() - batch.keys() if samples else ():  # a split's extras (objects, frame_maps)
         values = [np.asarray(s[name]) for s in samples]
-        batch[name] = torch.from_numpy(_stack_padded(values, False if values[0].dtype == bool else 0))
+        batch[name] = _stack_padded(values, False if values[0].dtype == bool else 0)
     return batch
 
 
