@@ -251,3 +251,6 @@ def test_cl_hoi_trains_on_region_pseudo_labels(rendered, tmp_path, capsys):
         capsys,
     )  # fmt: skip
     assert code == 0 and "soft-relation pseudo-labels: image-level (no --region-embeddings)" in err
+    glidn = ["train-teacher", rendered / "features.h5", "--view", "local", "--out", tmp_path / "glidn"]
+    code, _, err = run_cli([*glidn, "--region-embeddings", regions, "--device", "cpu"], capsys)
+    assert code == 2 and "cl_hoi.regions is a setting of --method cl_hoi" in err  # never silently ignored

@@ -83,7 +83,11 @@ class Method:
             raise UsageError(
                 f"--method {self.name} trains {' or '.join(self.kinds)} runs, not a {training.request.kind} run"
             )
-        for key, owner in (("anticipation.lead_time", "anticipation"), ("cl_hoi.vlm_import", "cl_hoi")):
+        for key, owner in (
+            ("anticipation.lead_time", "anticipation"),
+            ("cl_hoi.vlm_import", "cl_hoi"),
+            ("cl_hoi.regions", "cl_hoi"),
+        ):
             section, name = key.split(".")
             if owner != self.name and (self.config.get(section) or {}).get(name) is not None:
                 raise UsageError(f"{key} is a setting of --method {owner}, but this run's method is {self.name}")
