@@ -103,7 +103,6 @@ METHOD_RUNS: dict[str, MethodRun] = {
             "dual_attention.regions=nodes",
             *(f"dual_attention.{key}=64" for key in ("hidden", "prior_hidden", "attention_dim", "head_hidden")),
             "dual_attention.trn_max_order=4",
-            "data.standardize=none",  # its network has no standardisation slot: raw features, as in its paper
         ),
         "dual_attention",
     ),

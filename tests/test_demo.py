@@ -35,16 +35,18 @@ def test_no_preset_turns_an_extension_on_for_every_view(name, distill):
         assert not all(enabled), f"preset {name} turns {extension} on for every view"
 
 
-def test_the_demo_standardises_every_view_and_leaves_dual_attention_raw():
-    """The demo preset's departure from the paper (data.standardize=train) reaches every Table 1 view; dual
-    attention, whose network has no standardisation slot, is given the raw features by its recipe."""
+def test_the_demo_standardises_every_view_and_every_method_row():
+    """The demo preset's departure from the paper (data.standardize=train) reaches every Table 1 view and every
+    method row (dual attention over node regions standardises its nodes as the graph models do)."""
     for view in VIEWS:
         for distill in (False, True):
             config = resolve_training_config(distill, "demo", None, {"model.view": view}, (), view)
             assert config["data"]["standardize"] == "train"
-    recipe = METHOD_RUNS["dual_attention"]
-    config = resolve_training_config(False, "demo", None, {"model.view": recipe.view}, recipe.overrides)
-    assert config["data"]["standardize"] == "none"
+    for recipe in METHOD_RUNS.values():
+        config = resolve_training_config(
+            recipe.kind == "student", "demo", None, {"model.view": recipe.view}, recipe.overrides
+        )
+        assert config["data"]["standardize"] == "train", recipe
 
 
 TINY = ["--videos-per-class", "2", "--seeds", "1", "--device", "cpu", "--set", 'train.set=["train.epochs=2"]']

@@ -213,38 +213,27 @@ def test_the_paper_presets_keep_the_features_raw_and_the_demo_preset_standardise
         )
 
 
-def test_a_model_without_a_standardisation_slot_is_refused_before_any_file(tmp_path):
+def test_dual_attention_standardises_its_node_regions_and_refuses_cells(tmp_path):
+    """Node regions are the nodes the statistics describe: a dual_attention run carries them in best.pt. Map cells
+    are not, so standardising them is refused before any file; a model without a slot is refused too."""
     from test_dual_attention_cli import TINY, with_objects
     from test_train import make_features
 
+    from hoitool.nn.dual_attention import DualAttentionNet
+
     features = make_features(tmp_path)
     with_objects(features)
-    with pytest.raises(UsageError, match="the dual_attention model has no standardisation slot"):
-        train(request(features, tmp_path / "run", data__standardize="train", **TINY))
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.slow
-def test_two_gloo_ranks_standardise_as_one_process(tmp_path):
-    """Every DDP rank computes the same statistics and sets them before DDP wraps the model: same run as 1 process."""
-    import os
-    import subprocess
-    import sys
-
-    from test_ddp import SETTINGS
-
-    store = make_store(tmp_path, split_sizes={"train": 9, "val": 3, "test": 2})
-    train(request(store, tmp_path / "single", data__standardize="train", **SETTINGS))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hoitool"]
-    command += ["train-teacher", str(store), "--view", "global", "--out", str(tmp_path / "ddp"), "--device", "cpu"]
-    command += ["--workers", "0", "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--set", "optim.name=sgd"]
-    command += ["--set", "model.hidden=16", "--set", "model.heads=2", "--set", "data.standardize=train"]
-    finished = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    single = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["members"]["main"]["model"]
-    ddp = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["members"]["main"]["model"]
-    assert torch.equal(single["standardize.mean"], ddp["standardize.mean"])
-    for key, value in single.items():
-        assert torch.allclose(value, ddp[key], atol=1e-5, rtol=0), key
+    train(request(features, tmp_path / "run", data__standardize="train", **TINY))
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["model"]
+    assert best["standardize.std"].gt(0).all() and best["standardize.mean"].shape == best["project.weight"].shape[1:]
+    net = DualAttentionNet(8, 3, 2, temporal="mean", hidden=8, prior_hidden=8, attention_dim=8, head_hidden=8)
+    net.eval()
+    regions, valid = torch.randn(2, 3, 4, 8), torch.ones(2, 3, 4, dtype=torch.bool)
+    raw = net(regions, valid).action
+    slot = standardization_of(net)
+    assert slot is not None
+    slot.set(torch.full((8,), 1.0), torch.full((8,), 2.0))
+    assert torch.allclose(net(regions * 2.0 + 1.0, valid).action, raw, atol=1e-6)  # (x*2+1 - 1) / 2 = x
+    with pytest.raises(UsageError, match="not the feature-map cells"):
+        train(request(features, tmp_path / "cells", data__standardize="train", dual_attention__regions="cells", **TINY))
+    assert not (tmp_path / "cells").exists()

@@ -29,6 +29,7 @@ from torch import nn
 
 from hoitool.errors import UsageError
 from hoitool.losses import supervised_loss
+from hoitool.nn.standardize import FeatureStandardization
 
 TEMPORAL = ("mean", "trn")
 IGNORE = -1  # an object slot without a label (the dataset has no object names for the video)
@@ -200,6 +201,7 @@ class DualAttentionNet(nn.Module):
         self.num_actions, self.num_objects, self.object_slots = num_actions, num_objects, object_slots
         self.multilabel = multilabel
         self.dropout = nn.Dropout(dropout)
+        self.standardize = FeatureStandardization()  # data.standardize (node regions): set by the run, none by default
         self.project = nn.Linear(in_dim, hidden)
         object_outputs = object_slots * (num_objects + 1)
 
@@ -223,7 +225,8 @@ class DualAttentionNet(nn.Module):
     def forward(self, regions: torch.Tensor, valid: torch.Tensor) -> DualAttentionOutput:
         """regions (B, T, N, D) (nodes or feature-map cells), valid (B, T, N) bool -> :class:`DualAttentionOutput`."""
         valid = valid.bool()
-        f = F.relu(self.project(self.dropout(regions.to(self.project.weight.dtype))))
+        regions = self.standardize(regions.to(self.project.weight.dtype))  # padding too, but masked below
+        f = F.relu(self.project(self.dropout(regions)))
         frame_valid = valid.any(dim=-1)
         pooled = masked_mean(f, valid, dim=2)  # Eq. 1
         action_first = self.action_first(pooled, frame_valid)

@@ -96,6 +96,11 @@ class DualAttention(Method):
         if not (train_objects != -1).any():
             raise UsageError(f"{where}: no video of the train split has object labels (manifest 'objects')")
         if settings["regions"] == "cells":
+            if training.config["data"]["standardize"] != "none":
+                raise UsageError(
+                    "data.standardize: its statistics are the nodes', not the feature-map cells' "
+                    "(dual_attention.regions=cells); use --set data.standardize=none"
+                )
             if not training.reader.attrs.get("frame_map_grid"):
                 raise UsageError(
                     f"{where}: holds no frame maps (dual_attention.regions=cells); extract features with "
