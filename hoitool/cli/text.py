@@ -59,15 +59,17 @@ def regions_command(
     split: list[str] = typer.Option(
         [], "--split", help="Only the videos of this split (repeatable; cl_hoi needs train). Default: every video."
     ),
-    device: str = typer.Option("cpu", "--device", help="Where the image encoder runs (cpu, cuda, cuda:1)."),
+    device: str = typer.Option("cpu", "--device", help="Where the image encoder runs (auto, cpu, cuda, cuda:1)."),
     force: bool = typer.Option(False, "--force", help="Use a boxes store that changed since the features."),
 ) -> None:
     """Embed the union box of every (person, object) pair of every sampled frame (CL-HOI's soft-relation regions)."""
+    from hoitool.device import resolve_device
     from hoitool.text.image_encoders import load_image_encoder
     from hoitool.text.regions import FORMAT, WHAT, build_region_embeddings, check_ours
 
     check_ours(out, FORMAT, WHAT)  # a foreign file is refused before the encoder loads
-    encoder = load_image_encoder(image_encoder, device=device)
+    where = str(resolve_device(device))
+    encoder = lambda: load_image_encoder(image_encoder, device=where)  # noqa: E731 - loaded after the store's checks
     info = build_region_embeddings(features, out, encoder, splits=split or None, force=force)
     counts = info["counts"]
     console.info(

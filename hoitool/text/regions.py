@@ -149,6 +149,8 @@ def build_region_embeddings(
     ``splits`` limits the videos to those splits of the manifest (default: every video of the store).
     A current build (same fingerprint, intact ``.npz``) is kept as it is; an older build of ours is
     replaced. The boxes store the features were extracted from must be unchanged (``force``: used anyway).
+    ``encoder`` is an image encoder (:mod:`hoitool.text.image_encoders`) or a function returning one,
+    called once the inputs passed their checks (a CLIP loads only for a build that can start).
     Returns the sidecar's content (with ``"reused": True/False``).
     """
     from hoitool.extract.features import FramesLoader
@@ -182,6 +184,8 @@ def build_region_embeddings(
         "features": {"path": str(features_path.resolve()), "fingerprint": reader.fingerprint},
         "boxes": {"path": str(Path(boxes_path).resolve()), "fingerprint": boxes.fingerprint},
     }
+    if not hasattr(encoder, "embed_crops"):
+        encoder = encoder()
     identity = encoder.identity()
     fingerprint = _fingerprint(inputs, identity)
     if (
