@@ -49,6 +49,23 @@ def test_tiny_image_encoder_is_deterministic_and_seeded():
         load_image_encoder("hf:/nowhere/clip")
 
 
+def test_real_image_encoders_need_their_optional_package_and_local_files(tmp_path):
+    import importlib.util
+
+    weights = tmp_path / "clip.pt"
+    weights.write_bytes(b"")
+    for spec, module, package in (
+        (f"open_clip:ViT-B-32:{weights}", "open_clip", "open_clip_torch"),
+        (f"hf:{tmp_path}", "transformers", "transformers"),
+    ):
+        if importlib.util.find_spec(module) is not None:
+            with pytest.raises(UsageError, match="could not load"):  # an empty file / directory is no CLIP
+                load_image_encoder(spec)
+        else:
+            with pytest.raises(UsageError, match=f"image encoder needs the optional package {package!r}"):
+                load_image_encoder(spec)
+
+
 def test_pseudo_labels_from_region_verb_and_object_embeddings_by_hand():
     regions = np.array([[1, 0], [0, 1], [1, 1]], np.float32)  # 3 pairs of view 0
     pairs = np.array([[0, 0, 0, 1], [0, 0, 0, 2], [0, 1, 0, 1]])
