@@ -5,12 +5,20 @@ Prints figures; asserts nothing. Two scenarios:
 * ``--scenario big``: a simulated large store (default 100,000 videos at a small D so it fits on
   disk), built by committing segments directly; then the figures that must not grow with the
   store: adding 1 video through the staging protocol, a merge of n shards, files per video.
+* ``--scenario staged-big``: the same number of small videos staged exactly as an extraction stages them
+  (``StagedStore.writer`` with checkpoint segments during the run, then ``finalize``), so the file count
+  is that of the real build path: files and inodes per video, segments, peak disk vs the final store,
+  staging and commit time per video. ``--like-dim 512`` (default) scales the byte thresholds that
+  decide the layout (checkpoint size, nodes shard size) by the size ratio of a D=512 video, so the
+  segments and shards fall where a build of the same number of D=512 videos puts them (a
+  Something-Something-scale layout that fits on this disk); ``--like-dim 0`` keeps them as they are.
 * ``--scenario real``: a store at realistic sizes (default 2,000 videos, T=32, K=15, D=512,
   float16, ReLU-like values): staging, commit, resume after an interrupted run, merge, compact,
   peak disk, files per video, and codecs (``--codecs``: gzip-4/gzip-1/lzf for HDF5, zstd/blosc
   levels for Zarr, ratio and write/read bandwidth).
 
     python bench/store.py --scenario big [--videos 100000] [--suffix .h5 .zarr] [--root /tmp]
+    python bench/store.py --scenario staged-big [--videos 220847] [--like-dim 512]
     python bench/store.py --scenario real [--videos 2000] [--codecs]
 
 Everything is written under a temporary folder of ``--root`` and deleted afterwards.
@@ -19,6 +27,8 @@ Everything is written under a temporary folder of ``--root`` and deleted afterwa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import shutil
 import sys
@@ -28,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hoitool.store import StagedStore, open_store
+from hoitool.store import StagedStore, open_store, segments, staging
 from hoitool.store.backends import backend_name
 from hoitool.store.segments import commit, read_index
 from hoitool.store.tools import compact_store, merge_stores
@@ -79,6 +89,59 @@ def files(path: Path) -> int:
     return sum(len(names) for _, _, names in os.walk(path))
 
 
+def inodes(path: Path) -> int:
+    """Files and folders (what an inode quota of a cluster file system counts), the store folder included."""
+    return sum(1 + len(names) for _, _, names in os.walk(path))
+
+
+def part_bytes(arrays: dict) -> int:
+    """Size of one staged part as ``StagedStore.save`` writes it (npz, uncompressed, with its attrs entry)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, __attrs__=np.frombuffer(b'{"views": 1}', dtype=np.uint8))
+    return buffer.tell()
+
+
+@contextlib.contextmanager
+def layout_like(shape, like_dim: int):
+    """Decide checkpoints and nodes shards as for videos of feature size ``like_dim`` (see the module docstring).
+
+    A checkpoint starts when the staged parts' (npz) bytes reach max(CHECKPOINT_MIN_BYTES, CHECKPOINT_FRACTION x raw
+    bytes in segments, CHECKPOINT_PROJECTED_FRACTION x projected raw bytes): the constants are scaled so the same
+    number of small videos triggers it. A nodes shard
+    holds SHARD_BYTES of rows: its row count is set to what a ``like_dim`` row gives. The other arrays do not
+    depend on D, so their layout is already the real one.
+    """
+    if not like_dim or like_dim == shape[2]:
+        yield
+        return
+    rng = np.random.default_rng(0)
+    small, like = video(rng, *shape), video(rng, shape[0], shape[1], like_dim)
+    raw_small, raw_like = (sum(a.nbytes for a in v.values()) for v in (small, like))
+    npz_small, npz_like = part_bytes(small), part_bytes(like)
+    names = ("CHECKPOINT_MIN_BYTES", "CHECKPOINT_FRACTION", "CHECKPOINT_PROJECTED_FRACTION")
+    saved = [getattr(staging, name) for name in names] + [segments._open_writer]
+    overhead = (npz_small / raw_small) / (npz_like / raw_like)  # parts are counted as npz bytes, segments as raw
+    staging.CHECKPOINT_MIN_BYTES = int(saved[0] * npz_small / npz_like)
+    staging.CHECKPOINT_FRACTION = saved[1] * overhead
+    staging.CHECKPOINT_PROJECTED_FRACTION = saved[2] * overhead
+    like_row = like["nodes"].nbytes
+
+    def open_writer(backend, tmp, arrays, rows):
+        info = arrays.get("nodes")
+        if backend == "zarr" and info is not None:  # SegmentWriter._create's rule, for a like_dim row
+            per_shard = segments._rows(like_row, segments.SHARD_BYTES, rows) // info["chunk"]
+            info["block"] = info["chunk"] * min(segments.SHARD_CHUNKS, max(1, per_shard))
+        return saved[3](backend, tmp, arrays, rows)
+
+    segments._open_writer = open_writer
+    try:
+        yield
+    finally:
+        for name, value in zip(names, saved, strict=False):
+            setattr(staging, name, value)
+        segments._open_writer = saved[3]
+
+
 def report(label: str, seconds: float, videos: int, nbytes: int | None = None) -> None:
     per_gb = f", {seconds / (nbytes / 1e9):8.2f} s/GB" if nbytes else ""
     print(f"  {label:44s} {seconds:8.2f} s  {1e3 * seconds / max(1, videos):8.3f} ms/video{per_gb}")
@@ -93,7 +156,7 @@ def staged_run(path: Path, ids, shape, seed=0, finalize=True) -> tuple[float, fl
     if CHECKPOINT["bytes"]:
         staged.checkpoint_bytes = CHECKPOINT["bytes"]
     start = time.perf_counter()
-    with staged.writer() as write:
+    with staged.writer(expected=len(ids)) as write:
         for video_id, arrays, attrs in items(ids, shape, seed):
             write(video_id, arrays, attrs)
     staging = time.perf_counter() - start
@@ -149,6 +212,54 @@ def big(args, root: Path, suffix: str) -> None:
     for index in range(shards):
         shutil.rmtree(root / f"shard{index}{suffix}")
     shutil.rmtree(out)
+    shutil.rmtree(path)
+
+
+def staged_big(args, root: Path, suffix: str) -> None:
+    """Many small videos through the extraction's staging path (background writer, checkpoints, finalize)."""
+    shape = (args.frames, args.boxes, args.dim)
+    n = args.videos
+    path = root / f"staged{suffix}"
+    like = f", layout as for D={args.like_dim}" if args.like_dim and args.like_dim != args.dim else ""
+    print(f"\n== staged big store: {n} videos, T={shape[0]} K={shape[1]} D={shape[2]}{like}, {suffix}")
+    peaks: list[int] = []
+    original = staging.write_segments
+
+    def measured(folder, *rest):  # a checkpoint: its segment is complete, its parts not yet removed
+        names = original(folder, *rest)
+        peaks.append(disk(folder))
+        return names
+
+    with layout_like(shape, args.like_dim):
+        staged = StagedStore(path, "features", HEADER)
+        staging.write_segments = measured
+        try:
+            start = time.perf_counter()
+            with staged.writer(expected=n) as write:  # as the extraction engine does (the videos it has to do)
+                for video_id, arrays, attrs in items([f"v{i:07d}" for i in range(n)], shape):
+                    write(video_id, arrays, attrs)
+            staged_s = time.perf_counter() - start
+        finally:
+            staging.write_segments = original
+        checkpoints = len(peaks)
+        parts = disk(staged.parts)
+        linked = sum(disk(entry) for entry in staged.parts.glob("seg-*"))
+        start = time.perf_counter()
+        meta = staged.finalize({"manifest": "bench", "shard": None})
+        commit_s = time.perf_counter() - start
+    size = disk(path)
+    peak = max([*peaks, disk(path) + parts - linked])  # the commit: the store plus the last parts it reads
+    raw = sum(array.nbytes for array in next(items(["x0"], shape))[1].values()) * n
+    print(f"  {checkpoints} checkpoints during the run")
+    report("staging incl. checkpoints (background writer)", staged_s, n, raw)
+    report("final commit (last parts + index)", commit_s, n, size)
+    count, nodes = files(path), inodes(path)
+    print(
+        f"  store {size / 1e9:.2f} GB ({raw / size:.2f}x), {meta['num_segments']} segments, {count} files = "
+        f"{count / n:.5f} files/video, {nodes} inodes (files + folders) = {nodes / n:.5f}/video"
+    )
+    print(f"  peak disk {peak / 1e9:.2f} GB = {peak / size:.3f} x the final store")
+    assert meta["num_videos"] == n
     shutil.rmtree(path)
 
 
@@ -298,7 +409,7 @@ def throughput(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["big", "real"], default="real")
+    parser.add_argument("--scenario", choices=["big", "staged-big", "real"], default="real")
     parser.add_argument("--videos", type=int, default=None)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--boxes", type=int, default=15)
@@ -311,16 +422,18 @@ def main(argv=None) -> None:
         "--throughput", action="store_true", help="also training throughput lazy vs RAM (bench/train_throughput.py)"
     )
     parser.add_argument("--build-only", action="store_true", help="real: only staging, commit, peak disk, files")
+    parser.add_argument("--like-dim", type=int, default=512, help="staged-big: lay out as for this D (0: as is)")
     parser.add_argument("--checkpoint-mb", type=float, default=None, help="staged parts per checkpoint segment")
     args = parser.parse_args(argv)
     CHECKPOINT["bytes"] = int(args.checkpoint_mb * 2**20) if args.checkpoint_mb else None
-    args.videos = args.videos or (100_000 if args.scenario == "big" else 2000)
-    args.dim = args.dim or (8 if args.scenario == "big" else 512)
+    big_store = args.scenario in ("big", "staged-big")
+    args.videos = args.videos or (100_000 if big_store else 2000)
+    args.dim = args.dim or (8 if big_store else 512)
     free = shutil.disk_usage(args.root).free
     print(f"store benchmark, {args.root} has {free / 1e9:.0f} GB free; {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(dir=args.root, prefix="hoitool-store-bench-") as tmp:
         for suffix in args.suffix:
-            (big if args.scenario == "big" else real)(args, Path(tmp), suffix)
+            {"big": big, "staged-big": staged_big, "real": real}[args.scenario](args, Path(tmp), suffix)
         if args.codecs:
             codecs(args, Path(tmp))
         if args.throughput:

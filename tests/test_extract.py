@@ -25,8 +25,9 @@ FEATURE_ARGS = [
 ]
 
 
-def hoitool(*args, check=None):
-    result = subprocess.run([sys.executable, "-m", "hoitool", *map(str, args)], capture_output=True, text=True)
+def hoitool(*args, check=None, env=None):
+    command = [sys.executable, "-m", "hoitool", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if check is not None:
         assert result.returncode == check, result.stderr
     return result
@@ -266,8 +267,9 @@ def test_bad_videos_are_recorded_and_the_rest_done(dataset, tmp_path):
     assert open_store(tmp_path / "f.h5").video_ids == done
 
 
-def test_two_concurrent_shards_merged_equal_one_run(dataset, tmp_path):
-    out = tmp_path / "f.zarr"
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_two_concurrent_shards_merged_equal_one_run(dataset, tmp_path, suffix):
+    out = tmp_path / f"f{suffix}"
     children = [
         subprocess.Popen(
             [
@@ -288,11 +290,11 @@ def test_two_concurrent_shards_merged_equal_one_run(dataset, tmp_path):
         for i in range(2)
     ]
     assert [child.wait() for child in children] == [0, 0]
-    shards = [tmp_path / "f.shard0-of-2.zarr", tmp_path / "f.shard1-of-2.zarr"]
+    shards = [tmp_path / f"f.shard0-of-2{suffix}", tmp_path / f"f.shard1-of-2{suffix}"]
     assert all(len(open_store(shard).video_ids) > 0 for shard in shards)
-    hoitool("cache", "merge", *shards, "--out", tmp_path / "merged.zarr", check=0)
-    hoitool("extract", "features", dataset / "boxes.h5", "--out", tmp_path / "one.zarr", *FEATURE_ARGS, check=0)
-    assert_same_store(tmp_path / "one.zarr", tmp_path / "merged.zarr")
+    hoitool("cache", "merge", *shards, "--out", tmp_path / f"merged{suffix}", check=0)
+    hoitool("extract", "features", dataset / "boxes.h5", "--out", tmp_path / f"one{suffix}", *FEATURE_ARGS, check=0)
+    assert_same_store(tmp_path / f"one{suffix}", tmp_path / f"merged{suffix}")
 
 
 def test_changed_upstream_store_is_refused(dataset, tmp_path):
@@ -343,20 +345,33 @@ def test_cache_info_and_verify(dataset, tmp_path):
     assert "not found" in result.stderr
 
 
+def staged_so_far(parts) -> int:
+    """Videos a run has staged: its npz parts plus the videos of its finished checkpoint segments."""
+    in_segments = sum(len(json.loads(meta.read_text())["videos"]["id"]) for meta in parts.glob("seg-*.json"))
+    return len(list(parts.glob("*.npz"))) + in_segments
+
+
 @pytest.mark.slow
-def test_kill_at_random_points_then_resume_equals_uninterrupted_run(dataset, tmp_path):
-    """SIGTERM / kill -9 after a random number of finished videos plus a random delay, several times, then resume."""
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_kill_at_random_points_then_resume_equals_uninterrupted_run(dataset, tmp_path, suffix):
+    """SIGTERM / kill -9 after a random number of finished videos plus a random delay, several times, then resume.
+
+    The killed runs write a checkpoint segment every 2 videos (HOITOOL_CHECKPOINT_BYTES), so kills also land
+    while a checkpoint segment is written or its parts removed; the reference run writes none.
+    """
+    import os
     import random
     import signal
     import time
 
-    hoitool("extract", "features", dataset / "boxes.h5", "--out", tmp_path / "ref.h5", *FEATURE_ARGS, check=0)
+    hoitool("extract", "features", dataset / "boxes.h5", "--out", tmp_path / f"ref{suffix}", *FEATURE_ARGS, check=0)
     total = len(open_store(dataset / "boxes.h5").video_ids)
-    rng = random.Random(0)
-    interrupted = 0
+    env = dict(os.environ, HOITOOL_CHECKPOINT_BYTES="30000")  # a part here is ~18 KB: a checkpoint per 2 videos
+    rng = random.Random(suffix)
+    interrupted, checkpointed = 0, 0
     for attempt in range(3):
-        out = tmp_path / f"killed{attempt}.h5"
-        parts = tmp_path / f"killed{attempt}.h5.parts"
+        out = tmp_path / f"killed{attempt}{suffix}"
+        parts = out.with_name(out.name + ".parts")
         for _ in range(2):
             child = subprocess.Popen(
                 [
@@ -372,11 +387,12 @@ def test_kill_at_random_points_then_resume_equals_uninterrupted_run(dataset, tmp
                     *FEATURE_ARGS,
                 ],
                 stderr=subprocess.DEVNULL,
+                env=env,
             )
             graceful = attempt == 0  # SIGTERM (e.g. SLURM pre-emption): exit 130, finished videos kept
-            already = len(list(parts.glob("*.npz")))
+            already = staged_so_far(parts)
             wanted = already + 1 if graceful else rng.randint(1, total - 1)
-            while child.poll() is None and len(list(parts.glob("*.npz"))) < wanted:
+            while child.poll() is None and staged_so_far(parts) < wanted:
                 time.sleep(0.01)
             time.sleep(0 if graceful else rng.uniform(0, 0.3))
             if child.poll() is None:
@@ -384,7 +400,9 @@ def test_kill_at_random_points_then_resume_equals_uninterrupted_run(dataset, tmp
                 interrupted += 1
                 assert child.wait() == (130 if graceful else -signal.SIGKILL)
             child.wait()
-        hoitool("extract", "features", dataset / "boxes.h5", "--out", out, *FEATURE_ARGS, check=0)
-        assert_same_store(tmp_path / "ref.h5", out)
+            checkpointed += bool(list(parts.glob("seg-*")))
+        hoitool("extract", "features", dataset / "boxes.h5", "--out", out, *FEATURE_ARGS, check=0, env=env)
+        assert_same_store(tmp_path / f"ref{suffix}", out)
         assert not parts.exists()
     assert interrupted >= 3, "the kills must land while extraction is running"
+    assert checkpointed >= 3, "the killed runs must have left checkpoint segments"

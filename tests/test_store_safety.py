@@ -170,7 +170,7 @@ def test_stale_temporaries_and_unfinished_parts_of_ours_are_accepted(tmp_path):
 def _zarr_chunk(path: Path, video: str, array: str) -> Path:
     """The shard file that holds ``video``'s row of ``array`` (it holds the other videos of its segment too)."""
     segment, _ = segment_of(path, video)
-    chunks = [file for file in (segment / array / "c").rglob("*") if file.is_file()]
+    chunks = [file for file in (segment / array).rglob("*") if file.is_file() and file.name != "zarr.json"]
     assert len(chunks) == 1
     return chunks[0]
 
@@ -491,8 +491,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux")
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
 @pytest.mark.parametrize("stage", ["boxes", "features"])
-def test_kill_9_of_the_main_process_alone_takes_its_workers_and_the_rerun_is_identical(tmp_path, stage):
+def test_kill_9_of_the_main_process_alone_takes_its_workers_and_the_rerun_is_identical(tmp_path, stage, suffix):
     """SIGKILL only the main pid while its 2 DataLoader workers decode; they must go, the re-run must not be refused."""
     import signal
     import time
@@ -523,15 +524,15 @@ def test_kill_9_of_the_main_process_alone_takes_its_workers_and_the_rerun_is_ide
     else:
         hoitool("extract", "boxes", tmp_path / "data", "--out", tmp_path / "boxes.h5", *BOXES_ARGS, check=0)
         args = ["extract", "features", tmp_path / "boxes.h5", *FEATURE_ARGS[:-4], "--set", "short_side=64"]
-    hoitool(*args, "--out", tmp_path / "ref.h5", "--workers", "0", check=0)
-    out = tmp_path / "killed.h5"
+    hoitool(*args, "--out", tmp_path / f"ref{suffix}", "--workers", "0", check=0)
+    out = tmp_path / f"killed{suffix}"
     child = subprocess.Popen(
         [sys.executable, "-m", "hoitool", "--quiet", *map(str, args), "--out", str(out), "--workers", "2"],
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
     while child.poll() is None and time.monotonic() < deadline:  # workers started and decoding, first video staged
-        if len(_children(child.pid)) >= 2 and list((tmp_path / "killed.h5.parts").glob("*.npz")):
+        if len(_children(child.pid)) >= 2 and list((tmp_path / f"killed{suffix}.parts").glob("*.npz")):
             break
         time.sleep(0.01)
     workers = _children(child.pid)
@@ -544,7 +545,7 @@ def test_kill_9_of_the_main_process_alone_takes_its_workers_and_the_rerun_is_ide
     assert not any(_alive(pid) for pid in workers), "orphaned DataLoader workers outlived their parent"
     result = hoitool(*args, "--out", out, "--workers", "2")  # at once: must not be refused as "another process"
     assert result.returncode == 0, result.stderr
-    reference, resumed = open_store(tmp_path / "ref.h5"), open_store(out)
+    reference, resumed = open_store(tmp_path / f"ref{suffix}"), open_store(out)
     assert resumed.video_ids == reference.video_ids and resumed.fingerprint == reference.fingerprint
     for video_id in reference.video_ids:
         left, right = reference.read(video_id), resumed.read(video_id)

@@ -70,6 +70,21 @@ def test_a_zarr_segment_has_a_few_files_per_array_not_per_video(tmp_path):
     files = files_of(path)
     # index + segment json + group zarr.json + per array (6): zarr.json + one shard file
     assert len(files) == 3 + 2 * 6, sorted(map(str, files))
+    folders = [Path(root) for root, _, _ in os.walk(path)]
+    # the store, segments/, the segment, one per array: shard files sit in the array's folder ("c.0.0.0.0"),
+    # not in a folder per dimension (inode quotas count folders too)
+    assert len(folders) == 3 + 6, sorted(map(str, folders))
+    shard = path / SEGMENTS / "seg-000001.zarr" / "nodes" / "c.0.0.0.0.0"
+    assert shard.is_file()
+    import zarr
+
+    nodes = zarr.open_group(str(path / SEGMENTS / "seg-000001.zarr"), mode="r")["nodes"]  # plain zarr reads it
+    np.testing.assert_array_equal(nodes[0], features(1)["nodes"].astype(np.float16))  # row 0: "v1" (id order)
+    from hoitool.store.ownership import store_file_is_ours
+
+    assert store_file_is_ours(shard.relative_to(path).parts)
+    assert not store_file_is_ours((SEGMENTS, "seg-000001.zarr", "nodes", "c.0.x"))
+    assert not store_file_is_ours((SEGMENTS, "seg-000001.zarr", "nodes", "notes.txt"))
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".zarr"])
@@ -206,3 +221,70 @@ def test_the_checkpoint_threshold_grows_with_the_store(tmp_path, monkeypatch):
     raw = store_info(path)["bytes_uncompressed"]
     assert raw > 0 and staged._threshold() == int(0.05 * raw)  # parts stay a small fraction of the store
     staged.close()
+
+
+def test_a_run_that_says_how_many_videos_it_stages_sizes_checkpoints_to_the_final_store(tmp_path, monkeypatch):
+    """Each checkpoint is ~4% of the final raw bytes: ~25 segments at any scale (the geometric rule alone, from a
+    tiny minimum, makes nearly one per video here), and the content is that of a build without checkpoints."""
+    from hoitool.store import staging
+
+    monkeypatch.setattr(staging, "CHECKPOINT_MIN_BYTES", 1)  # what 64 MiB is to a realistic store
+    ids = [f"v{i}" for i in range(1, 121)]
+    counts = {}
+    for expected in (len(ids), 0):
+        path = tmp_path / f"f{expected}.h5"
+        staged = StagedStore(path, "features", HEADER)
+        thresholds, checkpoint = [], staged.checkpoint
+
+        def recorded(checkpoint=checkpoint, staged=staged, thresholds=thresholds):
+            thresholds.append(staged._threshold())
+            checkpoint()
+
+        staged.checkpoint = recorded
+        with staged.writer(expected=expected) as write:
+            for video_id in ids:
+                write(video_id, features(int(video_id[1:]), dim=512), {"views": 1})  # npz overhead ~10%
+        counts[expected] = staged.finalize({"manifest": "m.json", "shard": None})["num_segments"]
+        if expected:  # the first checkpoint, with nothing in segments yet: 4% of what the run will have staged
+            raw = store_info(path)["bytes_uncompressed"]
+            assert thresholds[0] == int(staging.CHECKPOINT_PROJECTED_FRACTION * raw)
+    assert 20 <= counts[len(ids)] <= 30 and counts[0] > 40, counts
+    staged = StagedStore(tmp_path / "ref.h5", "features", HEADER)
+    staged.checkpoint_bytes = 1 << 40  # no checkpoint: one segment
+    for video_id in ids:
+        staged.save(video_id, features(int(video_id[1:]), dim=512), {"views": 1})
+    staged.finalize({"manifest": "m.json", "shard": None})
+    assert read_index(tmp_path / "ref.h5")["hoitool"]["num_segments"] == 1
+    assert_same_content(tmp_path / "ref.h5", tmp_path / f"f{len(ids)}.h5")
+    assert_same_content(tmp_path / "ref.h5", tmp_path / "f0.h5")
+
+
+def test_the_checkpoint_size_can_be_fixed_by_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOITOOL_CHECKPOINT_BYTES", "1")
+    staged = StagedStore(tmp_path / "f.h5", "features", HEADER)
+    staged.save("v1", features(1), {"views": 1})
+    staged.save("v2", features(2), {"views": 1})
+    assert not list(staged.parts.glob("*.npz")) and len(list(staged.parts.glob("seg-*.json"))) == 2
+    staged.close()
+    monkeypatch.setenv("HOITOOL_CHECKPOINT_BYTES", "lots")
+    with pytest.raises(UsageError, match="HOITOOL_CHECKPOINT_BYTES='lots'"):
+        StagedStore(tmp_path / "g.h5", "features", HEADER)
+    assert not (tmp_path / ".g.h5.lock").exists()
+
+
+def test_a_zarr_store_with_nested_shard_folders_is_still_read_grown_and_ours(tmp_path, monkeypatch):
+    """Stores written before the "." chunk keys (``<array>/c/0/0/0/0``) read, grow and can be --force-replaced."""
+    from hoitool.store import segments
+
+    path = tmp_path / "f.zarr"
+    monkeypatch.setattr(segments, "CHUNK_KEYS", {"name": "default", "separator": "/"})
+    build(path, ["v1", "v2"])
+    monkeypatch.undo()
+    assert (path / SEGMENTS / "seg-000001.zarr" / "nodes" / "c" / "0").is_dir()
+    build(path, ["v3"])
+    assert (path / SEGMENTS / "seg-000002.zarr" / "nodes" / "c.0.0.0.0.0").is_file()
+    build(tmp_path / "ref.zarr", ["v1", "v2", "v3"])
+    assert_same_content(tmp_path / "ref.zarr", path)
+    assert verify_store(path) == []
+    StagedStore(path, "features", {**HEADER, "upstream": "new"}, force=True).close()  # ours: replaced
+    assert not path.exists()

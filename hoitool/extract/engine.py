@@ -112,7 +112,11 @@ def run_video_stage(
 
 def _process(staged, todo, load, compute, workers, description, summary) -> None:
     """Load, compute and stage every video of ``todo``; a video's failure is recorded, the run goes on."""
-    with log.progress(description, len(todo)) as bar, staged.writer() as write, torch.inference_mode():
+    with (
+        log.progress(description, len(todo)) as bar,
+        staged.writer(expected=len(todo)) as write,
+        torch.inference_mode(),
+    ):
         for item in iterate_loaded(todo, load, workers):
             video_id = item["video"]
             error = item.get("error")

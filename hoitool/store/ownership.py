@@ -52,8 +52,16 @@ def _segmented_file_is_ours(parts: tuple[str, ...]) -> bool:
     if rest == ("zarr.json",):
         return True
     return rest[0] in ARRAY_NAMES and (
-        rest[1:] == ("zarr.json",) or (len(rest) > 2 and rest[1] == "c" and all(part.isdigit() for part in rest[2:]))
+        rest[1:] == ("zarr.json",)
+        or (len(rest) > 2 and rest[1] == "c" and all(part.isdigit() for part in rest[2:]))
+        or (len(rest) == 2 and _dotted_shard_key(rest[1]))
     )
+
+
+def _dotted_shard_key(name: str) -> bool:
+    """A shard file ``c.0.0.0`` (Zarr 3's default chunk keys with "." separators, segments.CHUNK_KEYS)."""
+    head, *indices = name.split(".")
+    return head == "c" and bool(indices) and all(index.isdigit() for index in indices)
 
 
 def store_file_is_ours(parts: tuple[str, ...]) -> bool:

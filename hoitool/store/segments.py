@@ -45,9 +45,13 @@ CHUNK_BYTES = (
     8 << 10
 )  # small arrays: several videos per chunk (a video's small arrays are not thousands of chunks, nor big to decode)
 # Zarr: one file holds up to this much of an array (the writer buffers one shard per array). 256 MiB: at SSv2 scale
-# (110 GB raw, ~110 segments) the nodes' shards add 0.002 files per video to the ~0.007 of the segments' other files.
+# the nodes' shards are about 400 files, against about 15 files for each of the ~25 segments (bench/store.py).
 SHARD_BYTES = 256 << 20
 SHARD_CHUNKS = 1024  # ... and at most this many chunks: Zarr reads a shard's index (16 bytes a chunk) on every read
+# Shard files named ``<array>/c.0.0.0.0`` (Zarr 3's default encoding with "." separators), not ``<array>/c/0/0/0/0``:
+# a folder per dimension tripled the inodes a segment takes on a cluster file system's quota. Readers need nothing:
+# the encoding is in each array's zarr.json (stores written with "/" read as before).
+CHUNK_KEYS: dict[str, Any] = {"name": "default", "separator": "."}
 
 
 def is_segmented(path: Path) -> bool:
@@ -205,6 +209,7 @@ def _open_writer(backend: str, tmp: Path, arrays: dict, rows: int):
             dtype=np.dtype(info["dtype"]),
             compressors=[ZstdCodec(level=codec["level"])],
             fill_value=0,
+            chunk_key_encoding=CHUNK_KEYS,
         )
     return group
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hoitool.errors import StaleArtifactError
+from hoitool.errors import StaleArtifactError, UsageError
 from hoitool.io.atomic import (
     append_jsonl,
     atomic_path,
@@ -58,11 +58,25 @@ from hoitool.store.segments import (
 )
 
 ATTRS_KEY = "__attrs__"
-# Staged parts (uncompressed .npz) beyond max(64 MiB, 5% of the raw bytes already in segments) become one compressed
-# segment during the run: the disk a build needs stays near 1.1x the final store, and segments grow geometrically
-# (about 100 of them for SSv2), so files per video stay far below 0.01 (docs/cache-format.md, bench/store.py).
+# Staged parts (uncompressed .npz) beyond max(64 MiB, 5% of the raw bytes already in segments, 4% of the raw bytes
+# the store will hold when this run ends) become one compressed segment during the run. Parts then never exceed
+# about 4-5% of the final raw size, so the disk a build needs stays below about 1 + 0.04 (c + 1) ~ 1.13x the final
+# store (parts + the segment being written, c ~ 2.3 the compression ratio). The projection (a run that says how many videos it will stage, as extraction
+# does) makes the segments of a fresh build a few percent of the store each, about 25 at any scale; the geometric
+# rule alone gave ~110 for Something-Something v2, 0.01 Zarr files per video (docs/cache-format.md, bench/store.py).
 CHECKPOINT_MIN_BYTES = 64 << 20
 CHECKPOINT_FRACTION = 0.05
+CHECKPOINT_PROJECTED_FRACTION = 0.04
+CHECKPOINT_ENV = "HOITOOL_CHECKPOINT_BYTES"  # a fixed size instead (tests that kill a run inside a checkpoint)
+
+
+def _checkpoint_override() -> int | None:
+    value = os.environ.get(CHECKPOINT_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"{CHECKPOINT_ENV}={value!r}: expected a number of bytes (at least 1)")
+    return int(value)
 
 
 def sidecar(path: Path, name: str) -> Path:
@@ -83,6 +97,7 @@ class StagedStore:
 
     def __init__(self, path: Path | str, kind: str, header: dict, force: bool = False, what: str = "output"):
         self.path = Path(path)
+        self.checkpoint_bytes: int | None = _checkpoint_override()  # None: adaptive (above); a number: fixed
         self.kind = kind
         self.header = header  # {"config": content config, "upstream": fingerprint or None, ...}
         self.parts = self.path.with_name(self.path.name + ".parts")
@@ -90,9 +105,11 @@ class StagedStore:
         what = f"{kind} store" if what == "output" else what
         check_ours(self.path, kind, what)  # before anything is created: never touch what hoitool did not write
         self._lock = writer_lock(self.path)
-        self.checkpoint_bytes: int | None = None  # None: adaptive (above); a number: fixed (tests, benchmarks)
         self._pending_bytes = 0
         self._segment_bytes = 0  # raw bytes in the store's and this run's segments (see _threshold)
+        self._start_bytes = 0  # raw bytes of what was done before this run (store, checkpoints, parts)
+        self._expected = 0  # videos this run says it will stage (writer(expected=...)); 0: unknown
+        self._run_videos = self._run_bytes = 0  # staged by this run: count, raw bytes
         self._store = None  # the existing store, opened once (see _existing)
         try:
             clean_temporaries(self.path)
@@ -135,11 +152,19 @@ class StagedStore:
         store = self._existing() if is_segmented(self.path) else None
         self._segment_bytes = store.raw_bytes() if store else 0
         self._segment_bytes += raw_bytes(finished_segments(self.parts), self.parts)
+        self._start_bytes = self._segment_bytes + self._pending_bytes
 
     def _threshold(self) -> int:
         if self.checkpoint_bytes is not None:
             return self.checkpoint_bytes
-        return max(CHECKPOINT_MIN_BYTES, int(CHECKPOINT_FRACTION * self._segment_bytes))
+        projected = self._start_bytes  # the raw size of the store when this run has staged what it expects
+        if self._run_videos:
+            projected += max(self._expected, self._run_videos) * self._run_bytes // self._run_videos
+        return max(
+            CHECKPOINT_MIN_BYTES,
+            int(CHECKPOINT_FRACTION * self._segment_bytes),
+            int(CHECKPOINT_PROJECTED_FRACTION * projected),
+        )
 
     def discard(self) -> None:
         """Remove the store and its staged parts (``--force``; both were checked to be hoitool's own)."""
@@ -191,6 +216,8 @@ class StagedStore:
         with atomic_path(self._part(video_id)) as tmp:
             tmp.write_bytes(buffer.getvalue())
         self._pending_bytes += buffer.tell()
+        self._run_videos += 1
+        self._run_bytes += sum(array.nbytes for array in arrays.values())
         if self._pending_bytes >= self._threshold():
             self.checkpoint()
 
@@ -216,8 +243,13 @@ class StagedStore:
         append_jsonl(self.parts / "failures.jsonl", {"video": video_id, "error": error})
 
     @contextmanager
-    def writer(self, max_pending: int = 8) -> Iterator[Callable]:
-        """A background writer so the model never waits on disk: ``write(video_id, arrays, attrs)``."""
+    def writer(self, max_pending: int = 8, expected: int = 0) -> Iterator[Callable]:
+        """A background writer so the model never waits on disk: ``write(video_id, arrays, attrs)``.
+
+        ``expected``: how many videos this run will stage (at most), so checkpoint segments can be sized
+        to the final store (a few percent of it each) instead of growing from 64 MiB.
+        """
+        self._expected = max(0, expected)
         pending: queue.Queue = queue.Queue(maxsize=max_pending)
         errors: list[BaseException] = []
 
