@@ -123,6 +123,31 @@ def test_registry_lists_the_methods_and_refuses_unknown_or_taken_names():
         get_method("nope")
 
 
+def test_a_setting_of_another_method_is_refused_not_ignored(synthetic, tmp_path, capsys):
+    """Any key of another method's section that differs from its default (not only the required ones) is refused
+    before any file; the method's own settings and the defaults pass."""
+    from hoitool.settings.training import DistillStageSettings
+    from hoitool.train.methods import foreign_settings
+
+    config = DistillStageSettings().model_dump()
+    assert foreign_settings(config, "glidn") == []
+    config["anticipation"]["at"] = "events"
+    config["dual_attention"]["hidden"] = 7
+    assert foreign_settings(config, "glidn") == [
+        ("anticipation.at", "anticipation"),
+        ("dual_attention.hidden", "dual_attention"),
+    ]
+    assert foreign_settings(config, "anticipation") == [("dual_attention.hidden", "dual_attention")]
+    root, _ = synthetic
+    code, _, err = run_cli(
+        ["distill", root / "features.h5", "--dml", "--view", "local", "--out", tmp_path / "dml",
+         "--anticipate-at", "events", "--device", "cpu"],
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and "anticipation.at is a setting of --method anticipation, but this run's method is glidn" in err
+    assert not (tmp_path / "dml").exists()
+
+
 def test_truncate_batch_equals_observe_until_view_by_view():
     rng = np.random.default_rng(0)
     views = []

@@ -83,14 +83,10 @@ class Method:
             raise UsageError(
                 f"--method {self.name} trains {' or '.join(self.kinds)} runs, not a {training.request.kind} run"
             )
-        for key, owner in (
-            ("anticipation.lead_time", "anticipation"),
-            ("cl_hoi.vlm_import", "cl_hoi"),
-            ("cl_hoi.regions", "cl_hoi"),
-        ):
-            section, name = key.split(".")
-            if owner != self.name and (self.config.get(section) or {}).get(name) is not None:
-                raise UsageError(f"{key} is a setting of --method {owner}, but this run's method is {self.name}")
+        stray = foreign_settings(self.config, self.name)
+        if stray:
+            key, owner = stray[0]
+            raise UsageError(f"{key} is a setting of --method {owner}, but this run's method is {self.name}")
 
     def upstream(self) -> dict[str, str]:
         return {}
@@ -135,6 +131,29 @@ class Method:
         if kind == "student":
             return f"{teacher_view}-teacher"
         return f"DML ({view})"
+
+
+OWN_SECTIONS = {"anticipation": "anticipation", "cl_hoi": "cl_hoi", "dual_attention": "dual_attention"}
+
+
+def foreign_settings(config: dict, method: str) -> list[tuple[str, str]]:
+    """``(key, owner)`` of each setting of another method's section that differs from its default.
+
+    A run of one method given another's setting (``--anticipate-at events`` on a GLIDN run, say) would
+    silently ignore it; the run refuses it instead.
+    """
+    from hoitool.settings.training import DistillStageSettings
+
+    defaults = DistillStageSettings().model_dump()
+    found = []
+    for section, owner in OWN_SECTIONS.items():
+        if owner == method:
+            continue
+        given = config.get(section) or {}
+        for name, value in given.items():
+            if name in defaults.get(section, {}) and value != defaults[section][name]:
+                found.append((f"{section}.{name}", owner))
+    return found
 
 
 M = TypeVar("M", bound=type[Method])
