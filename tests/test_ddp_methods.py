@@ -144,3 +144,43 @@ def test_cl_hoi_two_ranks_match_one_process(tmp_path, capsys):
     terms = ("loss_ce", "loss_context", "loss_i2t", "loss_t2i", "loss_sr", "loss_total")
     _assert_same_run(tmp_path / "single", tmp_path / "ddp", terms)
     assert all(line["loss_context"] > 0 and line["loss_t2i"] > 0 for line in _metrics(tmp_path / "ddp"))
+
+
+@pytest.mark.slow
+def test_dual_attention_two_gloo_ranks_match_one_process(tmp_path):
+    """Action and object heads, both stages, on node regions standardised by the train split's statistics
+    (data.standardize=train: the buffers are set before DDP wraps the model, so every rank holds the same)."""
+    from test_dual_attention_cli import TINY, with_objects
+    from test_train import make_features
+
+    features = make_features(tmp_path, split_sizes={"train": 9, "val": 3, "test": 2})
+    with_objects(features)
+    settings = dict(SETTINGS, data__standardize="train", dual_attention__temporal="mean")
+    train(request(features, tmp_path / "single", **settings, **TINY))
+    flags = [
+        f"dual_attention.{key[len('dual_attention__') :]}={value}"
+        for key, value in TINY.items()
+        if key != "method__name"
+    ]
+    extra = [
+        item for flag in [*flags, "dual_attention.temporal=mean", "data.standardize=train"] for item in ("--set", flag)
+    ]
+    _torchrun(
+        [
+            "train-teacher",
+            features,
+            "--view",
+            "global",
+            "--method",
+            "dual_attention",
+            "--out",
+            tmp_path / "ddp",
+            *CLI_SETTINGS,
+            *extra,
+        ]
+    )
+    _assert_same_run(
+        tmp_path / "single",
+        tmp_path / "ddp",
+        ("loss_ce", "loss_ce_first", "loss_object", "loss_object_first", "loss_total"),
+    )
