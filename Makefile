@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch torchvision
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,video,tensorboard]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,video,tensorboard,clip]'
 	touch $@
 
 demo: setup
