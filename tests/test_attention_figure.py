@@ -70,23 +70,12 @@ def test_draw_box_weights_writes_a_png(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """A rendered synthetic set (6 videos), its boxes and crop features, a global and a local run (1 epoch)."""
-    from hoitool.datasets.common import prepare_dataset
-    from hoitool.extract.boxes import extract_boxes
-    from hoitool.extract.features import extract_features
+    from helpers import rendered_crop_features
+
     from hoitool.train.loop import TrainRequest, train
     from hoitool.train.presets import resolve_training_config
 
-    root = tmp_path_factory.mktemp("attention")
-    prepare_dataset("synthetic", root / "data", {"videos_per_class": 1, "frames": 6, "size": 32})
-    extract_boxes(root / "data" / "manifest.json", root / "boxes.h5", {"source": "dataset", "frames": 3})
-    features = {
-        "backbone": {"arch": "resnet18", "weights": "random", "layer": "layer1"},
-        "mode": "crop",
-        "crop_size": 16,
-        "frame_features": False,
-        "runtime": {"device": "cpu", "workers": 0},
-    }
-    extract_features(root / "boxes.h5", root / "features.h5", features)
+    root = rendered_crop_features(tmp_path_factory.mktemp("attention"))
     runs = {}
     for view in ("global", "local"):
         options = {"model.view": view, "model.hidden": 8, "train.epochs": 1, "runtime.device": "cpu"}

@@ -50,7 +50,7 @@ CLI_SETTINGS = [
 ]
 
 
-def _torchrun(arguments: list) -> None:
+def torchrun(arguments: list) -> None:
     """``python -m torch.distributed.run --standalone --nproc_per_node 2 -m hoitool ARGUMENTS`` (gloo on CPU)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hoitool"]
     environment = dict(os.environ, OMP_NUM_THREADS="1")
@@ -64,7 +64,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _assert_same_run(single: Path, ddp: Path, terms: tuple[str, ...]) -> None:
+def assert_same_run(single: Path, ddp: Path, terms: tuple[str, ...]) -> None:
     """Every weight within 1e-5 after 3 epochs, the same logged loss terms per epoch (rank 0 writes alone)."""
     one = torch.load(single / "checkpoints" / "last.pt", weights_only=True)
     two = torch.load(ddp / "checkpoints" / "last.pt", weights_only=True)
@@ -99,7 +99,7 @@ def test_anticipation_two_gloo_ranks_match_one_process(synthetic_teacher, tmp_pa
     root, teacher = synthetic_teacher
     method = {"method__name": "anticipation", "anticipation__lead_time": "40%", "anticipation__at": at}
     train(request(root / "features.h5", tmp_path / "single", kind="student", teacher=teacher, **SETTINGS, **method))
-    _torchrun(
+    torchrun(
         [
             "distill",
             root / "features.h5",
@@ -118,7 +118,7 @@ def test_anticipation_two_gloo_ranks_match_one_process(synthetic_teacher, tmp_pa
             *CLI_SETTINGS,
         ]
     )
-    _assert_same_run(tmp_path / "single", tmp_path / "ddp", ("loss_ce", "loss_distill", "loss_total"))
+    assert_same_run(tmp_path / "single", tmp_path / "ddp", ("loss_ce", "loss_distill", "loss_total"))
 
 
 @pytest.mark.slow
@@ -140,9 +140,9 @@ def test_cl_hoi_two_ranks_match_one_process(tmp_path, capsys):
     cli = list(CLI_SETTINGS)
     cli[cli.index("--batch-size") + 1] = "17"
     method_flags = ["--method", "cl_hoi", "--vlm-import", vlm, "--text-encoder", "tiny:16"]
-    _torchrun(["train-teacher", features, "--view", "global", "--out", tmp_path / "ddp", *method_flags, *cli])
+    torchrun(["train-teacher", features, "--view", "global", "--out", tmp_path / "ddp", *method_flags, *cli])
     terms = ("loss_ce", "loss_context", "loss_i2t", "loss_t2i", "loss_sr", "loss_total")
-    _assert_same_run(tmp_path / "single", tmp_path / "ddp", terms)
+    assert_same_run(tmp_path / "single", tmp_path / "ddp", terms)
     assert all(line["loss_context"] > 0 and line["loss_t2i"] > 0 for line in _metrics(tmp_path / "ddp"))
 
 
@@ -165,7 +165,7 @@ def test_dual_attention_two_gloo_ranks_match_one_process(tmp_path):
     extra = [
         item for flag in [*flags, "dual_attention.temporal=mean", "data.standardize=train"] for item in ("--set", flag)
     ]
-    _torchrun(
+    torchrun(
         [
             "train-teacher",
             features,
@@ -179,7 +179,7 @@ def test_dual_attention_two_gloo_ranks_match_one_process(tmp_path):
             *extra,
         ]
     )
-    _assert_same_run(
+    assert_same_run(
         tmp_path / "single",
         tmp_path / "ddp",
         ("loss_ce", "loss_ce_first", "loss_object", "loss_object_first", "loss_total"),

@@ -137,23 +137,9 @@ def test_text_and_image_encoders_must_be_one_clip():
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """A rendered synthetic set (1 video per class, 6 frames), dataset boxes, crop features with mirrored views."""
-    from hoitool.datasets.common import prepare_dataset
-    from hoitool.extract.boxes import extract_boxes
-    from hoitool.extract.features import extract_features
+    from helpers import rendered_crop_features
 
-    root = tmp_path_factory.mktemp("regions")
-    prepare_dataset("synthetic", root / "data", {"videos_per_class": 1, "frames": 6, "size": 32})
-    extract_boxes(root / "data" / "manifest.json", root / "boxes.h5", {"source": "dataset", "frames": 3})
-    features = {
-        "backbone": {"arch": "resnet18", "weights": "random", "layer": "layer1"},
-        "mode": "crop",
-        "crop_size": 16,
-        "flip": True,
-        "frame_features": False,
-        "runtime": {"device": "cpu", "workers": 0},
-    }
-    extract_features(root / "boxes.h5", root / "features.h5", features)
-    return root
+    return rendered_crop_features(tmp_path_factory.mktemp("regions"), flip=True)
 
 
 def test_text_regions_embeds_every_pairs_union_crop(rendered, tmp_path, capsys):
