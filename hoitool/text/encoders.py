@@ -155,24 +155,38 @@ def _existing(path: str, spec: str, what: str = "text encoder", specs: str = SPE
     return found
 
 
-def load_text_encoder(spec: str, device: str = "cpu"):
-    """A text encoder from its spec (module docstring); bad specs, paths and missing packages are UsageErrors."""
+def parse_encoder_spec(spec: str, what: str, specs: str, kinds: tuple[str, ...]) -> tuple[str, dict]:
+    """``tiny[:DIM]``, ``open_clip:MODEL:WEIGHTS``, ``hf:DIR`` or ``file:PATH`` (those in ``kinds``) -> ``(kind, arguments)``.
+
+    The one parser of the text and image encoders' specs; a bad spec, a missing file or a file where a
+    directory belongs is a UsageError naming ``what`` and the spec.
+    """
     kind, _, rest = spec.partition(":")
+    if kind not in kinds:
+        raise UsageError(f"unknown {what} {spec!r} (expected {specs})")
     if kind == "tiny":
         try:
-            return TinyTextEncoder(dim=int(rest) if rest else 32)
+            return kind, {"dim": int(rest) if rest else 32}
         except ValueError:
-            raise UsageError(f"text encoder {spec!r}: DIM must be an integer") from None
+            raise UsageError(f"{what} {spec!r}: DIM must be an integer") from None
     if kind == "open_clip":
         model, _, weights = rest.partition(":")
         if not model:
-            raise UsageError(f"text encoder {spec!r}: expected open_clip:MODEL:WEIGHTS")
-        return OpenClipTextEncoder(model, _existing(weights, spec), device=device)
+            raise UsageError(f"{what} {spec!r}: expected open_clip:MODEL:WEIGHTS")
+        return kind, {"model": model, "weights": _existing(weights, spec, what, specs)}
+    path = _existing(rest, spec, what, specs)
+    if kind == "hf" and not path.is_dir():
+        raise UsageError(f"{what} {spec!r}: {path} is not a directory")
+    return kind, {"path": path}
+
+
+def load_text_encoder(spec: str, device: str = "cpu"):
+    """A text encoder from its spec (module docstring); bad specs, paths and missing packages are UsageErrors."""
+    kind, arguments = parse_encoder_spec(spec, "text encoder", SPECS, ("tiny", "open_clip", "hf", "file"))
+    if kind == "tiny":
+        return TinyTextEncoder(dim=arguments["dim"])
+    if kind == "open_clip":
+        return OpenClipTextEncoder(arguments["model"], arguments["weights"], device=device)
     if kind == "hf":
-        directory = _existing(rest, spec)
-        if not directory.is_dir():
-            raise UsageError(f"text encoder {spec!r}: {directory} is not a directory")
-        return HFClipTextEncoder(directory, device=device)
-    if kind == "file":
-        return EmbeddingsFile(_existing(rest, spec))
-    raise UsageError(f"unknown text encoder {spec!r} (expected {SPECS})")
+        return HFClipTextEncoder(arguments["path"], device=device)
+    return EmbeddingsFile(arguments["path"])

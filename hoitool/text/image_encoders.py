@@ -24,7 +24,7 @@ from torch import nn
 
 from hoitool.errors import UsageError
 from hoitool.io.digest import file_sha256
-from hoitool.text.encoders import _existing, _require
+from hoitool.text.encoders import _require, parse_encoder_spec
 
 SPECS = "tiny[:DIM], open_clip:MODEL:WEIGHTS or hf:DIR"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's normalisation (open_clip's OPENAI_DATASET_MEAN/STD)
@@ -143,20 +143,9 @@ class HFClipImageEncoder(_Encoder):
 
 def load_image_encoder(spec: str, device: str = "cpu"):
     """An image encoder from its spec (module docstring); bad specs, paths and missing packages are UsageErrors."""
-    kind, _, rest = spec.partition(":")
+    kind, arguments = parse_encoder_spec(spec, "image encoder", SPECS, ("tiny", "open_clip", "hf"))
     if kind == "tiny":
-        try:
-            return TinyImageEncoder(dim=int(rest) if rest else 32, device=device)
-        except ValueError:
-            raise UsageError(f"image encoder {spec!r}: DIM must be an integer") from None
+        return TinyImageEncoder(dim=arguments["dim"], device=device)
     if kind == "open_clip":
-        model, _, weights = rest.partition(":")
-        if not model:
-            raise UsageError(f"image encoder {spec!r}: expected open_clip:MODEL:WEIGHTS")
-        return OpenClipImageEncoder(model, _existing(weights, spec, "image encoder", SPECS), device=device)
-    if kind == "hf":
-        directory = _existing(rest, spec, "image encoder", SPECS)
-        if not directory.is_dir():
-            raise UsageError(f"image encoder {spec!r}: {directory} is not a directory")
-        return HFClipImageEncoder(directory, device=device)
-    raise UsageError(f"unknown image encoder {spec!r} (expected {SPECS})")
+        return OpenClipImageEncoder(arguments["model"], arguments["weights"], device=device)
+    return HFClipImageEncoder(arguments["path"], device=device)
