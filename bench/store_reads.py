@@ -3,7 +3,7 @@
 Every ``StoreReader.read`` hashes the arrays it returns (sha256) and compares them with the
 digests recorded at write time, so a damaged store is never read as data. This prints:
 
-* reads alone (what a training item reads: nodes, valid, boxes, frame_size): ms per video
+* reads alone (what a training item reads: ``FIELDS``): ms per video
   with and without the check, interleaved round by round (shared machines change speed under
   a benchmark), and the sha256 hashing by itself;
 * one training step per video (the model on an in-RAM batch) and the bound it gives: the
@@ -177,7 +177,7 @@ def main() -> None:
                     train_ms = train_ms_per_video(path, device, size["batch"], steps=3 * args.rounds)
                 print(
                     f"{size_name}: T={size['frames']} K={size['boxes']} D={size['dim']} float16, {suffix}, "
-                    f"{costs['bytes'] / 1e6:.2f} MB read per video (nodes, valid, boxes, frame_size)"
+                    f"{costs['bytes'] / 1e6:.2f} MB read per video ({', '.join(FIELDS)})"
                 )
                 print(
                     f"  read per video: unchecked {costs['unchecked']:.2f} ms; checked, first read in a process "

@@ -198,6 +198,9 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="store section: DataLoader workers reading the store")
     parser.add_argument("--epochs", type=int, default=1, help="store section: timed epochs per round")
     parser.add_argument("--rounds", type=int, default=5, help="store section: alternating store/RAM rounds (medians)")
+    parser.add_argument(
+        "--worker-niceness", type=int, default=None, help="store section: niceness of the store-reading workers"
+    )
     parser.add_argument("--suffix", default=".h5", choices=[".h5", ".zarr"], help="store section: backend")
     parser.add_argument("--features", default=None, help="store section: an existing features store to read")
     return parser.parse_args(argv)

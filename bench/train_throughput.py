@@ -11,7 +11,7 @@ what the store can feed a device faster than this one. Prints figures; asserts n
 
 ``store_vs_ram_benchmark(args)`` is the "store" section of bench/train.py; it reads
 ``args.device``, ``args.small`` and, when present, ``args.workers``,
-``args.suffix``, ``args.epochs``, ``args.rounds`` and ``args.features`` (an existing store to
+``args.suffix``, ``args.epochs``, ``args.rounds``, ``args.worker_niceness`` and ``args.features`` (an existing store to
 read instead of a generated one).
 """
 
@@ -30,6 +30,7 @@ from hoitool.losses import supervised_loss
 from hoitool.manifest import Manifest, VideoEntry
 from hoitool.nn.models import build_model
 from hoitool.store import StagedStore, open_store
+from hoitool.train import data as data_module
 from hoitool.train.data import EpochBatchSampler, ViewDataset, batches, collate, make_loader, split_videos
 
 # Charades-like graphs (T=32 frames x K=15 boxes of 512-d, GLIDN's I3D setting) and a small variant
@@ -59,6 +60,32 @@ def make_store(root: Path, size: dict, suffix: str) -> Path:
         staged.save(entry.id, video(rng, size["frames"], size["boxes"], size["dim"]))
     staged.finalize({"manifest": str((root / "manifest.json").resolve())}, {"views": 1, "dim": size["dim"]})
     return path
+
+
+def _cpu_per_video(dataset, videos, batch: int, workers: int, device: torch.device) -> dict:
+    """CPU ms per video that one lazy epoch costs the workers and the main process (CPU time: robust to other load).
+
+    Fresh, non-persistent workers (their CPU is counted when they exit), so this includes the
+    first-read hashing, which later epochs of a persistent worker skip for what it read before.
+    """
+    import resource
+
+    if not workers:
+        return {}
+    sampler = EpochBatchSampler(len(videos), batch, seed=1)
+    loader = make_loader(dataset, workers, device.type == "cuda", seed=0, batch_sampler=sampler, persistent=False)
+    children, main = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    read = sum(len(batch["index"]) for batch in batches(loader))
+    del loader
+    after_children, after_main = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+
+    def cpu(before, after) -> float:
+        return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+    return {
+        "worker_cpu_ms": 1e3 * cpu(children, after_children) / read,
+        "main_cpu_ms": 1e3 * cpu(main, after_main) / read,
+    }
 
 
 def _load() -> float:
@@ -104,6 +131,8 @@ def store_vs_ram_benchmark(args) -> dict:
     workers = 2 if workers is None else workers
     epochs = getattr(args, "epochs", None) or 1
     rounds = getattr(args, "rounds", None) or 5
+    if getattr(args, "worker_niceness", None) is not None:
+        data_module.WORKER_NICENESS = args.worker_niceness  # read by make_loader
     with tempfile.TemporaryDirectory() as tmp:
         features = getattr(args, "features", None) or make_store(
             Path(tmp), size, getattr(args, "suffix", None) or ".h5"
@@ -159,6 +188,7 @@ def store_vs_ram_benchmark(args) -> dict:
         for _ in range(epochs):
             read += sum(len(batch["index"]) for batch in store_batches())
         results["read_only"] = read / (time.perf_counter() - started)
+        results.update(_cpu_per_video(lazy, videos, size["batch"], workers, device))
         del store_batches  # the loader (and its workers) end with this scope
         reader.close()
     print(
@@ -174,6 +204,14 @@ def store_vs_ram_benchmark(args) -> dict:
     print(
         f"  {'store reads alone (no model)':28s} {results['read_only']:8.1f} videos/s  (the most the store can feed a faster device)"
     )
+    if "worker_cpu_ms" in results:
+        step_ms = 1e3 / results["ram"]
+        print(
+            f"  CPU per video of the lazy path (one epoch, fresh workers, so every array is hashed): workers "
+            f"{results['worker_cpu_ms']:.2f} ms, main process receiving {results['main_cpu_ms']:.2f} ms; a training "
+            f"step takes {step_ms:.1f} ms per video from RAM, so if the workers' CPU only delays it (all cores busy): "
+            f"{100 * step_ms / (step_ms + results['worker_cpu_ms'] + results['main_cpu_ms']):.0f}%"
+        )
     serial = 1.0 / (1.0 + results["ram"] / results["read_only"])
     print(f"  expected ratio if reads never overlap compute (workers=0): {100 * serial:.0f}%")
     return {
@@ -182,4 +220,5 @@ def store_vs_ram_benchmark(args) -> dict:
         "ratio": ratio,
         "ratios": ratios.tolist(),
         "read_only_videos_per_s": results["read_only"],
+        **{key: results[key] for key in ("worker_cpu_ms", "main_cpu_ms") if key in results},
     }

@@ -112,3 +112,24 @@ def test_worker_batches_equal_in_process_batches(tmp_path, suffix):
             assert mine[name].dtype == theirs[name].dtype, name
             assert torch.equal(mine[name], theirs[name]), name
     assert got[0]["nodes"].dtype == torch.float16  # what the store holds, converted where the model runs
+
+
+class _Niceness(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        import os
+
+        return os.nice(0)
+
+
+def test_store_reading_workers_run_at_a_lower_priority():
+    import os
+
+    from hoitool.io.process import worker_init
+    from hoitool.train.data import WORKER_NICENESS
+
+    loader = torch.utils.data.DataLoader(_Niceness(), num_workers=1, worker_init_fn=worker_init(niceness=3))
+    assert [int(value) for value in loader] == [min(19, os.nice(0) + 3)] * 2
+    assert WORKER_NICENESS > 0  # make_loader's workers (training, eval) use it

@@ -29,13 +29,19 @@ def die_with_parent(worker_id: int = 0, parent_pid: int | None = None) -> None:
         os._exit(1)
 
 
-def worker_init(then: Callable[[int], None] | None = None) -> Callable[[int], None]:
-    """A picklable ``worker_init_fn`` for DataLoader: die with this process, then run ``then(worker_id)``."""
-    return functools.partial(_init, parent_pid=os.getpid(), then=then)
+def worker_init(then: Callable[[int], None] | None = None, niceness: int = 0) -> Callable[[int], None]:
+    """A picklable ``worker_init_fn`` for DataLoader: die with this process, then run ``then(worker_id)``.
+
+    ``niceness`` > 0 lowers the workers' CPU priority (``os.nice``): a worker that only feeds
+    the main process then runs in the gaps of its compute instead of pre-empting it.
+    """
+    return functools.partial(_init, parent_pid=os.getpid(), then=then, niceness=niceness)
 
 
-def _init(worker_id: int, parent_pid: int, then: Callable[[int], None] | None) -> None:
+def _init(worker_id: int, parent_pid: int, then: Callable[[int], None] | None, niceness: int = 0) -> None:
     die_with_parent(worker_id, parent_pid)
+    if niceness > 0:
+        os.nice(niceness)
     # The parent turns Ctrl-C / SIGTERM into hoitool.errors.Interrupted and shuts its workers down; a worker
     # must not raise it too (torch's worker loop catches Exception, not BaseException: a traceback). Ctrl-C
     # reaches the whole process group, so workers ignore it; SIGTERM keeps its default (it ends the worker

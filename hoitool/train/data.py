@@ -31,6 +31,9 @@ from hoitool.io.process import worker_init
 from hoitool.manifest import Manifest
 
 FIELDS = ("nodes", "valid", "boxes", "frame_size", "frame_indices")  # frame_indices: what a lead time cuts
+# Store-reading workers run at this niceness: their decompression fills the gaps of the training step instead of
+# pre-empting its threads (docs/cache-format.md, "Lazy reads"; bench/train.py --worker-niceness compares)
+WORKER_NICENESS = 10
 
 
 @dataclass
@@ -455,7 +458,8 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=persistent and workers > 0,
         generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=worker_init(),  # workers die with this process (kill -9 of the parent leaves no orphan)
+        # workers die with this process (kill -9 of the parent leaves no orphan), at a lower CPU priority
+        worker_init_fn=worker_init(niceness=WORKER_NICENESS),
     )
 
 
