@@ -276,7 +276,9 @@ def real(args, root: Path, suffix: str) -> None:
     report("commit (one new segment + index)", committed, n, size)
     if args.build_only:
         print(
-            f"  store {size / 1e9:.2f} GB, peak disk {peak / size:.2f} x the store; {files(path) / n:.5f} files/video"
+            f"  store {size / 1e9:.2f} GB, peak disk {peak / size:.2f} x the store; "
+            f"{len(read_index(path)['segments'])} segments, {files(path) / n:.5f} files/video, "
+            f"{inodes(path) / n:.5f} inodes/video"
         )
         shutil.rmtree(path)
         return
