@@ -31,9 +31,10 @@ from hoitool.io.process import worker_init
 from hoitool.manifest import Manifest
 
 FIELDS = ("nodes", "valid", "boxes", "frame_size", "frame_indices")  # frame_indices: what a lead time cuts
-# Store-reading workers run at this niceness: their decompression fills the gaps of the training step instead of
-# pre-empting its threads (docs/cache-format.md, "Lazy reads"; bench/train.py --worker-niceness compares)
-WORKER_NICENESS = 10
+# Niceness of store-reading workers. 0: niceness 10 measured no faster on a quiet 2-core machine (80% vs 81% of RAM
+# speed) and lets other jobs starve the loader on a shared one (docs/cache-format.md, "Lazy reads";
+# bench/train.py --worker-niceness compares)
+WORKER_NICENESS = 0
 
 
 @dataclass
@@ -458,7 +459,7 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=persistent and workers > 0,
         generator=torch.Generator().manual_seed(seed),
-        # workers die with this process (kill -9 of the parent leaves no orphan), at a lower CPU priority
+        # workers die with this process (kill -9 of the parent leaves no orphan)
         worker_init_fn=worker_init(niceness=WORKER_NICENESS),
     )
 
