@@ -358,6 +358,8 @@ def test_kill_at_random_points_then_resume_equals_uninterrupted_run(dataset, tmp
 
     The killed runs write a checkpoint segment every 2 videos (HOITOOL_CHECKPOINT_BYTES), so kills also land
     while a checkpoint segment is written or its parts removed; the reference run writes none.
+    The kill points follow the staged count, not the clock: with a longer random delay the 6 tiny videos were
+    all done before the kill on an idle machine (seen in CI), and no kill landed inside the run.
     """
     import os
     import random
@@ -391,10 +393,10 @@ def test_kill_at_random_points_then_resume_equals_uninterrupted_run(dataset, tmp
             )
             graceful = attempt == 0  # SIGTERM (e.g. SLURM pre-emption): exit 130, finished videos kept
             already = staged_so_far(parts)
-            wanted = already + 1 if graceful else rng.randint(1, total - 1)
+            wanted = already + 1 if graceful else rng.randint(2, total - 2)  # at least one checkpoint's worth staged
             while child.poll() is None and staged_so_far(parts) < wanted:
                 time.sleep(0.01)
-            time.sleep(0 if graceful else rng.uniform(0, 0.3))
+            time.sleep(0 if graceful else rng.uniform(0, 0.05))  # short: on a quiet machine 6 videos take ~0.2 s
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
                 interrupted += 1
