@@ -17,6 +17,7 @@ from helpers import run_cli
 from test_cad120_layout import write_cad120
 
 from hoitool.manifest import Manifest
+from hoitool.runs import load_run
 
 TINY = ["--device", "cpu", "--workers", "0", "--epochs", "2", "--batch-size", "2", "--set", "model.hidden=16"]
 
@@ -57,6 +58,22 @@ def test_anticipation_and_cl_hoi_on_the_cad120_fixture_from_the_cli(tmp_path, ca
     assert set(lead) == {"60%", "0%"} and lead["60%"]["videos"] == len(tests) and "60%" in out
     # the run's own outputs were made from the same truncated input as eval at the trained lead time
     assert lead["60%"]["accuracy"] == pytest.approx(metrics["metrics"]["accuracy"])
+
+    # at the end of each CAD-120 sub-activity segment: one sample per segment, the activity as its label
+    events = tmp_path / "anticipation-events"
+    code, _, err = run_cli([*argv, "--lead-time", "60%", "--anticipate-at", "events", "--out", events, *TINY], capsys)
+    assert code == 0, err
+    ends = {
+        f"{video.id}@{int(end)}"
+        for video in manifest.videos
+        if video.split == "test"
+        for _, end, _ in video.extra["segments"]
+    }
+    assert ends and ends <= set(load_run(events).video_ids)  # each segment's end is a sample of its own
+    code, _, err = run_cli(["eval", events, "--lead-time", "60%", "--anticipate-at", "events"], capsys)
+    assert code == 0, err
+    lead = json.loads((events / "eval" / "lead_times_test.json").read_text())["lead_times"]
+    assert lead["60%"]["videos"] == len(ends)  # every event scored as its own sample
 
     vlm = tmp_path / "vlm.jsonl"
     code, _, err = run_cli(["text", "simulate", data / "manifest.json", "--out", vlm, "--error-rate", "0"], capsys)
