@@ -13,3 +13,8 @@ def file_sha256(path: Path | str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def short_digest(sha256: str) -> str:
+    """The first 16 hex digits of a sha256: enough to see a change, short enough for a one-line refusal."""
+    return sha256[:16]

@@ -39,9 +39,6 @@ if TYPE_CHECKING:
     from hoitool.train.loop import Training
 
 
-LEAD_TIME_METHODS = ("glidn", "anticipation")  # their models are rebuilt from best.pt alone
-
-
 def _frames(manifest, video_ids: list[str], lead) -> tuple[np.ndarray, np.ndarray]:
     """``(t, tau)`` in decoded frames for each video (the manifest's fps / frame count; one line if missing)."""
     from hoitool.nn.anticipation import lead_time_frames
@@ -163,7 +160,7 @@ class Anticipation(Method):
 
     def upstream(self) -> dict[str, str]:
         """``at: events`` runs the teacher's best.pt: a resume on a changed one is refused (StaleArtifactError)."""
-        from hoitool.train.methods.cl_hoi import short_digest
+        from hoitool.io.digest import short_digest
 
         if getattr(self, "at", None) != "events":
             return {}
@@ -275,6 +272,8 @@ class Anticipation(Method):
 
 def check_lead_time_run(info: dict, run_dir: Path) -> str:
     """The run's method name, if ``eval --lead-time`` can score it (its model rebuilt from ``best.pt`` alone)."""
+    from hoitool.train.methods.anticipation_events import LEAD_TIME_METHODS
+
     name = method_info(info)["name"]
     if name not in LEAD_TIME_METHODS:
         raise UsageError(f"{run_dir}: eval --lead-time scores {' or '.join(LEAD_TIME_METHODS)} runs, not a {name} run")
@@ -302,10 +301,8 @@ def evaluate_lead_times(
     from hoitool.nn.anticipation import parse_lead_time
     from hoitool.runs import EVAL_DIR, best_checkpoint, read_run_info, saved_config
     from hoitool.store import open_store
-    from hoitool.train.checkpoint import load_checkpoint
     from hoitool.train.data import VideoDataset, batches, make_loader, split_videos
-    from hoitool.train.methods import get_method
-    from hoitool.train.methods.anticipation_events import AT, split_events, with_events_reader
+    from hoitool.train.methods.anticipation_events import AT, rebuild_best, split_events, with_events_reader
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
@@ -327,11 +324,7 @@ def evaluate_lead_times(
         raise UsageError(f"{info['features']}: holds no videos of the {split!r} split")
     labels = (config.get("anticipation") or {}).get("labels", "at_t")
     samples = {str(lead): split_events(manifest, videos, lead, labels) for lead in parsed} if at == "events" else {}
-    best = load_checkpoint(best_path)
-    method = get_method(name)(config)
-    model = method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
-    model.load_state_dict(best["model"])
-    model.eval()
+    model, method, _ = rebuild_best(run_dir, name, best_path)
     results = {}
     for text, lead in zip(leads, parsed, strict=True):
         scored, source = videos, reader

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 
 AT = ("end", "events")
 DRAW_SALT = 0x7A7  # keeps the event draw's stream apart from the sampler's (seed, epoch) stream
-TEACHER_METHODS = ("glidn", "anticipation")  # ContextGraphNet models: their forward returns node embeddings
+LEAD_TIME_METHODS = (
+    "glidn",
+    "anticipation",
+)  # ContextGraphNet models, rebuilt from best.pt alone; forward returns node embeddings
 
 
 def label_at_time(video, frame: float, classes: list[str], multilabel: bool) -> list[int] | None:
@@ -166,29 +169,42 @@ def with_events_reader(reader, aliases: dict[str, str]):
 
 def load_frozen_teacher(teacher_dir: Path, in_dim: int, num_classes: int) -> tuple[nn.Module, Path]:
     """The teacher run's ``best.pt`` model in eval mode with no gradients, rebuilt as ``eval --lead-time`` rebuilds one."""
-    from hoitool.runs import best_checkpoint, read_run_info, saved_config
-    from hoitool.train.checkpoint import load_checkpoint
-    from hoitool.train.methods import get_method, method_info
+    from hoitool.runs import best_checkpoint, read_run_info
+    from hoitool.train.methods import method_info
 
     teacher_dir = Path(teacher_dir)
     name = method_info(read_run_info(teacher_dir))["name"]
-    if name not in TEACHER_METHODS:
+    if name not in LEAD_TIME_METHODS:
         raise UsageError(
             f"{teacher_dir}: anticipation.at=events runs the teacher online; it must be a "
-            f"{' or '.join(TEACHER_METHODS)} run, not a {name} run"
+            f"{' or '.join(LEAD_TIME_METHODS)} run, not a {name} run"
         )
     path = best_checkpoint(teacher_dir)
     if not path.is_file():
         raise UsageError(f"{teacher_dir}: no {path.name} (anticipation.at=events runs the teacher's best.pt)")
-    best = load_checkpoint(path)
+    model, _, best = rebuild_best(teacher_dir, name, path)
     if best["in_dim"] != in_dim or best["num_classes"] != num_classes:
         raise UsageError(
             f"{path}: the teacher takes {best['in_dim']}-d nodes and {best['num_classes']} classes, "
             f"this store and manifest have {in_dim} and {num_classes}"
         )
-    model = get_method(name)(saved_config(teacher_dir) or {}).build_model(
-        best["model_config"], best["in_dim"], best["num_classes"]
-    )
-    model.load_state_dict(best["model"])
-    model.eval().requires_grad_(False)
+    model.requires_grad_(False)
     return model, path
+
+
+def rebuild_best(run_dir: Path, name: str, path: Path):
+    """``(model, method, checkpoint)``: the ``name`` run's ``best.pt`` at ``path`` in its model, in eval mode.
+
+    The one rebuild of a finished run's model from its checkpoint and saved config, for ``eval
+    --lead-time`` and for the frozen teacher of ``at: events``.
+    """
+    from hoitool.runs import saved_config
+    from hoitool.train.checkpoint import load_checkpoint
+    from hoitool.train.methods import get_method
+
+    best = load_checkpoint(path)
+    method = get_method(name)(saved_config(run_dir) or {})
+    model = method.build_model(best["model_config"], best["in_dim"], best["num_classes"])
+    model.load_state_dict(best["model"])
+    model.eval()
+    return model, method, best

@@ -44,7 +44,7 @@ import numpy as np
 
 from hoitool import log
 from hoitool.errors import StaleArtifactError, UsageError
-from hoitool.io.digest import file_sha256
+from hoitool.io.digest import file_sha256, short_digest
 from hoitool.train.methods import Method, register_method
 
 if TYPE_CHECKING:
@@ -55,11 +55,6 @@ if TYPE_CHECKING:
     from hoitool.train.loop import Training
 
 TEXT_EMBEDDINGS = "text_embeddings.npz"
-
-
-def short_digest(sha256: str) -> str:
-    """The first 16 hex digits of a sha256: enough to see a change, short enough for a one-line refusal."""
-    return sha256[:16]
 
 
 def same_text(classes: list[str]) -> None:
