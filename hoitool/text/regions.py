@@ -50,11 +50,8 @@ def person_masks(
     reader = open_store(boxes_path)
     if reader.kind != "boxes":
         raise UsageError(f"{boxes_path}: is a {reader.kind} store, expected the boxes store (cl_hoi.boxes)")
-    if fingerprint is not None and reader.fingerprint != fingerprint:
-        message = f"{boxes_path}: the boxes store changed since the features were extracted from it"
-        if not force:
-            raise StaleArtifactError(message + " (is_person would not match the nodes); use --force to use it anyway")
-        log.warning(message + "; used anyway (--force)")
+    if fingerprint is not None:
+        check_boxes_unchanged(reader, boxes_path, fingerprint, force, "is_person would not match the nodes")
     rows = []
     for video in video_ids:
         if video not in reader.video_ids:
@@ -64,6 +61,17 @@ def person_masks(
         rows.append(np.stack([person[view * clips // views] for view in range(views)]))
     reader.close()
     return np.stack(rows) if rows else np.zeros((0, views, 0, 0), bool)
+
+
+def check_boxes_unchanged(reader, boxes_path, expected: str | None, force: bool, consequence: str) -> None:
+    """Refuse (StaleArtifactError) a boxes store whose fingerprint is not the one the features were extracted
+    from, saying ``consequence``; with ``force`` warn and go on."""
+    if reader.fingerprint == expected:
+        return
+    message = f"{boxes_path}: the boxes store changed since the features were extracted from it"
+    if not force:
+        raise StaleArtifactError(message + f" ({consequence}); use --force to use it anyway")
+    log.warning(message + "; used anyway (--force)")
 
 
 def union_boxes(boxes, valid, is_person) -> tuple[np.ndarray, np.ndarray]:
@@ -167,11 +175,7 @@ def build_region_embeddings(
     if not boxes_path or not Path(boxes_path).exists():
         raise UsageError(f"{features_path}: the boxes store it was extracted from ({boxes_path}) is not there")
     boxes = open_store(boxes_path)
-    if upstream.get("boxes") != boxes.fingerprint:
-        message = f"{boxes_path}: the boxes store changed since the features were extracted from it"
-        if not force:
-            raise StaleArtifactError(message + " (its boxes would not match the store's); use --force to use it anyway")
-        log.warning(message + "; used anyway (--force)")
+    check_boxes_unchanged(boxes, boxes_path, upstream.get("boxes"), force, "its boxes would not match the store's")
     manifest_path = Path(reader.manifest_path)
     manifest = Manifest.load(manifest_path)
     videos = list(reader.video_ids)
