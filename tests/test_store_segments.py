@@ -180,12 +180,15 @@ def test_index_records_codec_and_segment_metadata_is_plain_json(tmp_path):
     path = tmp_path / "f.h5"
     build(path, ["v1", "v2"])
     index = json.loads((path / INDEX).read_text())
-    assert index["hoitool"]["codec"]["name"] in ("gzip", "lzf")
+    assert index["hoitool"]["codec"] == {"name": "zstd", "level": 1}
     segment = json.loads((path / SEGMENTS / "seg-000001.json").read_text())
     assert segment["videos"]["id"] == ["v1", "v2"] and len(segment["videos"]["array_digests"]["nodes"]) == 2
+    assert segment["codec"] == index["hoitool"]["codec"]
     import h5py
+    import hdf5plugin  # noqa: F401  (what a plain h5py reader imports: docs/cache-format.md)
 
     with h5py.File(path / SEGMENTS / "seg-000001.h5", "r") as handle:  # plain h5py reads a video's row
+        assert handle["nodes"].id.get_create_plist().get_filter(0)[0] == 32015  # HDF5's registered Zstandard filter
         np.testing.assert_array_equal(handle["nodes"][1], features(2)["nodes"].astype(np.float16))
 
 

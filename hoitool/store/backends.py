@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal, cast
 
 import numpy as np
 
 from hoitool.errors import UsageError
+from hoitool.store.hdf5 import h5py_module
 from hoitool.store.schema import META_ATTR
 
 SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
@@ -24,14 +24,11 @@ def backend_name(path: Path | str) -> str:
 
 
 class HDF5Backend:
-    """One HDF5 file; gzip-compressed, one chunk per array per video."""
+    """One HDF5 file (schema 1: still read; written only by tests of old stores); gzip-4, a chunk per array per video."""
 
     def __init__(self, path: Path | str, mode: Mode = "r"):
-        import h5py
-
-        os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # read-only use on NFS/Lustre
         self.path = Path(path)
-        self.file = h5py.File(self.path, mode)
+        self.file = h5py_module().File(self.path, mode)
 
     def read_meta(self) -> dict:
         raw = self.file.attrs.get(META_ATTR)

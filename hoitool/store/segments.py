@@ -29,16 +29,19 @@ import numpy as np
 from hoitool import __version__, log
 from hoitool.io.atomic import fsync_dir, write_json
 from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
+from hoitool.store.hdf5 import h5py_module, zstd_filter
 from hoitool.store.schema import META_ATTR, SCHEMA_VERSION, video_id_from_key, video_key
+from hoitool.store.zarr_rows import ShardedRows, row_reader
 
 INDEX = "index.json"
 SEGMENTS = "segments"
 SEGMENT_NAME = re.compile(r"seg-(\d{6,})\.(h5|zarr|json)$")
 EXTENSION = {"hdf5": "h5", "zarr": "zarr"}
 
-# Codecs chosen by measurement (bench/store.py, docs/cache-format.md): fast to decode, readable by a plain install.
+# Codecs chosen by measurement (bench/store.py --codecs, docs/cache-format.md): zstd level 1 decodes a video's nodes in
+# about 0.5 ms (gzip-1 2.0 ms) and compresses more; HDF5 gets it from hdf5plugin, a dependency of hoitool.
 CODECS: dict[str, dict[str, Any]] = {
-    "hdf5": {"name": "gzip", "level": 1, "shuffle": True},
+    "hdf5": {"name": "zstd", "level": 1},
     "zarr": {"name": "zstd", "level": 1},
 }
 CHUNK_BYTES = (
@@ -177,14 +180,10 @@ def _signature(arrays: dict[str, np.ndarray]) -> tuple:
 def _open_writer(backend: str, tmp: Path, arrays: dict, rows: int):
     codec = CODECS[backend]
     if backend == "hdf5":
-        import h5py
-
-        handle = h5py.File(tmp, "w")
+        handle = h5py_module().File(tmp, "w")
         for name, info in arrays.items():
             shape = tuple(info["shape"])
-            compress = {}
-            if int(np.prod(shape)) > 16:
-                compress = dict(compression=codec["name"], compression_opts=codec["level"], shuffle=codec["shuffle"])
+            compress = _hdf5_filter(codec) if int(np.prod(shape)) > 16 else {}
             handle.create_dataset(
                 name,
                 shape=(rows, *shape),
@@ -212,6 +211,15 @@ def _open_writer(backend: str, tmp: Path, arrays: dict, rows: int):
             chunk_key_encoding=CHUNK_KEYS,
         )
     return group
+
+
+def _hdf5_filter(codec: dict) -> dict:
+    """``create_dataset`` options of a recorded HDF5 codec (gzip: what schema-2 stores used before zstd)."""
+    if codec["name"] == "zstd":
+        return zstd_filter(codec["level"])
+    if codec["name"] == "gzip":
+        return dict(compression="gzip", compression_opts=codec["level"], shuffle=codec.get("shuffle", False))
+    raise ValueError(f"unknown HDF5 codec {codec!r}")
 
 
 def _write_rows(backend: str, handle, name: str, start: int, block: np.ndarray, info: dict) -> None:
@@ -446,9 +454,11 @@ class SegmentedBackend:
         self.entries: dict[str, tuple[str, int]] = {}  # video key -> (segment, row)
         self.columns: dict[str, dict] = {}  # segment -> its videos' columns (ids, digests, attrs)
         self.layout: dict[str, dict] = {}
+        self.codecs: dict[str, dict] = {}  # segment -> its codec (a store's segments can differ: docs/cache-format.md)
         for name in self.segments:
             meta = segment_meta(self.path, name)
             self.layout[name] = meta["arrays"]
+            self.codecs[name] = meta.get("codec", {})
             self.columns[name] = meta["videos"]
             for row, video_id in enumerate(meta["videos"]["id"]):
                 self.entries[video_key(video_id)] = (name, row)
@@ -547,10 +557,7 @@ class _SegmentReader:
         self.held: dict[str, np.ndarray] = {}
         self.hdf5 = path.suffix == ".h5"
         if self.hdf5:
-            import h5py
-
-            os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-            self.handle = h5py.File(path, "r")
+            self.handle = h5py_module().File(path, "r")
         else:
             import zarr
 
@@ -558,6 +565,7 @@ class _SegmentReader:
                 raise FileNotFoundError(f"segment {path.name} is missing")
             self.handle = zarr.open_group(str(path), mode="r", zarr_format=3)
         self.arrays: dict[str, Any] = {}
+        self.rows: dict[str, ShardedRows | None] = {}  # Zarr: the direct row reader of each array, where it applies
 
     def names(self) -> list[str]:
         return sorted(self.handle.keys()) if self.hdf5 else sorted(self.handle.array_keys())
@@ -578,6 +586,12 @@ class _SegmentReader:
                     self.hold.discard(name)
                     return np.asarray(array[row])
             return held[row].copy()  # a copy: a caller that edits its arrays must not edit the held ones
+        if not self.hdf5:
+            if name not in self.rows:
+                self.rows[name] = row_reader(self.path / name, array)
+            rows = self.rows[name]
+            if rows is not None:
+                return rows.read(row)
         return np.asarray(array[row])
 
     def close(self) -> None:

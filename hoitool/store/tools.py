@@ -81,7 +81,7 @@ def store_info(path: Path) -> dict:
         "segments": len(segments),
         "files": files,
         "files_per_video": files / len(reader.video_ids) if reader.video_ids else None,
-        "codec": reader.attrs.get("codec", {"name": "gzip", "level": 4, "shuffle": True}),
+        "codec": _codec(reader),
         "provenance": reader.provenance,
         **{
             key: reader.attrs.get(key)
@@ -89,6 +89,18 @@ def store_info(path: Path) -> dict:
             if key in reader.attrs
         },
     }
+
+
+def _codec(reader: StoreReader) -> dict | list[dict]:
+    """The store's codec, or the distinct codecs of its segments when they differ (videos added after an upgrade)."""
+    backend = reader._open()
+    distinct: list[dict] = []
+    for codec in getattr(backend, "codecs", {}).values():
+        if codec not in distinct:
+            distinct.append(codec)
+    if len(distinct) > 1:
+        return distinct
+    return distinct[0] if distinct else reader.attrs.get("codec", {"name": "gzip", "level": 4, "shuffle": True})
 
 
 def _note_shape(shapes: dict, dtypes: dict, name: str, shape: list, dtype: str) -> None:
