@@ -17,6 +17,7 @@ read instead of a generated one).
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -86,6 +87,30 @@ def _cpu_per_video(dataset, videos, batch: int, workers: int, device: torch.devi
         "worker_cpu_ms": 1e3 * cpu(children, after_children) / read,
         "main_cpu_ms": 1e3 * cpu(main, after_main) / read,
     }
+
+
+def _steady_worker_cpu(loader, epoch_batches) -> float | None:
+    """CPU ms per video of the persistent workers over one more epoch (Linux /proc; None elsewhere).
+
+    Unlike :func:`_cpu_per_video` this leaves out starting the workers and the first read's
+    hashing of what they read before: what every later epoch of a training run costs.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    pids = [worker.pid for worker in getattr(iterator, "_workers", [])]
+
+    def ticks() -> float:
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+    try:
+        before = ticks()
+        read = sum(len(batch["index"]) for batch in epoch_batches())
+        return 1e3 * (ticks() - before) / read if pids else None
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _load() -> float:
@@ -188,6 +213,9 @@ def store_vs_ram_benchmark(args) -> dict:
         for _ in range(epochs):
             read += sum(len(batch["index"]) for batch in store_batches())
         results["read_only"] = read / (time.perf_counter() - started)
+        steady = _steady_worker_cpu(loader, store_batches)
+        if steady is not None:
+            results["steady_worker_cpu_ms"] = steady
         results.update(_cpu_per_video(lazy, videos, size["batch"], workers, device))
         del store_batches  # the loader (and its workers) end with this scope
         reader.close()
@@ -212,6 +240,11 @@ def store_vs_ram_benchmark(args) -> dict:
             f"step takes {step_ms:.1f} ms per video from RAM, so if the workers' CPU only delays it (all cores busy): "
             f"{100 * step_ms / (step_ms + results['worker_cpu_ms'] + results['main_cpu_ms']):.0f}%"
         )
+    if "steady_worker_cpu_ms" in results:
+        print(
+            f"  CPU per video of the persistent workers in a later epoch: {results['steady_worker_cpu_ms']:.2f} ms "
+            f"(reading, hashing what is new to the worker, collating, sending)"
+        )
     serial = 1.0 / (1.0 + results["ram"] / results["read_only"])
     print(f"  expected ratio if reads never overlap compute (workers=0): {100 * serial:.0f}%")
     return {
@@ -220,5 +253,5 @@ def store_vs_ram_benchmark(args) -> dict:
         "ratio": ratio,
         "ratios": ratios.tolist(),
         "read_only_videos_per_s": results["read_only"],
-        **{key: results[key] for key in ("worker_cpu_ms", "main_cpu_ms") if key in results},
+        **{key: results[key] for key in ("worker_cpu_ms", "main_cpu_ms", "steady_worker_cpu_ms") if key in results},
     }

@@ -1,4 +1,4 @@
-"""Lazy training reads (issue 11, item 4): Zarr's small arrays held per process, batches collated in shared memory."""
+"""Lazy training reads (issue 11, item 4): small arrays held per process, batches collated in shared memory."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def segment_reader(reader, video_id):
     return backend._segment(backend.entries[video_key(video_id)][0])
 
 
-def test_zarr_small_arrays_are_read_whole_once_and_equal_the_stored_rows(tmp_path):
+def test_small_arrays_are_read_whole_once_and_equal_the_stored_rows(tmp_path):
     build(tmp_path / "f.zarr")
     build(tmp_path / "f.h5")
     zarr_reader, hdf5_reader = open_store(tmp_path / "f.zarr"), open_store(tmp_path / "f.h5")
@@ -54,13 +54,13 @@ def test_zarr_small_arrays_are_read_whole_once_and_equal_the_stored_rows(tmp_pat
             for name, value in expected.items():
                 stored = np.asarray(value).astype(arrays[name].dtype)  # the store keeps nodes in float16
                 np.testing.assert_array_equal(arrays[name], stored, err_msg=f"{reader.path}/{video_id}/{name}")
-    held = segment_reader(zarr_reader, "v1").held
-    assert {"boxes", "valid", "frame_size", "frame_indices", "frame_valid"} <= set(held)  # read whole, once
-    assert held["boxes"].shape == (len(IDS), 1, 32, 16, 4)
-    assert not segment_reader(hdf5_reader, "v1").held  # h5py reads small rows cheaply: nothing is held
-    arrays = zarr_reader.read("v1", ["boxes"])
-    arrays["boxes"][:] = -1  # a caller editing what it got does not edit what the reader holds
-    np.testing.assert_array_equal(zarr_reader.read("v1", ["boxes"])["boxes"], video("v1")["boxes"])
+    for reader in (zarr_reader, hdf5_reader):
+        held = segment_reader(reader, "v1").held
+        assert {"boxes", "valid", "frame_size", "frame_indices", "frame_valid"} <= set(held)  # read whole, once
+        assert held["boxes"].shape == (len(IDS), 1, 32, 16, 4)
+        arrays = reader.read("v1", ["boxes"])
+        arrays["boxes"][:] = -1  # a caller editing what it got does not edit what the reader holds
+        np.testing.assert_array_equal(reader.read("v1", ["boxes"])["boxes"], video("v1")["boxes"])
 
 
 def test_over_the_budget_nothing_is_held(tmp_path, monkeypatch):
