@@ -25,9 +25,7 @@ EMPTY = 2**64 - 1  # an index entry (offset, nbytes) of two of these: the chunk 
 class ShardedRows:
     """Rows of one Zarr 3 array whose inner chunks are single rows compressed with zstd."""
 
-    def __init__(self, folder: Path, array):
-        from numcodecs import Zstd
-
+    def __init__(self, folder: Path, array, zstd, crc32c):
         metadata = array.metadata
         self.folder = folder
         self.encode_key = metadata.encode_chunk_key
@@ -36,7 +34,7 @@ class ShardedRows:
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.fill = np.full(self.row_shape, metadata.fill_value, dtype=self.dtype)
         self.rows = int(array.shape[0])
-        self.zstd = Zstd()
+        self.zstd, self.crc32c = zstd, crc32c  # numcodecs' Zstd codec; google_crc32c.value
         self.indexes: dict[int, tuple[tuple, np.ndarray]] = {}  # shard -> (file identity, (rows, 2) offsets/sizes)
 
     def read(self, row: int) -> np.ndarray:
@@ -70,14 +68,12 @@ class ShardedRows:
         cached = self.indexes.get(shard)
         if cached is not None and cached[0] == identity:
             return cached[1]
-        import google_crc32c  # zarr's own dependency for the crc32c index codec
-
         length = 16 * self.shard_rows + 4
         if status.st_size < length:
             raise OSError(f"{self.folder.name}: shard {shard} is truncated (no complete index)")
         tail = os.pread(fd, length, status.st_size - length)
         body, (checksum,) = tail[:-4], struct.unpack("<I", tail[-4:])
-        if google_crc32c.value(body) != checksum:
+        if self.crc32c(body) != checksum:
             raise OSError(f"{self.folder.name}: shard {shard} index fails its crc32c check")
         index = np.frombuffer(body, dtype="<u8").reshape(self.shard_rows, 2)
         self.indexes[shard] = (identity, index)
@@ -87,6 +83,8 @@ class ShardedRows:
 def row_reader(folder: Path, array) -> ShardedRows | None:
     """A :class:`ShardedRows` for ``array`` (opened by zarr from ``folder``) when its layout is one it reads, else None."""
     try:
+        import google_crc32c  # what zarr >= 3.1 checks shard indexes with; zarr 3.0 used another package
+        from numcodecs import Zstd
         from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
         from zarr.codecs.sharding import ShardingCodecIndexLocation
         from zarr.core.chunk_grids import RegularChunkGrid
@@ -117,8 +115,8 @@ def row_reader(folder: Path, array) -> ShardedRows | None:
             and isinstance(index_codecs[1], Crc32cCodec)
             and np.dtype(array.dtype).kind in "biuf"
         )
-        return ShardedRows(folder, array) if ok else None
-    except Exception:  # another zarr version's classes or metadata: zarr reads it
+        return ShardedRows(folder, array, Zstd(), google_crc32c.value) if ok else None
+    except Exception:  # another zarr version's classes, metadata or packages: zarr reads it
         return None
 
 
