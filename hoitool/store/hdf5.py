@@ -25,8 +25,13 @@ def h5py_module():
     return h5py
 
 
-def zstd_filter(level: int) -> dict:
-    """``create_dataset`` options for HDF5's registered Zstandard filter (id 32015) at ``level``."""
-    import hdf5plugin
+def dataset_filter(codec: dict) -> dict:
+    """``create_dataset`` options of a recorded HDF5 codec: zstd (HDF5's registered filter 32015), or gzip
+    (what schema-2 stores used before zstd)."""
+    if codec["name"] == "zstd":
+        import hdf5plugin
 
-    return dict(hdf5plugin.Zstd(clevel=level))
+        return dict(hdf5plugin.Zstd(clevel=codec["level"]))
+    if codec["name"] == "gzip":
+        return dict(compression="gzip", compression_opts=codec["level"], shuffle=codec.get("shuffle", False))
+    raise ValueError(f"unknown HDF5 codec {codec!r}")

@@ -29,7 +29,7 @@ import numpy as np
 from hoitool import __version__, log
 from hoitool.io.atomic import fsync_dir, write_json
 from hoitool.store.fingerprint import array_digests, store_fingerprint, video_digest
-from hoitool.store.hdf5 import h5py_module, zstd_filter
+from hoitool.store.hdf5 import dataset_filter, h5py_module
 from hoitool.store.schema import META_ATTR, SCHEMA_VERSION, video_id_from_key, video_key
 from hoitool.store.zarr_rows import ShardedRows, row_reader
 
@@ -183,7 +183,7 @@ def _open_writer(backend: str, tmp: Path, arrays: dict, rows: int):
         handle = h5py_module().File(tmp, "w")
         for name, info in arrays.items():
             shape = tuple(info["shape"])
-            compress = _hdf5_filter(codec) if int(np.prod(shape)) > 16 else {}
+            compress = dataset_filter(codec) if int(np.prod(shape)) > 16 else {}
             handle.create_dataset(
                 name,
                 shape=(rows, *shape),
@@ -211,15 +211,6 @@ def _open_writer(backend: str, tmp: Path, arrays: dict, rows: int):
             chunk_key_encoding=CHUNK_KEYS,
         )
     return group
-
-
-def _hdf5_filter(codec: dict) -> dict:
-    """``create_dataset`` options of a recorded HDF5 codec (gzip: what schema-2 stores used before zstd)."""
-    if codec["name"] == "zstd":
-        return zstd_filter(codec["level"])
-    if codec["name"] == "gzip":
-        return dict(compression="gzip", compression_opts=codec["level"], shuffle=codec.get("shuffle", False))
-    raise ValueError(f"unknown HDF5 codec {codec!r}")
 
 
 def _write_rows(backend: str, handle, name: str, start: int, block: np.ndarray, info: dict) -> None:
@@ -566,7 +557,7 @@ class _SegmentReader:
                 raise FileNotFoundError(f"segment {path.name} is missing")
             self.handle = zarr.open_group(str(path), mode="r", zarr_format=3)
         self.arrays: dict[str, Any] = {}
-        self.rows: dict[str, ShardedRows | None] = {}  # Zarr: the direct row reader of each array, where it applies
+        self.rows: dict[str, ShardedRows | None] = {}  # each opened array's direct row reader (Zarr, where it applies)
 
     def names(self) -> list[str]:
         return sorted(self.handle.keys()) if self.hdf5 else sorted(self.handle.array_keys())
@@ -576,6 +567,7 @@ class _SegmentReader:
         if array is None:
             array = self.handle[name]  # KeyError when the array is gone: checked_read reports the video as damaged
             self.arrays[name] = array
+            self.rows[name] = None if self.hdf5 else row_reader(self.path / name, array)
         elif not self.hdf5 and not os.path.exists(self.path / name / "zarr.json"):
             raise KeyError(name)  # deleted since it was opened: already-verified reads must still see it
         if name in self.hold:
@@ -587,13 +579,8 @@ class _SegmentReader:
                     self.hold.discard(name)
                     return np.asarray(array[row])
             return held[row].copy()  # a copy: a caller that edits its arrays must not edit the held ones
-        if not self.hdf5:
-            if name not in self.rows:
-                self.rows[name] = row_reader(self.path / name, array)
-            rows = self.rows[name]
-            if rows is not None:
-                return rows.read(row)
-        return np.asarray(array[row])
+        rows = self.rows[name]
+        return rows.read(row) if rows is not None else np.asarray(array[row])
 
     def close(self) -> None:
         if self.hdf5:

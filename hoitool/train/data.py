@@ -326,7 +326,7 @@ def unpack_batch(buffer: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
     """The fields of a packed batch: views of ``buffer`` at their offsets."""
     fields = {}
     for name, (offset, dtype, shape) in layout.items():
-        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        size = math.prod(shape) * dtype.itemsize
         fields[name] = buffer[offset : offset + size].view(dtype).view(shape)
     return fields
 
