@@ -166,6 +166,47 @@ def test_stale_temporaries_and_unfinished_parts_of_ours_are_accepted(tmp_path):
     resumed.close()
 
 
+def test_a_checkpoint_segment_killed_inside_a_zarr_write_is_ours_and_goes_on_resume(tmp_path, monkeypatch):
+    """kill -9 while zarr-python writes a key leaves ``<key>.<uuid hex>.partial`` in the temporary segment (seen in CI).
+
+    That file is zarr's own atomic-write temporary (zarr.storage LocalStore); the same name in a finished
+    segment, or any other name in the temporary, is still refused.
+    """
+    import uuid
+
+    from hoitool.store.ownership import why_parts_not_ours
+
+    monkeypatch.setenv("HOITOOL_CHECKPOINT_BYTES", "1")  # a checkpoint segment after every video
+    path = tmp_path / "f.zarr"
+    staged = StagedStore(path, "features", HEADER)
+    staged.save("v1", video_arrays(1))
+    staged.close()
+    parts = path.with_name("f.zarr.parts")
+    [finished] = parts.glob("seg-*.zarr")
+    killed = parts / f".seg-000002.zarr.{4242}.tmp"
+    shutil.copytree(finished, killed)
+    shard = next(file for file in (killed / "nodes").rglob("c*") if file.is_file())
+    partial = shard.with_suffix(f".{uuid.uuid4().hex}.partial")  # how zarr names it
+    partial.write_bytes(b"half a shard")
+    (killed / f"zarr.{uuid.uuid4().hex}.partial").write_bytes(b"{")  # a half-written zarr.json
+    assert why_parts_not_ours(parts, "features") is None
+
+    stray = finished / "nodes" / partial.name  # not in a temporary: not a file hoitool's writer leaves
+    stray.write_bytes(b"x")
+    assert "did not write" in why_parts_not_ours(parts, "features")
+    stray.unlink()
+    other = killed / "nodes" / "notes.partial"
+    other.write_bytes(b"x")
+    assert "did not write" in why_parts_not_ours(parts, "features")
+    other.unlink()
+
+    resumed = StagedStore(path, "features", HEADER)
+    assert resumed.done_ids() == {"v1"} and not killed.exists()
+    resumed.save("v2", video_arrays(2))
+    resumed.finalize({})
+    assert open_store(path).video_ids == ["v1", "v2"]
+
+
 # -- 3. checked reads -------------------------------------------------------------------------------------------------
 def _zarr_chunk(path: Path, video: str, array: str) -> Path:
     """The shard file that holds ``video``'s row of ``array`` (it holds the other videos of its segment too)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from hoitool.store.segments import INDEX, SEGMENT_NAME, SEGMENTS, is_segmented
 
 ARRAY_NAMES = {name for arrays in (*ARRAYS.values(), *OPTIONAL_ARRAYS.values()) for name in arrays}
 PARTS_FILES = ("header.json", "failures.jsonl")
+# zarr-python writes each key to "<key minus its last suffix>.<uuid4 hex>.partial" and renames it into place
+# (zarr.storage._local._atomic_write): a writer killed mid-write leaves one inside its temporary segment.
+ZARR_PARTIAL = re.compile(r"[^/]+\.[0-9a-f]{32}\.partial")
 
 
 def _zarr_file_is_ours(parts: tuple[str, ...]) -> bool:
@@ -51,6 +55,8 @@ def _segmented_file_is_ours(parts: tuple[str, ...]) -> bool:
     rest = parts[2:]  # inside a Zarr segment: its zarr.json, each array's zarr.json and shard files
     if rest == ("zarr.json",):
         return True
+    if temporary and ZARR_PARTIAL.fullmatch(rest[-1]) and (len(rest) == 1 or rest[0] in ARRAY_NAMES):
+        return True  # a killed writer's half-written key: the whole temporary segment is removed on resume
     return rest[0] in ARRAY_NAMES and (
         rest[1:] == ("zarr.json",)
         or (len(rest) > 2 and rest[1] == "c" and all(part.isdigit() for part in rest[2:]))
